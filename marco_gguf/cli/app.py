@@ -1,0 +1,94 @@
+"""`marco-gguf`: each command validates options, makes one library call and renders its result."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import __version__
+from .. import convert as lib_convert
+from .. import demo as lib_demo
+from ..presets import builtin_presets
+from . import ui
+
+app = typer.Typer(name="marco-gguf", no_args_is_help=True, add_completion=False,
+                  help="Convert Marco-MoE checkpoints to GGUF and run them on a CPU with llama.cpp.")
+
+Threads = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Worker threads (default: all cores).")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"marco-gguf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Show the version and exit.")] = False) -> None:
+    """Convert Marco-MoE checkpoints to GGUF and run them on a CPU with llama.cpp."""
+
+
+@app.command()
+def convert(
+    source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder (config.json, safetensors, tokenizer).")],
+    preset: Annotated[str, typer.Option("--preset", help=f"Preset id ({', '.join(builtin_presets())}) or a .toml file.")] = "q8_0",
+    outfile: Annotated[Optional[Path], typer.Option("--outfile", "-o", help="Output file.")] = None,
+    outdir: Annotated[Optional[Path], typer.Option("--outdir", help="Output folder; file named <model>-<PRESET>.gguf.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name (default: the folder's name).")] = None,
+    threads: Threads = None,
+    tensor_type: Annotated[Optional[list[str]], typer.Option("--tensor-type", help="Override: PATTERN=TYPE (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Convert a Marco checkpoint into one GGUF file."""
+    with ui.errors_to_exit(), ui.byte_progress("converting", quiet=quiet or json_out) as progress:
+        result = lib_convert(source, preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads,
+                             force=force, tensor_types=tensor_type or (), progress=progress)
+    if json_out:
+        ui.print_json(result.as_dict())
+        return
+    ui.print_fields(f"wrote {result.path}", [
+        ("preset", f"{result.preset} ({result.file_type})"),
+        ("size", f"{ui.human_bytes(result.size_bytes)} ({result.size_bytes:,} bytes)"),
+        ("bits/weight", f"{result.bits_per_weight:.2f}"),
+        ("tensors", f"{result.n_tensors} ({', '.join(f'{n} {k}' for k, n in sorted(result.tensor_types.items()))})"),
+        ("parameters", f"{result.n_parameters:,}"),
+        ("embeddings", "tied (token_embd serves as output)" if result.tied_embeddings else "separate output.weight"),
+        ("seconds", f"{result.seconds:.1f}"),
+    ])
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Keep the files here (default: a temp dir).")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="Preset for the conversion.")] = "q8_0",
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1)] = 24,
+    threads: Threads = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Offline end to end: synthesize a tiny RANDOM-WEIGHT Marco, convert it, run it in llama.cpp."""
+    with ui.errors_to_exit(), ui.byte_progress("demo", quiet=quiet or json_out) as progress:
+        r = lib_demo(workdir=workdir, preset=preset, max_tokens=max_tokens, threads=threads, progress=progress)
+    s, c = r.stats, r.conversion
+    if json_out:
+        ui.print_json({"checkpoint": str(r.checkpoint.path), "gguf": c.as_dict(), "text": r.text, **s.__dict__})
+        return
+    ui.out.print(f"1. synthesized a [bold]random-weight[/bold] Marco-shaped checkpoint ({r.checkpoint.n_parameters:,} "
+                 f"parameters, {r.checkpoint.vocab.kind} vocabulary) in {r.checkpoint.path}")
+    ui.out.print(f"2. converted it to {c.path.name}: {ui.human_bytes(c.size_bytes)}, {c.bits_per_weight:.2f} bits/weight, "
+                 f"{c.n_tensors} tensors, {c.seconds:.2f} s")
+    ui.out.print("3. loaded it in llama.cpp and generated (random weights, so expect noise):")
+    ui.out.print(f"   [italic]{r.text!r}[/italic]")
+    ui.out.print(f"[dim]prompt {s.prompt_tokens} tokens at {s.prompt_tokens_per_s:,.1f} tok/s · generated "
+                 f"{s.completion_tokens} tokens at {s.completion_tokens_per_s:,.1f} tok/s · first token "
+                 f"{s.time_to_first_token_s * 1000:.0f} ms · stop: {s.stop_reason}[/dim]")
+
+
+def main() -> None:
+    app()

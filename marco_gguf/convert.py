@@ -1,0 +1,136 @@
+"""`convert()`: a Marco checkpoint folder -> one GGUF file, in a single streaming pass.
+
+Work is cut into blocks (one expert, or a few MiB of rows of a large tensor); a thread pool
+reads, widens to float32 and quantizes blocks while the main thread writes finished blocks in
+order, keeping at most a fixed number in flight, so memory does not grow with model size.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from gguf import MODEL_TENSOR as T
+
+from .checkpoint import Checkpoint
+from .errors import OutputError
+from .metadata import build_metadata, count_parameters
+from .presets import Preset, load_preset, parse_overrides
+from .quantize import prepare, quantize_rows
+from .qwen3moe import LM_HEAD, PlannedTensor, lm_head_is_tied, plan_tensors
+from .writer import GGUFStreamWriter, TensorSpec
+
+BLOCK_BYTES = 8 << 20  # float32 bytes per work block: large enough to amortise calls, small for memory
+
+Progress = Callable[[int, int, str], None]  # (bytes written, total bytes, current tensor)
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What a conversion produced, with its own measurements."""
+
+    path: Path
+    preset: str
+    file_type: str
+    size_bytes: int
+    n_tensors: int
+    n_parameters: int
+    bits_per_weight: float
+    seconds: float
+    tied_embeddings: bool
+    tokenizer: dict = field(default_factory=dict)
+    tensor_types: dict = field(default_factory=dict)  # GGML type name -> number of tensors
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["path"] = str(self.path)
+        return d
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def output_path(source: Path, preset: Preset, *, outfile: Path | None, outdir: Path | None, name: str | None) -> Path:
+    """`--outfile`, else `<outdir or cwd>/<name or folder name>-<PRESET>.gguf` (publisher convention)."""
+    if outfile is not None:
+        if outdir is not None:
+            raise OutputError("--outfile and --outdir are mutually exclusive", "give one of them")
+        return Path(outfile)
+    stem = (name or source.resolve().name).replace(" ", "-").replace("/", "-")
+    return Path(outdir or Path.cwd()) / f"{stem}-{preset.name}.gguf"
+
+
+def _blocks(t: PlannedTensor) -> Iterator[tuple[str, int, int]]:
+    rows_per_block = max(1, BLOCK_BYTES // (4 * t.row_len))
+    for piece in t.pieces:
+        for r in range(0, piece.count, rows_per_block):
+            yield piece.source, piece.start + r, min(rows_per_block, piece.count - r)
+
+
+def _stream(ckpt: Checkpoint, planned: list[PlannedTensor], specs: list[TensorSpec], writer: GGUFStreamWriter,
+            threads: int, progress: Progress | None) -> None:
+    def work(spec: TensorSpec, source: str, start: int, count: int) -> np.ndarray:
+        return quantize_rows(spec.qtype, ckpt.read_rows(source, start, count))
+
+    done, pending = len(writer.header), deque()  # type: ignore[var-annotated]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="marco-quant") as pool:
+        try:
+            for t, spec in zip(planned, specs):
+                for block in _blocks(t):
+                    pending.append((spec.name, pool.submit(work, spec, *block)))
+                    while len(pending) > 2 * threads:
+                        done = _drain_one(pending, writer, done, progress)
+            while pending:
+                done = _drain_one(pending, writer, done, progress)
+        except BaseException:
+            for _, fut in pending:
+                fut.cancel()
+            raise
+
+
+def _drain_one(pending: deque, writer: GGUFStreamWriter, done: int, progress: Progress | None) -> int:
+    name, fut = pending.popleft()
+    data: np.ndarray = fut.result() if isinstance(fut, Future) else fut
+    writer.write(data)
+    done += data.nbytes
+    if progress is not None:
+        progress(done, writer.total_bytes, name)
+    return done
+
+
+def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile: str | Path | None = None,
+            outdir: str | Path | None = None, name: str | None = None, threads: int | None = None,
+            force: bool = False, tensor_types: Sequence[str] = (), progress: Progress | None = None) -> ConvertResult:
+    """Convert a Marco (qwen3_moe) checkpoint folder to GGUF with a quantization preset."""
+    started = time.perf_counter()
+    chosen = preset if isinstance(preset, Preset) else load_preset(preset)
+    overrides = parse_overrides(tensor_types)
+    threads = threads or default_threads()
+    with Checkpoint(Path(source)) as ckpt:
+        c = ckpt.config
+        untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
+        planned = plan_tensors(c, ckpt.tensors, keep_lm_head=untied_head)
+        tied = not any(t.kind == T.OUTPUT for t in planned)
+        specs = [TensorSpec(t.name, t.shape, chosen.tensor_type(t, n_layers=c.n_layers, tied=tied, overrides=overrides))
+                 for t in planned]
+        kv, tok_summary = build_metadata(ckpt.folder, c, planned, file_type=chosen.file_type, name=name)
+        path = output_path(ckpt.folder, chosen, outfile=Path(outfile) if outfile else None,
+                           outdir=Path(outdir) if outdir else None, name=name)
+        for q in {s.qtype for s in specs}:
+            prepare(q)
+        with GGUFStreamWriter(path, kv, specs, overwrite=force) as writer:
+            _stream(ckpt, planned, specs, writer, threads, progress)
+            writer.commit()
+    params = count_parameters(planned).total
+    data_bytes = sum(s.nbytes for s in specs)
+    types: dict[str, int] = {}
+    for s in specs:
+        types[s.qtype.name] = types.get(s.qtype.name, 0) + 1
+    return ConvertResult(path, chosen.id, chosen.file_type.name, path.stat().st_size, len(specs), params,
+                         8 * data_bytes / params, time.perf_counter() - started, tied, tok_summary, types)

@@ -1,0 +1,49 @@
+"""Typed errors: each carries the facts a one-line message needs and a hint on what to do next.
+
+The CLI turns these into one red line and exit code 1; library callers can catch them by type.
+"""
+from __future__ import annotations
+
+
+class MarcoGGUFError(Exception):
+    """Base class: `message` says what is wrong, `hint` what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class CheckpointError(MarcoGGUFError):
+    """The source checkpoint is missing, damaged or not a Marco/Qwen3-MoE checkpoint."""
+
+
+class UnsupportedModelError(CheckpointError):
+    """The checkpoint is readable but describes a model llama.cpp's qwen3moe cannot represent."""
+
+
+class TensorError(CheckpointError):
+    """A tensor is missing, unexpected, or has the wrong shape or dtype."""
+
+
+class TokenizerError(CheckpointError):
+    """The tokenizer files are missing or not the Qwen2/Qwen3 byte-level BPE this format needs."""
+
+
+class PresetError(MarcoGGUFError):
+    """A quantization preset file or a tensor-type override is invalid."""
+
+
+class OutputError(MarcoGGUFError):
+    """The output cannot be written: it exists, its folder is not writable, or the disk is full."""
+
+
+class QuantizerError(MarcoGGUFError):
+    """llama.cpp's quantizer library could not be loaded or refused a tensor."""
+
+
+class GGUFFileError(MarcoGGUFError):
+    """A file given to us as GGUF is not GGUF, is truncated, or cannot be loaded."""

@@ -1,0 +1,166 @@
+"""Random-weight Marco-shaped checkpoints in exact Hugging Face layout, written in bounded memory.
+
+For offline demos, tests and benchmarks: config.json in the published (transformers 4.57) spelling,
+per-expert tensor keys, safetensors shards with an index, tokenizer and generation config. The
+weights are RANDOM (normal, std 0.02; norms 1.0): the model produces text-shaped noise, not language.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from .errors import OutputError
+from .qwen_vocab import VocabInfo, write_tokenizer_files
+
+MAX_SHARD_BYTES = 5 * 10**9  # Hugging Face's default max_shard_size ("5GB")
+# shapes of the published models; source: the config.json files of AIDC-AI/Marco-{Nano,Mini}-Instruct
+SHAPES: Mapping[str, Mapping[str, int]] = MappingProxyType({
+    "tiny": MappingProxyType(dict(num_hidden_layers=2, hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                                  head_dim=64, num_experts=16, num_experts_per_tok=4, moe_intermediate_size=256,
+                                  intermediate_size=768)),
+    "nano": MappingProxyType(dict(num_hidden_layers=28, hidden_size=1024, num_attention_heads=16, num_key_value_heads=8,
+                                  head_dim=128, num_experts=232, num_experts_per_tok=8, moe_intermediate_size=384,
+                                  intermediate_size=3072)),
+    "mini": MappingProxyType(dict(num_hidden_layers=28, hidden_size=1024, num_attention_heads=16, num_key_value_heads=8,
+                                  head_dim=128, num_experts=256, num_experts_per_tok=8, moe_intermediate_size=768,
+                                  intermediate_size=3072)),
+})
+DTYPES: Mapping[str, tuple[str, int]] = MappingProxyType({"bf16": ("BF16", 2), "f32": ("F32", 4)})
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    path: Path
+    shape: str
+    n_parameters: int
+    n_shards: int
+    size_bytes: int
+    vocab: VocabInfo
+
+
+def marco_config(shape: str, vocab: VocabInfo, *, layers: int | None = None, vocab_size: int = 151936) -> dict:
+    """config.json as Marco publishes it (transformers 4.57 spelling), with `shape`'s sizes."""
+    s = dict(SHAPES[shape])
+    if layers is not None:
+        s["num_hidden_layers"] = layers
+    return {
+        "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": vocab.bos_token_id, "decoder_sparse_step": 1, "dtype": "float32",
+        "eos_token_id": vocab.endoftext_id, "hidden_act": "silu", "initializer_range": 0.02,
+        "max_position_embeddings": 32768, "max_window_layers": s["num_hidden_layers"], "mlp_only_layers": [],
+        "model_type": "qwen3_moe", "norm_topk_prob": True, "output_router_logits": False, "qkv_bias": False,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+        "sliding_window": None, "tie_word_embeddings": True, "transformers_version": "4.57.1", "use_cache": True,
+        "use_qk_norm": True, "use_sliding_window": False, "vocab_size": vocab_size, **s,
+    }
+
+
+def tensor_shapes(cfg: Mapping) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """Every tensor of a tied Marco checkpoint with per-expert keys, in model order."""
+    h, hd, ff = cfg["hidden_size"], cfg["head_dim"], cfg["moe_intermediate_size"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    yield "model.embed_tokens.weight", (cfg["vocab_size"], h)
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}"
+        yield from ((f"{p}.input_layernorm.weight", (h,)), (f"{p}.self_attn.q_proj.weight", (q, h)),
+                    (f"{p}.self_attn.k_proj.weight", (kv, h)), (f"{p}.self_attn.v_proj.weight", (kv, h)),
+                    (f"{p}.self_attn.o_proj.weight", (h, q)), (f"{p}.self_attn.q_norm.weight", (hd,)),
+                    (f"{p}.self_attn.k_norm.weight", (hd,)), (f"{p}.post_attention_layernorm.weight", (h,)),
+                    (f"{p}.mlp.gate.weight", (cfg["num_experts"], h)))
+        for e in range(cfg["num_experts"]):
+            yield from ((f"{p}.mlp.experts.{e}.gate_proj.weight", (ff, h)),
+                        (f"{p}.mlp.experts.{e}.up_proj.weight", (ff, h)),
+                        (f"{p}.mlp.experts.{e}.down_proj.weight", (h, ff)))
+    yield "model.norm.weight", (h,)
+
+
+def _to_bf16(x: np.ndarray) -> np.ndarray:
+    u = x.astype(np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+
+
+def _values(name: str, shape: tuple[int, ...], rng: np.random.Generator, dtype: str) -> np.ndarray:
+    x = np.ones(shape, np.float32) if len(shape) == 1 else rng.standard_normal(shape, np.float32) * np.float32(0.02)
+    return _to_bf16(x) if dtype == "BF16" else x
+
+
+def _shards(shapes: list[tuple[str, tuple[int, ...]]], itemsize: int, limit: int) -> list[list[tuple[str, tuple[int, ...]]]]:
+    shards: list[list] = [[]]
+    size = 0
+    for name, shape in shapes:
+        n = math.prod(shape) * itemsize
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += n
+    return shards
+
+
+def _write_shard(path: Path, tensors: list, dtype: str, itemsize: int, rng: np.random.Generator,
+                 progress: Callable[[int], None]) -> None:
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in tensors:
+        n = math.prod(shape) * itemsize
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little") + blob)
+        for name, shape in tensors:
+            data = _values(name, shape, rng, dtype)
+            f.write(memoryview(data).cast("B"))
+            progress(data.nbytes)
+    os.replace(tmp, path)
+
+
+def synthesize(out: str | Path, *, shape: str = "tiny", layers: int | None = None, dtype: str = "bf16", seed: int = 0,
+               vocab: str = "auto", max_shard_bytes: int = MAX_SHARD_BYTES,
+               progress: Callable[[int, int], None] | None = None) -> SynthResult:
+    """Write a random-weight checkpoint of a published Marco shape (or `tiny`) to folder `out`."""
+    if shape not in SHAPES or dtype not in DTYPES:
+        raise ValueError(f"shape must be one of {', '.join(SHAPES)} and dtype one of {', '.join(DTYPES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = write_tokenizer_files(out, kind=vocab)
+    vocab_size = 151936 if info.kind == "qwen3" else -(-info.n_tokens // 64) * 64
+    cfg = marco_config(shape, info, layers=layers, vocab_size=vocab_size)
+    st_dtype, itemsize = DTYPES[dtype]
+    shapes = list(tensor_shapes(cfg))
+    total = sum(math.prod(s) for _, s in shapes) * itemsize
+    free = shutil.disk_usage(out).free
+    if free < total:
+        raise OutputError(f"{out}: not enough disk space for a {shape} checkpoint ({total:,} bytes needed, {free:,} free)",
+                          "free space, choose another folder, or use --layers to shrink the model")
+    shards, rng, done = _shards(shapes, itemsize, max_shard_bytes), np.random.default_rng(seed), [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))] if len(shards) > 1 \
+        else ["model.safetensors"]
+    for fname, tensors in zip(names, shards):
+        _write_shard(out / fname, tensors, st_dtype, itemsize, rng, advance)
+    if len(shards) > 1:
+        weight_map = {n: f for f, ts in zip(names, shards) for n, _ in ts}
+        (out / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": info.bos_token_id, "eos_token_id": info.endoftext_id, "transformers_version": "4.57.1"}, indent=2))
+    (out / "README.md").write_text(f"# RANDOM WEIGHTS: synthetic Marco-{shape} checkpoint (seed {seed})\n\n"
+                                   "Made by marco-gguf for tests and benchmarks. It generates noise, not language.\n")
+    n_params = sum(math.prod(s) for _, s in shapes)
+    return SynthResult(out, shape, n_params, len(shards), total, info)

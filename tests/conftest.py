@@ -1,0 +1,50 @@
+"""Session fixtures: checkpoints written by transformers and their GGUF conversions, built once per run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from checkpoints import Spec, make_checkpoint
+from marco_gguf import convert
+
+
+@pytest.fixture(scope="session")
+def vocab_cache(tmp_path_factory) -> Path:
+    """A private cache for the rebuilt Qwen3 vocabulary (so a user's ~/.cache is neither read nor written)."""
+    return tmp_path_factory.mktemp("vocab-cache")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, vocab_cache):
+    """checkpoint(spec) -> folder; each distinct Spec is written once per session."""
+    made: dict[Spec, Path] = {}
+
+    def get(spec: Spec) -> Path:
+        if spec not in made:
+            folder = tmp_path_factory.mktemp("ckpt") / "Marco-Test-Instruct"
+            made[spec] = make_checkpoint(folder, spec, cache_dir=vocab_cache)[0]
+        return made[spec]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, checkpoint):
+    """converted(spec, preset) -> ConvertResult; cached per (spec, preset)."""
+    made: dict = {}
+
+    def get(spec: Spec, preset: str):
+        if (spec, preset) not in made:
+            out = tmp_path_factory.mktemp("gguf")
+            made[spec, preset] = convert(checkpoint(spec), preset=preset, outdir=out, threads=2)
+        return made[spec, preset]
+
+    return get
+
+
+def llamacpp_source() -> Path | None:
+    """llama.cpp's source tree (from the llama-cpp-python sdist), if .ci/run or the developer provided it."""
+    src = os.environ.get("MARCO_GGUF_LLAMACPP_SRC")
+    return Path(src) if src and (Path(src) / "convert_hf_to_gguf.py").is_file() else None

@@ -1,0 +1,47 @@
+"""Key-for-key, byte-for-byte parity with llama.cpp's own convert_hf_to_gguf.py on the same checkpoint.
+
+Needs llama.cpp's source (the llama-cpp-python sdist vendors it): .ci/run unpacks it and sets
+MARCO_GGUF_LLAMACPP_SRC. The reference converter runs in a subprocess with torch and transformers.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from gguf import GGUFReader
+
+from checkpoints import Spec
+from conftest import llamacpp_source
+
+SRC = llamacpp_source()
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(SRC is None, reason="set MARCO_GGUF_LLAMACPP_SRC to llama.cpp's source (.ci/run does)")]
+
+CASES = [  # (reason, spec, preset == llama.cpp --outtype)
+    ("F32, per-expert bf16 shards", Spec(vocab="qwen3"), "f32"),
+    ("F16, per-expert bf16 shards", Spec(vocab="qwen3"), "f16"),
+    ("BF16, per-expert bf16 shards", Spec(vocab="qwen3"), "bf16"),
+    ("Q8_0 (gguf-py's NumPy Q8_0 vs ggml's C one)", Spec(vocab="qwen3"), "q8_0"),
+    ("Q8_0, transformers-5 fused experts", Spec(vocab="qwen3", layout="fused"), "q8_0"),
+    ("F32, transformers-4.x config spelling", Spec(vocab="qwen3", config_style="4.x", dtype="f32"), "f32"),
+]
+
+
+def metadata(reader: GGUFReader) -> dict:
+    return {f.name: (f.types, f.contents()) for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+
+
+@pytest.mark.parametrize("reason,spec,preset", CASES, ids=[c[0] for c in CASES])
+def test_same_file_as_llama_cpp_converter(reason, spec, preset, checkpoint, converted, tmp_path):
+    ref_path = tmp_path / "ref.gguf"
+    subprocess.run([sys.executable, str(SRC / "convert_hf_to_gguf.py"), str(checkpoint(spec)), "--outtype", preset,
+                    "--outfile", str(ref_path)], check=True, capture_output=True, cwd=tmp_path)
+    ours, ref = GGUFReader(converted(spec, preset).path), GGUFReader(ref_path)
+    assert metadata(ours) == metadata(ref)
+    ref_tensors = {t.name: t for t in ref.tensors}
+    assert sorted(t.name for t in ours.tensors) == sorted(ref_tensors)  # its order follows the shards
+    for t in ours.tensors:
+        r = ref_tensors[t.name]
+        assert (t.tensor_type, list(t.shape)) == (r.tensor_type, list(r.shape)), t.name
+        assert bytes(t.data) == bytes(r.data), t.name
