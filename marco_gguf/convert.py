@@ -66,7 +66,8 @@ def output_path(source: Path, preset: Preset, *, outfile: Path | None, outdir: P
     return Path(outdir or Path.cwd()) / f"{stem}-{preset.name}.gguf"
 
 
-def _blocks(t: PlannedTensor) -> Iterator[tuple[str, int, int]]:
+def row_blocks(t: PlannedTensor) -> Iterator[tuple[str, int, int]]:
+    """(source, first row, row count) blocks of at most BLOCK_BYTES of float32, in output order."""
     rows_per_block = max(1, BLOCK_BYTES // (4 * t.row_len))
     for piece in t.pieces:
         for r in range(0, piece.count, rows_per_block):
@@ -82,7 +83,7 @@ def _stream(ckpt: Checkpoint, planned: list[PlannedTensor], specs: list[TensorSp
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="marco-quant") as pool:
         try:
             for t, spec in zip(planned, specs):
-                for block in _blocks(t):
+                for block in row_blocks(t):
                     pending.append((spec.name, pool.submit(work, spec, *block)))
                     while len(pending) > 2 * threads:
                         done = _drain_one(pending, writer, done, progress)
@@ -117,7 +118,8 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
         untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
         planned = plan_tensors(c, ckpt.tensors, keep_lm_head=untied_head)
         tied = not any(t.kind == T.OUTPUT for t in planned)
-        specs = [TensorSpec(t.name, t.shape, chosen.tensor_type(t, n_layers=c.n_layers, tied=tied, overrides=overrides))
+        specs = [TensorSpec(t.name, t.shape, chosen.tensor_type(t, n_layers=c.n_layers, tied=tied, n_experts=c.n_experts,
+                                                             overrides=overrides))
                  for t in planned]
         kv, tok_summary = build_metadata(ckpt.folder, c, planned, file_type=chosen.file_type, name=name)
         path = output_path(ckpt.folder, chosen, outfile=Path(outfile) if outfile else None,

@@ -43,10 +43,13 @@ class Rule:
     type: Q
     layers: str | tuple[int, ...] = "all"
     tied_only: bool = False
+    experts: int | None = None  # only for models with exactly this many experts (llama.cpp's n_expert == 8 rules)
 
-    def matches(self, t: PlannedTensor, n_layers: int, tied: bool) -> bool:
+    def matches(self, t: PlannedTensor, n_layers: int, tied: bool, n_experts: int) -> bool:
         base = t.name.removesuffix(".weight").split(".")[-1]
         if base not in self.tensors or (self.tied_only and not tied):
+            return False
+        if self.experts is not None and self.experts != n_experts:
             return False
         if t.layer is None or self.layers == "all":
             return True
@@ -68,14 +71,14 @@ class Preset:
     fallbacks: Mapping[Q, Q] = field(default_factory=lambda: MappingProxyType({}))
     source: str = ""
 
-    def tensor_type(self, t: PlannedTensor, *, n_layers: int, tied: bool,
+    def tensor_type(self, t: PlannedTensor, *, n_layers: int, tied: bool, n_experts: int = 0,
                     overrides: Sequence[tuple[re.Pattern[str], Q]] = ()) -> Q:
         """The GGML type of one planned tensor under this preset and the user's overrides."""
         if len(t.shape) < 2 or t.kind in ALWAYS_F32:
             return Q.F32
         chosen = next((q for pattern, q in overrides if pattern.search(t.name)), None)
         if chosen is None:
-            chosen = next((r.type for r in self.rules if r.matches(t, n_layers, tied)), self.default_type)
+            chosen = next((r.type for r in self.rules if r.matches(t, n_layers, tied, n_experts)), self.default_type)
         return self._fit(chosen, t.row_len)
 
     def _fit(self, q: Q, row_len: int) -> Q:
@@ -109,15 +112,18 @@ def _layers(value: Any, where: str) -> str | tuple[int, ...]:
 def _rule(raw: Any, where: str) -> Rule:
     if not isinstance(raw, dict) or not {"tensors", "type"} <= raw.keys():
         raise PresetError(f"{where}: a rule needs 'tensors' (list of names) and 'type'")
-    unknown = set(raw) - {"tensors", "type", "layers", "tied_only"}
+    unknown = set(raw) - {"tensors", "type", "layers", "tied_only", "experts"}
     if unknown:
-        raise PresetError(f"{where}: unknown field(s) {sorted(unknown)}", "accepted: tensors, type, layers, tied_only")
+        raise PresetError(f"{where}: unknown field(s) {sorted(unknown)}",
+                          "accepted: tensors, type, layers, tied_only, experts")
+    if "experts" in raw and (not isinstance(raw["experts"], int) or raw["experts"] < 1):
+        raise PresetError(f"{where}.experts: {raw['experts']!r} is not a positive expert count")
     names = tuple(gguf.TENSOR_NAMES[k].split(".")[-1] for k in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.QWEN3MOE])
     tensors = raw["tensors"]
     if not isinstance(tensors, list) or not tensors or any(n not in names for n in tensors):
         raise PresetError(f"{where}.tensors: {tensors!r} must list qwen3moe tensor names", f"accepted: {', '.join(names)}")
     return Rule(tuple(tensors), _qtype(raw["type"], f"{where}.type"), _layers(raw.get("layers", "all"), where),
-                bool(raw.get("tied_only", False)))
+                bool(raw.get("tied_only", False)), raw.get("experts"))
 
 
 def parse_preset(data: Mapping[str, Any], preset_id: str, source: str) -> Preset:

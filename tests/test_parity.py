@@ -58,6 +58,9 @@ def llama_quantize(src, dst, ftype: int) -> None:
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
 
 
+MINI_LIKE = Spec(layers=8, experts=16, expert_ff=512, shard_size="20MB")  # expert rows a multiple of 256
+NANO_LIKE = Spec(layers=8, experts=16, expert_ff=384, shard_size="20MB")  # Marco-Nano's 384: no K-quant rows
+
 IDENTITY_CASES = [  # (reason, spec, preset, llama_ftype)
     ("F16 from a bf16 checkpoint", Spec(), "f16", 1),
     ("BF16 from a bf16 checkpoint (lossless)", Spec(), "bf16", 32),
@@ -66,6 +69,16 @@ IDENTITY_CASES = [  # (reason, spec, preset, llama_ftype)
     ("BF16 from an f32 checkpoint (rounding)", Spec(dtype="f32", shard_size=None), "bf16", 32),
     ("Q8_0 from an f32 checkpoint", Spec(dtype="f32", shard_size=None), "q8_0", 7),
     ("Q8_0 with fused experts", Spec(layout="fused"), "q8_0", 7),
+    ("Q4_K_M, Marco-Mini-like widths, 8 layers (more_bits visible)", MINI_LIKE, "q4_k_m", 15),
+    ("Q4_K_S, Marco-Mini-like widths, 8 layers", MINI_LIKE, "q4_k_s", 14),
+    ("Q5_K_M, Marco-Mini-like widths, 8 layers", MINI_LIKE, "q5_k_m", 17),
+    ("Q6_K, Marco-Mini-like widths, 8 layers", MINI_LIKE, "q6_k", 18),
+    ("Q4_K_M, Marco-Nano-like 384-wide experts (Q5_0/Q8_0 fallbacks)", NANO_LIKE, "q4_k_m", 15),
+    ("Q4_K_S, Marco-Nano-like 384-wide experts", NANO_LIKE, "q4_k_s", 14),
+    ("Q6_K, Marco-Nano-like 384-wide experts", NANO_LIKE, "q6_k", 18),
+    ("Q4_K_M, untied output head (output Q6_K, token_embd Q4_K)", Spec(tied=False, layers=3), "q4_k_m", 15),
+    ("Q4_K_M, 8 experts (llama.cpp's n_expert == 8 rules)", Spec(experts=8, top_k=2), "q4_k_m", 15),
+    ("Q4_K_S, 8 experts", Spec(experts=8, top_k=2), "q4_k_s", 14),
 ]
 
 

@@ -10,6 +10,7 @@ from .. import __version__
 from .. import convert as lib_convert
 from .. import demo as lib_demo
 from ..presets import builtin_presets
+from . import inspect as inspect_cmd
 from . import ui
 
 app = typer.Typer(name="marco-gguf", no_args_is_help=True, add_completion=False,
@@ -88,6 +89,10 @@ def demo(
     ui.out.print(f"[dim]prompt {s.prompt_tokens} tokens at {s.prompt_tokens_per_s:,.1f} tok/s · generated "
                  f"{s.completion_tokens} tokens at {s.completion_tokens_per_s:,.1f} tok/s · first token "
                  f"{s.time_to_first_token_s * 1000:.0f} ms · stop: {s.stop_reason}[/dim]")
+
+
+app.command()(inspect_cmd.inspect)
+app.command()(inspect_cmd.verify)
 
 
 def main() -> None:
