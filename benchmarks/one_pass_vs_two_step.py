@@ -26,7 +26,7 @@ ONE_PASS = """
 import json, sys, time
 from marco_gguf import convert
 t = time.perf_counter()
-convert(sys.argv[1], preset="q4_k_m", outfile=sys.argv[2], threads=int(sys.argv[3]), force=True)
+convert(sys.argv[1], preset=sys.argv[4], outfile=sys.argv[2], threads=int(sys.argv[3]), force=True)
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 TWO_STEP = """
@@ -37,7 +37,7 @@ t = time.perf_counter()
 mid = sys.argv[2] + ".bf16.gguf"
 convert(sys.argv[1], preset="bf16", outfile=mid, threads=int(sys.argv[3]), force=True)
 p = llama_cpp.llama_model_quantize_default_params()
-p.ftype, p.nthread = 15, int(sys.argv[3])  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+p.ftype, p.nthread = {"q4_k_m": 15, "q8_0": 7}[sys.argv[4]], int(sys.argv[3])  # LLAMA_FTYPE_MOSTLY_*
 assert llama_cpp.llama_model_quantize(mid.encode(), sys.argv[2].encode(), ctypes.byref(p)) == 0
 os.unlink(mid)
 print(json.dumps({"seconds": time.perf_counter() - t}))
@@ -61,7 +61,8 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
-def run(code: str, ckpt: Path, out: Path, threads: int) -> dict:
+def run(code: str, ckpt: Path, out: Path, threads: int, preset: str = "q4_k_m", keep: bool = False) -> dict:
+    """One conversion in a fresh process: wall time, its own peak RSS, peak bytes in out's folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
     peak, stop = [0], threading.Event()
 
@@ -76,7 +77,7 @@ def run(code: str, ckpt: Path, out: Path, threads: int) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     wall = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code + HWM, str(ckpt), str(out), str(threads)],
+    proc = subprocess.run([sys.executable, "-c", code + HWM, str(ckpt), str(out), str(threads), preset],
                           capture_output=True, text=True)
     wall = time.perf_counter() - wall
     stop.set()
@@ -87,7 +88,8 @@ def run(code: str, ckpt: Path, out: Path, threads: int) -> dict:
     digest = tensor_digest(out)
     result = {"wall_s": wall, "peak_rss": lines[-1]["hwm"], "peak_disk": peak[0], "size": out.stat().st_size,
               "sha256": digest}
-    shutil.rmtree(out.parent)
+    if not keep:
+        shutil.rmtree(out.parent)
     return result
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 import gguf
 from gguf import MODEL_TENSOR as T
@@ -201,16 +200,3 @@ def lm_head_is_tied(read_rows: Callable[[str, int, int], object], refs: Mapping[
         if a.tobytes() != b.tobytes():  # type: ignore[attr-defined]
             return False
     return True
-
-
-def iter_layers(planned: list[PlannedTensor]) -> Iterator[int]:
-    return iter(sorted({t.layer for t in planned if t.layer is not None}))
-
-
-KIND_GROUPS: Mapping[T, str] = MappingProxyType({
-    T.TOKEN_EMBD: "embeddings", T.OUTPUT: "embeddings",
-    T.ATTN_Q: "attention", T.ATTN_K: "attention", T.ATTN_V: "attention", T.ATTN_OUT: "attention",
-    T.FFN_GATE_INP: "router",
-    T.FFN_GATE_EXP: "experts", T.FFN_UP_EXP: "experts", T.FFN_DOWN_EXP: "experts",
-    T.ATTN_NORM: "norms", T.FFN_NORM: "norms", T.ATTN_Q_NORM: "norms", T.ATTN_K_NORM: "norms", T.OUTPUT_NORM: "norms",
-})

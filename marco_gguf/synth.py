@@ -82,14 +82,26 @@ def tensor_shapes(cfg: Mapping) -> Iterator[tuple[str, tuple[int, ...]]]:
     yield "model.norm.weight", (h,)
 
 
+CHUNK_ELEMENTS = 4 << 20  # generate 16 MiB of float32 at a time: memory stays flat for any model size
+
+
 def _to_bf16(x: np.ndarray) -> np.ndarray:
-    u = x.astype(np.float32).view(np.uint32)
+    u = x.view(np.uint32)
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
 
 
-def _values(name: str, shape: tuple[int, ...], rng: np.random.Generator, dtype: str) -> np.ndarray:
-    x = np.ones(shape, np.float32) if len(shape) == 1 else rng.standard_normal(shape, np.float32) * np.float32(0.02)
-    return _to_bf16(x) if dtype == "BF16" else x
+def _chunks(shape: tuple[int, ...], rng: np.random.Generator, dtype: str) -> Iterator[np.ndarray]:
+    """A tensor's values in row chunks: norms 1.0, everything else normal(0, 0.02) like a trained model."""
+    if len(shape) == 1:
+        ones = np.ones(shape, np.float32)
+        yield _to_bf16(ones) if dtype == "BF16" else ones
+        return
+    row, n_rows = shape[-1], math.prod(shape[:-1])
+    step = max(1, CHUNK_ELEMENTS // row)
+    for start in range(0, n_rows, step):
+        x = rng.standard_normal((min(step, n_rows - start), row), np.float32)
+        x *= np.float32(0.02)
+        yield _to_bf16(x) if dtype == "BF16" else x
 
 
 def _shards(shapes: list[tuple[str, tuple[int, ...]]], itemsize: int, limit: int) -> list[list[tuple[str, tuple[int, ...]]]]:
@@ -117,10 +129,10 @@ def _write_shard(path: Path, tensors: list, dtype: str, itemsize: int, rng: np.r
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as f:
         f.write(len(blob).to_bytes(8, "little") + blob)
-        for name, shape in tensors:
-            data = _values(name, shape, rng, dtype)
-            f.write(memoryview(data).cast("B"))
-            progress(data.nbytes)
+        for _, shape in tensors:
+            for data in _chunks(shape, rng, dtype):
+                f.write(memoryview(data).cast("B"))
+                progress(data.nbytes)
     os.replace(tmp, path)
 
 

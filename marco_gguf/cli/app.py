@@ -11,6 +11,7 @@ from .. import convert as lib_convert
 from .. import demo as lib_demo
 from ..presets import builtin_presets
 from . import inspect as inspect_cmd
+from . import synth as synth_cmd
 from . import ui
 
 app = typer.Typer(name="marco-gguf", no_args_is_help=True, add_completion=False,
@@ -93,6 +94,7 @@ def demo(
 
 app.command()(inspect_cmd.inspect)
 app.command()(inspect_cmd.verify)
+app.command()(synth_cmd.synth)
 
 
 def main() -> None:
