@@ -125,7 +125,7 @@ def main() -> None:
            for k, v in runs.items()}
     ratio = med["one pass"]["wall_s"] / med["two step"]["wall_s"]
     table = [
-        f"# One-pass Q4_K_M vs BF16 GGUF + llama_model_quantize\n",
+        "# One-pass Q4_K_M vs BF16 GGUF + llama_model_quantize\n",
         f"Machine: {machine()}. Source: synthetic BF16 checkpoint with Marco-Mini widths, {args.layers} layers, "
         f"{src_bytes / 2**30:.2f} GiB of safetensors. {args.threads} threads, {args.reps} alternating repetitions "
         f"(medians). Tensors byte-identical across methods: {'yes' if len(digests) == 1 else 'NO'}.\n",

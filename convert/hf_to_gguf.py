@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", "-t", type=int)
     p.add_argument("--tensor-type", action="append", default=[], dest="tensor_types", metavar="PATTERN=TYPE")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--revision", help="hub branch, tag or commit, when SOURCE is a hub id owner/name")
     p.add_argument("--json", action="store_true")
     args = vars(p.parse_args(argv))
     as_json = args.pop("json")

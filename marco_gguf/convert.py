@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -19,6 +19,7 @@ from gguf import MODEL_TENSOR as T
 
 from .checkpoint import Checkpoint
 from .errors import OutputError
+from .hub import resolve_source
 from .metadata import build_metadata, count_parameters
 from .presets import Preset, load_preset, parse_overrides
 from .quantize import prepare, quantize_rows
@@ -45,6 +46,8 @@ class ConvertResult:
     tied_embeddings: bool
     tokenizer: dict = field(default_factory=dict)
     tensor_types: dict = field(default_factory=dict)  # GGML type name -> number of tensors
+    hub_repo: str | None = None    # owner/name when SOURCE was a hub id
+    hub_commit: str | None = None  # the commit it was converted from
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -97,7 +100,7 @@ def _stream(ckpt: Checkpoint, planned: list[PlannedTensor], specs: list[TensorSp
 
 def _drain_one(pending: deque, writer: GGUFStreamWriter, done: int, progress: Progress | None) -> int:
     name, fut = pending.popleft()
-    data: np.ndarray = fut.result() if isinstance(fut, Future) else fut
+    data: np.ndarray = fut.result()
     writer.write(data)
     done += data.nbytes
     if progress is not None:
@@ -107,13 +110,15 @@ def _drain_one(pending: deque, writer: GGUFStreamWriter, done: int, progress: Pr
 
 def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile: str | Path | None = None,
             outdir: str | Path | None = None, name: str | None = None, threads: int | None = None,
-            force: bool = False, tensor_types: Sequence[str] = (), progress: Progress | None = None) -> ConvertResult:
-    """Convert a Marco (qwen3_moe) checkpoint folder to GGUF with a quantization preset."""
+            force: bool = False, tensor_types: Sequence[str] = (), progress: Progress | None = None,
+            revision: str | None = None) -> ConvertResult:
+    """Convert a Marco (qwen3_moe) checkpoint folder, or a hub id `owner/name` (at `revision`), to GGUF."""
     started = time.perf_counter()
     chosen = preset if isinstance(preset, Preset) else load_preset(preset)
     overrides = parse_overrides(tensor_types)
     threads = threads or default_threads()
-    with Checkpoint(Path(source)) as ckpt:
+    hub = resolve_source(source, revision=revision)  # None for a local folder
+    with Checkpoint(hub.folder if hub else Path(source)) as ckpt:
         c = ckpt.config
         untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
         planned = plan_tensors(c, ckpt.tensors, keep_lm_head=untied_head)
@@ -121,9 +126,10 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
         specs = [TensorSpec(t.name, t.shape, chosen.tensor_type(t, n_layers=c.n_layers, tied=tied, n_experts=c.n_experts,
                                                              overrides=overrides))
                  for t in planned]
-        kv, tok_summary = build_metadata(ckpt.folder, c, planned, file_type=chosen.file_type, name=name)
+        kv, tok_summary = build_metadata(ckpt.folder, c, planned, file_type=chosen.file_type, name=name,
+                                         repo_id=hub.repo_id if hub else None)
         path = output_path(ckpt.folder, chosen, outfile=Path(outfile) if outfile else None,
-                           outdir=Path(outdir) if outdir else None, name=name)
+                           outdir=Path(outdir) if outdir else None, name=name or (hub.name if hub else None))
         for q in {s.qtype for s in specs}:
             prepare(q)
         with GGUFStreamWriter(path, kv, specs, overwrite=force) as writer:
@@ -135,4 +141,5 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
     for s in specs:
         types[s.qtype.name] = types.get(s.qtype.name, 0) + 1
     return ConvertResult(path, chosen.id, chosen.file_type.name, path.stat().st_size, len(specs), params,
-                         8 * data_bytes / params, time.perf_counter() - started, tied, tok_summary, types)
+                         8 * data_bytes / params, time.perf_counter() - started, tied, tok_summary, types,
+                         hub.repo_id if hub else None, hub.commit if hub else None)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .convert import ConvertResult, convert
-from .runtime import GenerationStats, generate, load_model
+from .runtime import ChatSession, GenerationStats
 from .synth import SynthResult, synthesize
 
-DEMO_PROMPT = "<|im_start|>user\nWhat is a mixture of experts?<|im_end|>\n<|im_start|>assistant\n"
+DEMO_QUESTION = "What is a mixture of experts?"
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,6 @@ def demo(*, workdir: str | Path | None = None, preset: str = "q8_0", max_tokens:
         root = Path(workdir) if workdir is not None else Path(tmp)
         ckpt = synthesize(root / "Marco-Tiny-Random", shape="tiny", vocab="small", seed=0)
         result = convert(ckpt.path, preset=preset, outdir=root, threads=threads, force=True, progress=progress)
-        llm = load_model(result.path, n_ctx=512, threads=threads)
-        text, stats = generate(llm, DEMO_PROMPT, max_tokens=max_tokens)
-        llm.close()
-    return DemoResult(ckpt, result, text, stats)
+        with ChatSession(result.path, ctx=512, threads=threads, seed=0, max_tokens=max_tokens) as session:
+            reply = session.send(DEMO_QUESTION).wait()
+    return DemoResult(ckpt, result, reply.text, reply.stats)

@@ -47,3 +47,20 @@ class QuantizerError(MarcoGGUFError):
 
 class GGUFFileError(MarcoGGUFError):
     """A file given to us as GGUF is not GGUF, is truncated, or cannot be loaded."""
+
+
+class HubError(CheckpointError):
+    """A Hugging Face hub id could not be fetched: not cached while offline, not found, gated, unreachable."""
+
+
+class ExportError(MarcoGGUFError):
+    """A GGUF cannot be exported to Ollama or LM Studio, or a model card cannot be written."""
+
+
+class InsufficientMemoryError(MarcoGGUFError):
+    """The weights plus the KV cache for the requested context need more RAM than is available."""
+
+
+class ChatError(MarcoGGUFError):
+    """A chat turn cannot go on: the message does not fit the context, the template refuses it, or a
+    saved conversation is not valid."""

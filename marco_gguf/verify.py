@@ -25,7 +25,7 @@ from .reader import Header, read_header
 from .metadata import build_metadata
 from .quantize import row_size
 from .qwen3moe import LM_HEAD, PlannedTensor, lm_head_is_tied, plan_tensors
-from .runtime import load_model
+from .loader import load_model
 
 # relative RMS error bound per type: about twice what ggml's quantizers give on Gaussian weights,
 # measured here (F16 2e-4, BF16 1.7e-3, Q8_0 5.4e-3, Q6_K 1.8e-2, Q5_K 3.6e-2, Q4_K 7.1e-2, Q2_K 0.30)

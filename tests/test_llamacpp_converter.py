@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from gguf import GGUFReader
+from gguf import GGUFReader, GGUFValueType
 
 from checkpoints import Spec
 from conftest import llamacpp_source
+from marco_gguf import __version__
 
 SRC = llamacpp_source()
 pytestmark = [pytest.mark.slow,
@@ -28,6 +29,12 @@ CASES = [  # (reason, spec, preset == llama.cpp --outtype)
 ]
 
 
+# Keys marco-gguf writes on purpose and llama.cpp's converter does not; every other key must be identical.
+EXTRA_KEYS = (
+    "general.quantized_by",  # "marco-gguf <version>": LM Studio and Ollama show who made the file
+)
+
+
 def metadata(reader: GGUFReader) -> dict:
     return {f.name: (f.types, f.contents()) for f in reader.fields.values() if not f.name.startswith("GGUF.")}
 
@@ -38,7 +45,10 @@ def test_same_file_as_llama_cpp_converter(reason, spec, preset, checkpoint, conv
     subprocess.run([sys.executable, str(SRC / "convert_hf_to_gguf.py"), str(checkpoint(spec)), "--outtype", preset,
                     "--outfile", str(ref_path)], check=True, capture_output=True, cwd=tmp_path)
     ours, ref = GGUFReader(converted(spec, preset).path), GGUFReader(ref_path)
-    assert metadata(ours) == metadata(ref)
+    ours_kv = metadata(ours)
+    extra = {k: ours_kv.pop(k) for k in EXTRA_KEYS}
+    assert ours_kv == metadata(ref)
+    assert extra == {"general.quantized_by": ([GGUFValueType.STRING], f"marco-gguf {__version__}")}
     ref_tensors = {t.name: t for t in ref.tensors}
     assert sorted(t.name for t in ours.tensors) == sorted(ref_tensors)  # its order follows the shards
     for t in ours.tensors:

@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 
 from checkpoints import Spec, reference_logits
-from marco_gguf.runtime import load_model
+from marco_gguf.loader import load_model
 from tokenizer_texts import TEXTS
 
 N_TOKENS = 64

@@ -10,6 +10,10 @@ from .. import __version__
 from .. import convert as lib_convert
 from .. import demo as lib_demo
 from ..presets import builtin_presets
+from . import bench as bench_cmd
+from . import card as card_cmd
+from . import chat as chat_cmd
+from . import export as export_cmd
 from . import inspect as inspect_cmd
 from . import synth as synth_cmd
 from . import ui
@@ -36,7 +40,7 @@ def main_options(version: Annotated[bool, typer.Option("--version", callback=_ve
 
 @app.command()
 def convert(
-    source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder (config.json, safetensors, tokenizer).")],
+    source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder, or a hub id owner/name (downloaded).")],
     preset: Annotated[str, typer.Option("--preset", help=f"Preset id ({', '.join(builtin_presets())}) or a .toml file.")] = "q8_0",
     outfile: Annotated[Optional[Path], typer.Option("--outfile", "-o", help="Output file.")] = None,
     outdir: Annotated[Optional[Path], typer.Option("--outdir", help="Output folder; file named <model>-<PRESET>.gguf.")] = None,
@@ -44,13 +48,14 @@ def convert(
     threads: Threads = None,
     tensor_type: Annotated[Optional[list[str]], typer.Option("--tensor-type", help="Override: PATTERN=TYPE (repeatable).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit (hub ids only).")] = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
     """Convert a Marco checkpoint into one GGUF file."""
     with ui.errors_to_exit(), ui.byte_progress("converting", quiet=quiet or json_out) as progress:
         result = lib_convert(source, preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads,
-                             force=force, tensor_types=tensor_type or (), progress=progress)
+                             force=force, tensor_types=tensor_type or (), progress=progress, revision=revision)
     if json_out:
         ui.print_json(result.as_dict())
         return
@@ -62,7 +67,7 @@ def convert(
         ("parameters", f"{result.n_parameters:,}"),
         ("embeddings", "tied (token_embd serves as output)" if result.tied_embeddings else "separate output.weight"),
         ("seconds", f"{result.seconds:.1f}"),
-    ])
+    ] + ([("source", f"{result.hub_repo} @ {result.hub_commit}")] if result.hub_repo else []))
 
 
 @app.command()
@@ -94,7 +99,11 @@ def demo(
 
 app.command()(inspect_cmd.inspect)
 app.command()(inspect_cmd.verify)
+app.add_typer(export_cmd.app, name="export")
+app.command()(card_cmd.card)
 app.command()(synth_cmd.synth)
+app.command()(chat_cmd.chat)
+app.command()(bench_cmd.bench)
 
 
 def main() -> None:

@@ -1,0 +1,185 @@
+"""`bench()`: llama-bench's pp/tg tests on a Marco GGUF, this machine's memory bandwidth, and the roofline.
+
+The tests follow llama-bench (tools/llama-bench/llama-bench.cpp): a context of n_prompt + n_gen,
+one warm-up run, then for each repetition an empty KV cache and either `pp` (random tokens in
+batches of n_batch, one llama_decode per batch) or `tg` (random tokens one llama_decode at a time,
+no sampling). Generation on a CPU is bound by memory bandwidth: every token reads the active
+weights once, so bandwidth / bytes-per-token is the speed a perfect implementation would reach.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .gguf_info import GGUFInfo
+from .loader import check_model, load_model
+
+PROBE_MIB = 256  # per array; three arrays of 256 MiB are 24x this machine class's 32 MiB L3
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One test at one thread count: tokens/s of every repetition and the figures derived from them."""
+
+    model: str
+    size_bytes: int
+    bits_per_weight: float
+    threads: int
+    test: str                         # llama-bench's names: pp512 = 512-token prompt, tg128 = 128 generated tokens
+    samples: tuple[float, ...]        # tokens/s of each repetition
+    bandwidth_gbps: float             # measured with the same number of threads
+    roofline_tokens_per_s: float | None = None  # tg only: bandwidth / bytes read per generated token
+
+    @property
+    def tokens_per_s(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """Standard deviation over the repetitions (0 with one repetition)."""
+        return statistics.stdev(self.samples) if len(self.samples) > 1 else 0.0
+
+    @property
+    def roofline_fraction(self) -> float | None:
+        return self.tokens_per_s / self.roofline_tokens_per_s if self.roofline_tokens_per_s else None
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "samples": list(self.samples), "tokens_per_s": self.tokens_per_s,
+                "spread": self.spread, "roofline_fraction": self.roofline_fraction}
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """All rows (iterating a BenchResult gives them), with the model and machine facts they rest on."""
+
+    path: Path
+    size_bytes: int
+    bits_per_weight: float
+    bytes_per_token: int              # weight bytes read per generated token
+    bandwidth_gbps: dict[int, float]  # threads -> GB/s (10^9 bytes/s)
+    rows: tuple[BenchRow, ...] = field(default=())
+
+    def __iter__(self) -> Iterator[BenchRow]:
+        return iter(self.rows)
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "size_bytes": self.size_bytes, "bits_per_weight": self.bits_per_weight,
+                "bytes_per_token": self.bytes_per_token, "bandwidth_gbps": self.bandwidth_gbps,
+                "rows": [r.as_dict() for r in self.rows]}
+
+
+def bytes_per_token(info: GGUFInfo) -> int:
+    """Weight bytes one generated token reads: the routed share (expert_used_count / expert_count) of the
+    ffn_*_exps tensors, all of attention, router and norms, the output matrix (token_embd when tied), and
+    one row of token_embd for the embedding lookup."""
+    share, total = info.expert_fraction, 0.0
+    tied = not any(t.name == "output.weight" for t in info.tensors)
+    for t in info.tensors:
+        if t.group == "experts":
+            total += t.n_bytes * share
+        elif t.name == "token_embd.weight":
+            total += t.n_bytes / t.shape[0] + (t.n_bytes if tied else 0)
+        else:
+            total += t.n_bytes
+    return round(total)
+
+
+def memory_bandwidth(*, threads: int = 1, mib: int = PROBE_MIB, reps: int = 5) -> dict[str, float]:
+    """STREAM-like probe: best-of-`reps` GB/s of `copy` (b = a) and `add` (c = a + b) over float64 arrays
+    of `mib` MiB each, split across `threads` threads (NumPy releases the GIL inside these kernels).
+    Bytes counted as STREAM counts them: 2 per element for copy, 3 for add."""
+    n = mib * 2**20 // 8
+    a, b, c = np.ones(n), np.ones(n), np.zeros(n)  # written once, so no page faults while timing
+    cuts = np.linspace(0, n, threads + 1).astype(int)
+    kernels = {"copy": (2, lambda s: np.copyto(b[s], a[s])), "add": (3, lambda s: np.add(a[s], b[s], out=c[s]))}
+    best = {}
+    with ThreadPoolExecutor(threads) as pool:
+        for name, (streams, kernel) in kernels.items():
+            slices = [slice(cuts[i], cuts[i + 1]) for i in range(threads)]
+            seconds = []
+            for _ in range(reps + 1):  # the first pass warms the threads up and is not counted
+                t = time.perf_counter()
+                list(pool.map(kernel, slices))
+                seconds.append(time.perf_counter() - t)
+            best[name] = streams * n * 8 / min(seconds[1:]) / 1e9
+    return best
+
+
+def _decode(lib, ctx, tokens: Sequence[int]) -> None:
+    arr = (lib.llama_token * len(tokens))(*tokens)
+    if lib.llama_decode(ctx, lib.llama_batch_get_one(arr, len(tokens))) != 0:
+        raise RuntimeError("llama_decode failed")
+
+
+def time_prompt(llm, tokens: Sequence[int]) -> float:
+    """Seconds to evaluate `tokens` from an empty KV cache, n_batch at a time (llama-bench's test_prompt)."""
+    import llama_cpp as lib
+
+    lib.llama_memory_clear(lib.llama_get_memory(llm.ctx), False)
+    started = time.perf_counter()
+    for i in range(0, len(tokens), llm.n_batch):
+        _decode(lib, llm.ctx, tokens[i:i + llm.n_batch])
+    lib.llama_synchronize(llm.ctx)
+    return time.perf_counter() - started
+
+
+def time_generation(llm, tokens: Sequence[int]) -> float:
+    """Seconds to evaluate `tokens` one llama_decode each from an empty KV cache (llama-bench's test_gen)."""
+    import llama_cpp as lib
+
+    lib.llama_memory_clear(lib.llama_get_memory(llm.ctx), False)
+    ctx, one = llm.ctx, (lib.llama_token * 1)()
+    decode, batch_get_one, synchronize = lib.llama_decode, lib.llama_batch_get_one, lib.llama_synchronize
+    started = time.perf_counter()
+    for token in tokens:
+        one[0] = token
+        if decode(ctx, batch_get_one(one, 1)) != 0:
+            raise RuntimeError("llama_decode failed")
+        synchronize(ctx)
+    return time.perf_counter() - started
+
+
+def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: int | Sequence[int] = (1, 2),
+          reps: int = 5, progress: Callable[[str], None] | None = None) -> BenchResult:
+    """pp{n_prompt} and tg{n_gen} at each thread count, `reps` times after one warm-up, plus bandwidth and roofline."""
+    import llama_cpp as lib
+
+    threads = (threads,) if isinstance(threads, int) else tuple(threads)
+    if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0 or reps < 1 or not threads or min(threads) < 1:
+        raise ValueError("need n_prompt + n_gen > 0, reps >= 1 and thread counts >= 1")
+    info = check_model(model, ctx=n_prompt + n_gen)
+    per_token = bytes_per_token(info)
+    rng = random.Random(0)
+    llm = load_model(model, n_ctx=max(n_prompt + n_gen, 16), threads=max(threads))
+    vocab = llm.n_vocab()
+    tests = [(name, n, timer) for name, n, timer in ((f"pp{n_prompt}", n_prompt, time_prompt),
+                                                     (f"tg{n_gen}", n_gen, time_generation)) if n > 0]
+    rows, bandwidth = [], {}
+    try:
+        for t in threads:
+            if progress:
+                progress(f"memory bandwidth, {t} thread(s)")
+            bandwidth[t] = max(memory_bandwidth(threads=t).values())
+            lib.llama_set_n_threads(llm.ctx, t, t)
+            for name, n, timer in tests:
+                if progress:
+                    progress(f"{name}, {t} thread(s), warm-up")
+                timer(llm, [rng.randrange(vocab) for _ in range(n if timer is time_prompt else 1)])
+                samples = []
+                for r in range(reps):
+                    if progress:
+                        progress(f"{name}, {t} thread(s), repetition {r + 1}/{reps}")
+                    samples.append(n / timer(llm, [rng.randrange(vocab) for _ in range(n)]))
+                roof = bandwidth[t] * 1e9 / per_token if timer is time_generation else None
+                rows.append(BenchRow(info.path.name, info.file_size, info.bits_per_weight, t, name, tuple(samples),
+                                     bandwidth[t], roof))
+    finally:
+        llm.close()
+    return BenchResult(info.path, info.file_size, info.bits_per_weight, per_token, bandwidth, tuple(rows))

@@ -1,0 +1,32 @@
+"""`card`: a README.md for a folder of GGUFs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..export import write_card
+from ..export.card import human_size
+from . import ui
+
+
+def card(
+    folder: Annotated[Path, typer.Argument(help="A folder of .gguf files.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace a README.md marco-gguf did not write.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Write FOLDER/README.md: source, license, a table of the files, prompt format, how to run each."""
+    with ui.errors_to_exit():
+        r = write_card(folder, force=force)
+    if json_out:
+        ui.print_json(r.as_dict())
+        return
+    ui.out.print(f"wrote {r.path}", markup=False, soft_wrap=True)
+    table = Table()
+    for col in ("file", "quant type", "size", "bits/weight"):
+        table.add_column(col, justify="left" if col in ("file", "quant type") else "right")
+    for row in r.rows:
+        table.add_row(row.filename, row.quant_type, human_size(row.size_bytes), f"{row.bits_per_weight:.2f}")
+    ui.out.print(table)

@@ -1,0 +1,99 @@
+"""`bench`: llama-bench's tests, the bandwidth probe and the roofline's bytes per token."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGUFReader
+
+from checkpoints import Spec
+from marco_gguf.bench import bench, bytes_per_token, memory_bandwidth
+from marco_gguf.gguf_info import read_info
+
+CLI = [sys.executable, "-m", "marco_gguf"]
+
+# (reason, spec, preset): tied and untied embeddings, uniform and mixed tensor types
+MODELS = [
+    ("tied embeddings, Q8_0 everywhere", Spec(), "q8_0"),
+    ("tied embeddings, K-quant mix (Q6_K token_embd, Q4_K/Q6_K/Q5_0 experts)", Spec(), "q4_k_m"),
+    ("separate output.weight", Spec(tied=False), "q8_0"),
+]
+
+
+def reference_bytes_per_token(path) -> float:
+    """The issue's definition, computed independently with gguf-py's GGUFReader."""
+    r = GGUFReader(path)
+    used = int(r.fields["qwen3moe.expert_used_count"].contents())
+    total = int(r.fields["qwen3moe.expert_count"].contents())
+    size = {}
+    for t in r.tensors:
+        block, type_size = GGML_QUANT_SIZES[t.tensor_type]
+        size[t.name] = int(np.prod(t.shape)) // block * type_size  # t.shape is ggml's ne order
+        size[t.name, "row"] = int(t.shape[0]) // block * type_size
+    out = 0.0
+    for name in (n for n in size if isinstance(n, str)):
+        if "_exps" in name:
+            out += size[name] * used / total                      # the routed experts' share
+        elif name == "token_embd.weight":
+            out += size[name, "row"]                               # the lookup reads one row ...
+            out += size[name] * ("output.weight" not in size)      # ... and, tied, the whole matrix as output
+        else:
+            out += size[name]                                      # attention, router, norms, output
+    return out
+
+
+@pytest.mark.parametrize("reason,spec,preset", MODELS, ids=[m[0] for m in MODELS])
+def test_bytes_per_token_matches_gguf_py(reason, spec, preset, converted):
+    path = converted(spec, preset).path
+    assert abs(bytes_per_token(read_info(path)) - reference_bytes_per_token(path)) <= 1
+
+
+def test_bench_rows_follow_llama_bench(converted):
+    result = bench(converted(Spec(), "q8_0").path, n_prompt=32, n_gen=8, threads=(1, 2), reps=2)
+    assert [(r.test, r.threads) for r in result] == [("pp32", 1), ("tg8", 1), ("pp32", 2), ("tg8", 2)]
+    for r in result:
+        assert len(r.samples) == 2 and r.tokens_per_s > 0 and r.spread >= 0 and r.bandwidth_gbps > 0
+        assert (r.roofline_tokens_per_s is None) == r.test.startswith("pp")  # a roofline only for generation
+    tg = result.rows[1]
+    assert tg.roofline_tokens_per_s == pytest.approx(tg.bandwidth_gbps * 1e9 / result.bytes_per_token)
+    assert tg.roofline_fraction == pytest.approx(tg.tokens_per_s / tg.roofline_tokens_per_s)
+
+
+def test_bandwidth_probe_reports_copy_and_add():
+    gbps = memory_bandwidth(threads=2, mib=16, reps=2)
+    assert set(gbps) == {"copy", "add"} and all(0.1 < v < 10_000 for v in gbps.values())
+
+
+def test_bench_json_cli(converted):
+    proc = subprocess.run([*CLI, "bench", str(converted(Spec(), "q8_0").path), "-p", "16", "-n", "4", "--threads", "1",
+                           "--reps", "1", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [(r["test"], r["threads"]) for r in rows] == [("pp16", 1), ("tg4", 1)]
+    assert all(r["tokens_per_s"] > 0 for r in rows) and rows[1]["roofline_fraction"] > 0
+
+
+def test_bench_table_cli(converted):
+    proc = subprocess.run([*CLI, "bench", str(converted(Spec(), "q8_0").path), "-p", "16", "-n", "4", "--threads", "1",
+                           "--reps", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("Marco-Test-Instruct-Q8_0.gguf", "bits/weight", "pp16", "tg4", " ± ", "GB/s with 1 thread(s)",
+                 "bytes read per generated token"):
+        assert text in proc.stdout
+
+
+BAD = [
+    ("not a GGUF", lambda d: [str((d / "x.gguf").write_text("no") and d / "x.gguf")], 1, "error: ", "not a GGUF file"),
+    ("thread list with a word", lambda d: ["m.gguf", "--threads", "1,two"], 2, "", "not a comma-separated list"),
+    ("nothing to run", lambda d: ["m.gguf", "-p", "0", "-n", "0"], 2, "", "-p and -n cannot both be 0"),
+]
+
+
+@pytest.mark.parametrize("reason,args,code,prefix,message", BAD, ids=[b[0] for b in BAD])
+def test_bench_refusals(reason, args, code, prefix, message, tmp_path):
+    proc = subprocess.run([*CLI, "bench", *args(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == code and proc.stderr.startswith(prefix) and message in proc.stderr
+    assert "Traceback" not in proc.stderr
