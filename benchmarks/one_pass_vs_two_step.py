@@ -63,6 +63,8 @@ def folder_bytes(folder: Path) -> int:
 
 def run(code: str, ckpt: Path, out: Path, threads: int, preset: str = "q4_k_m", keep: bool = False) -> dict:
     """One conversion in a fresh process: wall time, its own peak RSS, peak bytes in out's folder."""
+    from marco_gguf.reader import read_header
+
     out.parent.mkdir(parents=True, exist_ok=True)
     peak, stop = [0], threading.Event()
 
@@ -87,7 +89,7 @@ def run(code: str, ckpt: Path, out: Path, threads: int, preset: str = "q4_k_m", 
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     digest = tensor_digest(out)
     result = {"wall_s": wall, "peak_rss": lines[-1]["hwm"], "peak_disk": peak[0], "size": out.stat().st_size,
-              "sha256": digest}
+              "header_bytes": read_header(out).data_offset, "sha256": digest}
     if not keep:
         shutil.rmtree(out.parent)
     return result
