@@ -8,10 +8,11 @@ weights once, so bandwidth / bytes-per-token is the speed a perfect implementati
 """
 from __future__ import annotations
 
+import os
 import random
 import statistics
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -93,23 +94,42 @@ def bytes_per_token(info: GGUFInfo) -> int:
 
 def memory_bandwidth(*, threads: int = 1, mib: int = PROBE_MIB, reps: int = 5) -> dict[str, float]:
     """STREAM-like probe: best-of-`reps` GB/s of `copy` (b = a) and `add` (c = a + b) over float64 arrays
-    of `mib` MiB each, split across `threads` threads (NumPy releases the GIL inside these kernels).
+    of `mib` MiB each, one slice per thread (NumPy releases the GIL inside these kernels).
     Bytes counted as STREAM counts them: 2 per element for copy, 3 for add."""
     n = mib * 2**20 // 8
     a, b, c = np.ones(n), np.ones(n), np.zeros(n)  # written once, so no page faults while timing
     cuts = np.linspace(0, n, threads + 1).astype(int)
+    slices = [slice(cuts[i], cuts[i + 1]) for i in range(threads)]
     kernels = {"copy": (2, lambda s: np.copyto(b[s], a[s])), "add": (3, lambda s: np.add(a[s], b[s], out=c[s]))}
-    best = {}
-    with ThreadPoolExecutor(threads) as pool:
-        for name, (streams, kernel) in kernels.items():
-            slices = [slice(cuts[i], cuts[i + 1]) for i in range(threads)]
-            seconds = []
-            for _ in range(reps + 1):  # the first pass warms the threads up and is not counted
-                t = time.perf_counter()
-                list(pool.map(kernel, slices))
-                seconds.append(time.perf_counter() - t)
-            best[name] = streams * n * 8 / min(seconds[1:]) / 1e9
-    return best
+    return {name: streams * n * 8 / min(_timed_parallel(kernel, slices, reps)) / 1e9
+            for name, (streams, kernel) in kernels.items()}
+
+
+def _timed_parallel(kernel: Callable[[slice], object], slices: list[slice], reps: int) -> list[float]:
+    """Seconds of `reps` runs (after one warm-up) of kernel over all slices at once, one thread per slice,
+    each pinned to its own CPU when there are enough (a pool may run two slices on one worker or core).
+    Each run spans the earliest start to the latest end the workers recorded themselves: timing from
+    the main thread, which may be scheduled late on a busy 2-CPU machine, once gave 170 GB/s."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    go = threading.Barrier(len(slices))
+    stamps = [[(0.0, 0.0)] * (reps + 1) for _ in slices]
+
+    def work(k: int) -> None:
+        if len(cpus) >= len(slices):
+            os.sched_setaffinity(0, {cpus[k]})  # affects this thread only
+        for r in range(reps + 1):
+            go.wait()
+            t = time.perf_counter()
+            kernel(slices[k])
+            stamps[k][r] = (t, time.perf_counter())
+
+    workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(slices))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    runs = [(min(s[r][0] for s in stamps), max(s[r][1] for s in stamps)) for r in range(1, reps + 1)]
+    return [end - begin for begin, end in runs]  # run 0 warmed the threads and caches up
 
 
 def _decode(lib, ctx, tokens: Sequence[int]) -> None:
@@ -146,6 +166,21 @@ def time_generation(llm, tokens: Sequence[int]) -> float:
     return time.perf_counter() - started
 
 
+def _samples(llm, name: str, n: int, timer, threads: int, reps: int, rng: random.Random,
+             progress: Callable[[str], None] | None) -> tuple[float, ...]:
+    """tokens/s of `reps` runs of one test after a warm-up, each on fresh random tokens."""
+    vocab = llm.n_vocab()
+    if progress:
+        progress(f"{name}, {threads} thread(s), warm-up")
+    timer(llm, [rng.randrange(vocab) for _ in range(n if timer is time_prompt else 1)])
+    samples = []
+    for r in range(reps):
+        if progress:
+            progress(f"{name}, {threads} thread(s), repetition {r + 1}/{reps}")
+        samples.append(n / timer(llm, [rng.randrange(vocab) for _ in range(n)]))
+    return tuple(samples)
+
+
 def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: int | Sequence[int] = (1, 2),
           reps: int = 5, progress: Callable[[str], None] | None = None) -> BenchResult:
     """pp{n_prompt} and tg{n_gen} at each thread count, `reps` times after one warm-up, plus bandwidth and roofline."""
@@ -158,7 +193,6 @@ def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: 
     per_token = bytes_per_token(info)
     rng = random.Random(0)
     llm = load_model(model, n_ctx=max(n_prompt + n_gen, 16), threads=max(threads))
-    vocab = llm.n_vocab()
     tests = [(name, n, timer) for name, n, timer in ((f"pp{n_prompt}", n_prompt, time_prompt),
                                                      (f"tg{n_gen}", n_gen, time_generation)) if n > 0]
     rows, bandwidth = [], {}
@@ -166,20 +200,14 @@ def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: 
         for t in threads:
             if progress:
                 progress(f"memory bandwidth, {t} thread(s)")
-            bandwidth[t] = max(memory_bandwidth(threads=t).values())
+            before = max(memory_bandwidth(threads=t).values())
             lib.llama_set_n_threads(llm.ctx, t, t)
-            for name, n, timer in tests:
-                if progress:
-                    progress(f"{name}, {t} thread(s), warm-up")
-                timer(llm, [rng.randrange(vocab) for _ in range(n if timer is time_prompt else 1)])
-                samples = []
-                for r in range(reps):
-                    if progress:
-                        progress(f"{name}, {t} thread(s), repetition {r + 1}/{reps}")
-                    samples.append(n / timer(llm, [rng.randrange(vocab) for _ in range(n)]))
-                roof = bandwidth[t] * 1e9 / per_token if timer is time_generation else None
-                rows.append(BenchRow(info.path.name, info.file_size, info.bits_per_weight, t, name, tuple(samples),
-                                     bandwidth[t], roof))
+            measured = [(name, _samples(llm, name, n, timer, t, reps, rng, progress), timer is time_generation)
+                        for name, n, timer in tests]
+            # a shared host's bandwidth changes from one second to the next: the roofline takes the better probe
+            bandwidth[t] = max(before, *memory_bandwidth(threads=t).values())
+            rows += [BenchRow(info.path.name, info.file_size, info.bits_per_weight, t, name, samples, bandwidth[t],
+                              bandwidth[t] * 1e9 / per_token if is_gen else None) for name, samples, is_gen in measured]
     finally:
         llm.close()
     return BenchResult(info.path, info.file_size, info.bits_per_weight, per_token, bandwidth, tuple(rows))

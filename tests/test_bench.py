@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGUFReader
 
 from checkpoints import Spec
-from marco_gguf.bench import bench, bytes_per_token, memory_bandwidth
+import marco_gguf.bench as bench_module
+from marco_gguf.bench import _timed_parallel, bench, bytes_per_token, memory_bandwidth
 from marco_gguf.gguf_info import read_info
 
 CLI = [sys.executable, "-m", "marco_gguf"]
@@ -65,6 +69,33 @@ def test_bench_rows_follow_llama_bench(converted):
 def test_bandwidth_probe_reports_copy_and_add():
     gbps = memory_bandwidth(threads=2, mib=16, reps=2)
     assert set(gbps) == {"copy", "add"} and all(0.1 < v < 10_000 for v in gbps.values())
+
+
+def test_parallel_timing_runs_every_slice_on_its_own_pinned_thread():
+    """Each run covers the slowest slice (spans are the workers' own stamps), every slice runs once per
+    repetition plus the warm-up, and each worker is pinned to a CPU of its own."""
+    seen, naps = [], {0: 0.005, 1: 0.03}
+
+    def kernel(s: slice) -> None:
+        seen.append((s.start, threading.get_ident(), frozenset(os.sched_getaffinity(0))))
+        time.sleep(naps[s.start])
+
+    seconds = _timed_parallel(kernel, [slice(0, 1), slice(1, 2)], reps=3)
+    assert len(seconds) == 3 and all(t >= 0.03 for t in seconds)
+    assert sorted(start for start, _, _ in seen) == [0] * 4 + [1] * 4
+    threads_of = {start: {ident for s, ident, _ in seen if s == start} for start in (0, 1)}
+    assert all(len(ids) == 1 for ids in threads_of.values()) and threads_of[0] != threads_of[1]
+    if len(os.sched_getaffinity(0)) >= 2:
+        cpus = {start: {cpu for s, _, cpu in seen if s == start} for start in (0, 1)}
+        assert all(len(c) == 1 and len(next(iter(c))) == 1 for c in cpus.values()) and cpus[0] != cpus[1]
+
+
+def test_bench_roofline_takes_the_better_of_two_probes(converted, monkeypatch):
+    """A shared host's bandwidth moves between probes: the probe after the tests counts when it is higher."""
+    probes = iter([{"copy": 10.0, "add": 12.0}, {"copy": 30.0, "add": 5.0}])
+    monkeypatch.setattr(bench_module, "memory_bandwidth", lambda **kw: next(probes))
+    result = bench(converted(Spec(), "q8_0").path, n_prompt=8, n_gen=4, threads=1, reps=1)
+    assert result.bandwidth_gbps == {1: 30.0} and all(r.bandwidth_gbps == 30.0 for r in result)
 
 
 def test_bench_json_cli(converted):
