@@ -107,7 +107,7 @@ def convert_mini(w: Path, res: Path, th: int) -> None:
 
 def phase_convert(args: argparse.Namespace) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
-    save(args.results, "machine", machine_facts())
+    save(args.results, "machine", machine_facts(args.workdir))
     for shape in args.shapes.split(","):
         {"nano": convert_nano, "mini": convert_mini}[shape](args.workdir, args.results, args.threads)
 
@@ -146,7 +146,7 @@ def sample_rss(pid: int, peaks: dict, stop: threading.Event) -> None:
         stop.wait(0.1)
 
 
-def machine_facts() -> dict:
+def machine_facts(workdir: Path) -> dict:
     """What the figures depend on: CPU (lscpu), RAM, disk, and the SIMD llama.cpp was built with."""
     import llama_cpp
 
@@ -157,7 +157,7 @@ def machine_facts() -> dict:
                        if k in cpu)
     info = llama_cpp.llama_print_system_info().decode().removeprefix("CPU : ")
     simd = [f.split(" =")[0] for f in info.split(" | ") if f.endswith("= 1")]
-    return {"machine": f"{machine()} ({detail})", "disk": disk(), "date": time.strftime("%Y-%m-%d"),
+    return {"machine": f"{machine()} ({detail})", "disk": disk(workdir), "date": time.strftime("%Y-%m-%d"),
             "llama_cpp": f"llama-cpp-python {llama_cpp.__version__}, built with {' '.join(simd)}"}
 
 
@@ -166,10 +166,10 @@ def phase_runtime(args: argparse.Namespace) -> None:
     from marco_gguf.gguf_info import read_info
 
     data = json.loads(args.results.read_text()) if args.results.exists() else {}
-    facts = machine_facts()
-    if not facts["machine"].startswith(data.get("machine", {}).get("machine", "")):
+    here = machine_facts(args.workdir)
+    if not here["machine"].startswith(data.get("machine", {}).get("machine", "")):
         raise SystemExit(f"the conversion figures in {args.results} come from another machine: {data['machine']}")
-    save(args.results, "machine", facts)
+    save(args.results, "machine", here)
 
     for model in sorted(args.workdir.glob("*.gguf")):
         info = read_info(model)
@@ -189,7 +189,7 @@ def _gib(n: float) -> str:
 def report(data: dict) -> str:
     """BENCHMARKS.md: conversion table, published-size comparison, two-step ratio, runtime table."""
     reps = next((len(r["samples"]) for k, v in data.items() if k.startswith("runtime/") for r in v["rows"]), 0)
-    m = data.get("machine", {"machine": machine(), "disk": disk(), "date": "?"})
+    m = data.get("machine", {"machine": machine(), "disk": "?", "date": "?"})
     lines = ["# Benchmarks", "", f"Machine: {m['machine']}; disk: {m['disk']}; {m.get('llama_cpp', '')}; "
              f"run {m['date']}. Random-weight checkpoints with the exact "
              "published shapes (`marco-gguf synth`), BF16 source, 2 threads. Conversions are single runs on a "
@@ -235,17 +235,23 @@ def published_sizes(data: dict) -> list[str]:
     return lines + ["", EXPLAIN_SIZES]
 
 
+def by_test(v: dict) -> dict[tuple[int, str], dict]:
+    """A bench's rows keyed by (threads, "pp" or "tg")."""
+    return {(r["threads"], r["test"][:2]): r for r in v["rows"]}
+
+
 def bandwidths(runtime: dict) -> dict[int, list[float]]:
-    """Every bandwidth probe of the run by thread count (each bench measures its own)."""
-    out: dict[int, set[float]] = {}
-    for v in runtime.values():
-        for r in v["rows"]:
-            out.setdefault(r["threads"], set()).add(r["bandwidth_gbps"])
+    """The bandwidth each model's bench measured, by thread count (its pp and tg rows share one)."""
+    per_bench = {(model, t): r["bandwidth_gbps"] for model, v in runtime.items() for (t, _), r in by_test(v).items()}
+    out: dict[int, list[float]] = {}
+    for (_, t), gbps in per_bench.items():
+        out.setdefault(t, []).append(gbps)
     return {t: sorted(g) for t, g in sorted(out.items())}
 
 
 def runtime_table(runtime: dict) -> list[str]:
-    bw = {t: max(g) for t, g in bandwidths(runtime).items()}
+    probes = bandwidths(runtime)
+    bw = {t: max(g) for t, g in probes.items()}
     lines = ["", "## Runtime (`marco-gguf bench -p 512 -n 128 --threads 1,2`)", "",
              "tokens/s: median ± standard deviation of the repetitions after a warm-up. Roofline = memory bandwidth / "
              "weight bytes read per generated token, with the best bandwidth any probe of the run measured at that "
@@ -255,10 +261,9 @@ def runtime_table(runtime: dict) -> list[str]:
              "of arrays) and peak RSS, which also counts the mmapped file's pages, repacked tensors' included, that "
              "the kernel can drop under pressure.", "",
              "| model | layers | size (GiB) | bytes/token (MiB) | RAM ctx 8192 (GiB) | peak anon / RSS (GiB) "
-             "| threads |"
-             " pp512 t/s | tg128 t/s | roofline t/s | of roofline |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| threads | pp512 t/s | tg128 t/s | roofline t/s | of roofline |", "|---" * 11 + "|"]
     for model, v in sorted(runtime.items(), key=lambda kv: (-kv[1]["layers"], kv[0])):
-        by = {(r["threads"], r["test"][:2]): r for r in v["rows"]}
+        by = by_test(v)
         for threads in sorted({t for t, _ in by}):
             pp, tg = by[(threads, "pp")], by[(threads, "tg")]
             roof = bw[threads] * 1e9 / v["bytes_per_token"]
@@ -270,7 +275,7 @@ def runtime_table(runtime: dict) -> list[str]:
                          f"{roof:.0f} | {tg['tokens_per_s'] / roof:.0%} |")
     lines += ["", "Memory bandwidth probes (STREAM-like, GB/s): " + "; ".join(
         f"{thread_label(t)}: median {statistics.median(g):.1f}, range {g[0]:.1f}-{g[-1]:.1f}"
-        for t, g in bandwidths(runtime).items()) + "."]
+        for t, g in probes.items()) + "."]
     return lines
 
 
@@ -281,11 +286,10 @@ def depth_table(runtime: dict, data: dict) -> list[str]:
         return []
     lines = ["", "## Cost against depth (Marco-Mini widths, Q4_K_M)", "",
              "| layers | convert (s) | convert peak RSS (MiB) | size (GiB) | bytes/token (MiB) "
-             "| tg128 ms/token, 1 thread "
-             "| 2 threads | pp512 ms/token, 2 threads |", "|---|---|---|---|---|---|---|---|"]
+             "| tg128 ms/token, 1 thread | 2 threads | pp512 ms/token, 2 threads |", "|---" * 8 + "|"]
     ms, conv = {}, {}
     for layers, v in rows:
-        by = {(r["threads"], r["test"][:2]): r["tokens_per_s"] for r in v["rows"]}
+        by = {key: r["tokens_per_s"] for key, r in by_test(v).items()}
         ms[layers] = {t: 1000 / by[(t, "tg")] for t in (1, 2)}
         c = data[f"convert/mini-{layers}L-bf16/q4_k_m"]
         conv[layers] = c["wall_s"]
@@ -300,20 +304,20 @@ def depth_table(runtime: dict, data: dict) -> list[str]:
         parts.append(f"{label}: {icept:.1f} {unit} + {slope:.2f} {unit} per layer")
     return lines + ["", "Least-squares lines, fixed + per-layer cost: " + "; ".join(parts) + ". Conversion memory does "
                     "not grow with depth (one layer's experts at a time). The 7- and 14-layer sources (8.9 and "
-                    "17.4 GB) "
-                    "fit in this machine's page cache right after synthesis, the 34.5 GB one does not and is read "
-                    "back from disk: that bends the conversion line upward at 28 layers. The fixed part of generation "
-                    "is the tied 151,936 x 1,024 output matrix, sampling and llama.cpp's per-token overhead."]
+                    "17.4 GB) fit in this machine's page cache right after synthesis, the 34.5 GB one does not and is "
+                    "read back from disk: that bends the conversion line upward at 28 layers. The fixed part of "
+                    "generation is the tied 151,936 x 1,024 output matrix, sampling and llama.cpp's per-token "
+                    "overhead."]
 
 
 def thread_label(n: int) -> str:
     return f"{n} thread" + ("s" if n > 1 else "")
 
 
-def disk() -> str:
-    """The device under /work and its size, from df."""
+def disk(path: Path) -> str:
+    """The device holding path and its size, from df."""
     try:
-        dev, size = subprocess.run(["df", "--output=source,size", "/work"], capture_output=True,
+        dev, size = subprocess.run(["df", "--output=source,size", str(path)], capture_output=True,
                                    text=True).stdout.split()[2:4]
         return f"{dev}, {int(size) / 2**20:.0f} GiB"
     except (OSError, ValueError):
@@ -326,7 +330,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/work/bench"))
     ap.add_argument("--results", type=Path, default=Path(__file__).with_name("full_size.json"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="runtime phase: keep the GGUFs afterwards")
     ap.add_argument("--shapes", default="nano,mini", help="convert phase: which models, in order")
     args = ap.parse_args()

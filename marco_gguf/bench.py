@@ -113,21 +113,30 @@ def _timed_parallel(kernel: Callable[[slice], object], slices: list[slice], reps
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     go = threading.Barrier(len(slices))
     stamps = [[(0.0, 0.0)] * (reps + 1) for _ in slices]
+    errors: list[BaseException] = []
 
     def work(k: int) -> None:
-        if len(cpus) >= len(slices):
-            os.sched_setaffinity(0, {cpus[k]})  # affects this thread only
-        for r in range(reps + 1):
-            go.wait()
-            t = time.perf_counter()
-            kernel(slices[k])
-            stamps[k][r] = (t, time.perf_counter())
+        try:
+            if len(cpus) >= len(slices):
+                os.sched_setaffinity(0, {cpus[k]})  # affects this thread only
+            for r in range(reps + 1):
+                go.wait()
+                t = time.perf_counter()
+                kernel(slices[k])
+                stamps[k][r] = (t, time.perf_counter())
+        except threading.BrokenBarrierError:
+            pass  # another worker failed; its error is the one to report
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+            errors.append(e)
+            go.abort()  # release the others instead of leaving them waiting forever
 
     workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(len(slices))]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
+    if errors:
+        raise errors[0]
     runs = [(min(s[r][0] for s in stamps), max(s[r][1] for s in stamps)) for r in range(1, reps + 1)]
     return [end - begin for begin, end in runs]  # run 0 warmed the threads and caches up
 
@@ -205,6 +214,8 @@ def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: 
             measured = [(name, _samples(llm, name, n, timer, t, reps, rng, progress), timer is time_generation)
                         for name, n, timer in tests]
             # a shared host's bandwidth changes from one second to the next: the roofline takes the better probe
+            if progress:
+                progress(f"memory bandwidth, {t} thread(s), again")
             bandwidth[t] = max(before, *memory_bandwidth(threads=t).values())
             rows += [BenchRow(info.path.name, info.file_size, info.bits_per_weight, t, name, samples, bandwidth[t],
                               bandwidth[t] * 1e9 / per_token if is_gen else None) for name, samples, is_gen in measured]

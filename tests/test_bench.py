@@ -90,6 +90,16 @@ def test_parallel_timing_runs_every_slice_on_its_own_pinned_thread():
         assert all(len(c) == 1 and len(next(iter(c))) == 1 for c in cpus.values()) and cpus[0] != cpus[1]
 
 
+def test_parallel_timing_reports_a_failing_kernel_instead_of_hanging():
+    """One worker's error must release the other from the barrier and reach the caller."""
+    def kernel(s: slice) -> None:
+        if s.start == 1:
+            raise MemoryError("slice 1 failed")
+
+    with pytest.raises(MemoryError, match="slice 1 failed"):
+        _timed_parallel(kernel, [slice(0, 1), slice(1, 2)], reps=2)
+
+
 def test_bench_roofline_takes_the_better_of_two_probes(converted, monkeypatch):
     """A shared host's bandwidth moves between probes: the probe after the tests counts when it is higher."""
     probes = iter([{"copy": 10.0, "add": 12.0}, {"copy": 30.0, "add": 5.0}])
