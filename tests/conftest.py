@@ -1,11 +1,11 @@
 """Session fixtures: checkpoints written by transformers and their GGUF conversions, built once per run."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+import reftools
 from checkpoints import Spec, make_checkpoint
 from marco_gguf import convert
 
@@ -44,7 +44,13 @@ def converted(tmp_path_factory, checkpoint):
     return get
 
 
-def llamacpp_source() -> Path | None:
-    """llama.cpp's source tree (from the llama-cpp-python sdist), if .ci/run or the developer provided it."""
-    src = os.environ.get("MARCO_GGUF_LLAMACPP_SRC")
-    return Path(src) if src and (Path(src) / "convert_hf_to_gguf.py").is_file() else None
+@pytest.fixture(scope="session")
+def llamacpp_src() -> Path:
+    """llama.cpp's source tree, vendored by the installed llama-cpp-python's sdist (fetched and unpacked once)."""
+    return reftools.source_tree()
+
+
+@pytest.fixture(scope="session")
+def llama_tool():
+    """llama_tool("llama-quantize") -> path of llama.cpp's own tool, built once per machine from that source."""
+    return reftools.tool

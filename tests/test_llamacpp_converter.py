@@ -1,7 +1,7 @@
 """Key-for-key, byte-for-byte parity with llama.cpp's own convert_hf_to_gguf.py on the same checkpoint.
 
-Needs llama.cpp's source (the llama-cpp-python sdist vendors it): .ci/run unpacks it and sets
-MARCO_GGUF_LLAMACPP_SRC. The reference converter runs in a subprocess with torch and transformers.
+llama.cpp's source comes from the installed llama-cpp-python's sdist (tests/reftools.py fetches and
+unpacks it once per machine). The reference converter runs in a subprocess with torch and transformers.
 """
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ import pytest
 from gguf import GGUFReader, GGUFValueType
 
 from checkpoints import Spec
-from conftest import llamacpp_source
 from marco_gguf import __version__
 
-SRC = llamacpp_source()
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(SRC is None, reason="set MARCO_GGUF_LLAMACPP_SRC to llama.cpp's source (.ci/run does)")]
+pytestmark = pytest.mark.slow
 
 CASES = [  # (reason, spec, preset == llama.cpp --outtype)
     ("F32, per-expert bf16 shards", Spec(vocab="qwen3"), "f32"),
@@ -40,9 +37,9 @@ def metadata(reader: GGUFReader) -> dict:
 
 
 @pytest.mark.parametrize("reason,spec,preset", CASES, ids=[c[0] for c in CASES])
-def test_same_file_as_llama_cpp_converter(reason, spec, preset, checkpoint, converted, tmp_path):
+def test_same_file_as_llama_cpp_converter(reason, spec, preset, checkpoint, converted, llamacpp_src, tmp_path):
     ref_path = tmp_path / "ref.gguf"
-    subprocess.run([sys.executable, str(SRC / "convert_hf_to_gguf.py"), str(checkpoint(spec)), "--outtype", preset,
+    subprocess.run([sys.executable, str(llamacpp_src / "convert_hf_to_gguf.py"), str(checkpoint(spec)), "--outtype", preset,
                     "--outfile", str(ref_path)], check=True, capture_output=True, cwd=tmp_path)
     ours, ref = GGUFReader(converted(spec, preset).path), GGUFReader(ref_path)
     ours_kv = metadata(ours)
