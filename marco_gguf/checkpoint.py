@@ -14,15 +14,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import CheckpointError, TensorError, UnsupportedModelError
+from .errors import CheckpointError, UnsupportedModelError
+from .jsonfields import Fields, load_json_object
+from .safetensors_format import WEIGHT_DTYPES, TensorRef, read_safetensors_header, to_float32
 
 SUPPORTED_ARCHITECTURE = "Qwen3MoeForCausalLM"
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors spec's own limit
-
-# safetensors dtype -> (numpy storage dtype, bytes per element); only float weights are meaningful here
-SAFETENSORS_DTYPES: Mapping[str, tuple[str, int]] = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2)}
 
 
 @dataclass(frozen=True)
@@ -48,154 +46,127 @@ class MarcoConfig:
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TensorRef:
-    """Where one safetensors tensor lives: file, dtype, shape and absolute byte offset."""
-
-    name: str
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
-
-    @property
-    def row_len(self) -> int:
-        return self.shape[-1] if self.shape else 1
-
-    @property
-    def n_rows(self) -> int:
-        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
+HINT = "compare with Marco's published config.json"
 
 
-def _find(raw: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    return next((raw[k] for k in keys if k in raw and raw[k] is not None), default)
+def _find(raw: Mapping[str, Any], *keys: str) -> str:
+    """The first of `keys` present and not null (transformers 4.x and 5.x spell some keys differently)."""
+    return next((k for k in keys if raw.get(k) is not None), keys[-1])
 
 
-def _rope(raw: Mapping[str, Any], path: Path) -> float:
+def _rope(f: Fields) -> float:
     # transformers 5.x nests rope settings in rope_parameters; 4.x uses rope_theta + rope_scaling
-    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
+    key = _find(f.data, "rope_parameters", "rope_scaling")
+    params = f.sub(key)
+    rope_type = params.data.get("rope_type", params.data.get("type", "default"))
     if rope_type not in ("default", None):
         raise UnsupportedModelError(
-            f"{path}: rope type {rope_type!r} is not supported; Marco models use plain RoPE ('default')",
+            f"{f.path}: rope type {rope_type!r} is not supported; Marco models use plain RoPE ('default')",
             "convert an unmodified Marco checkpoint",
         )
-    theta = _find(params, "rope_theta") or _find(raw, "rope_theta")
-    if theta is None:
-        raise UnsupportedModelError(f"{path}: no rope_theta in config", "add rope_theta (Marco: 1000000.0)")
-    return float(theta)
+    if params.data.get("rope_theta") is not None:
+        return params.number("rope_theta")
+    if f.data.get("rope_theta") is None:
+        raise UnsupportedModelError(f"{f.path}: no rope_theta in config", "add rope_theta (Marco: 1000000.0)")
+    return f.number("rope_theta")
 
 
-def _refuse_unrepresentable(raw: Mapping[str, Any], path: Path) -> None:
-    archs = raw.get("architectures") or []
+def _refuse_unrepresentable(f: Fields) -> None:
+    archs = f.list("architectures", str, default=[])
     if archs != [SUPPORTED_ARCHITECTURE]:
         raise UnsupportedModelError(
-            f"{path}: architecture {archs or raw.get('model_type')!r} is not {SUPPORTED_ARCHITECTURE}",
+            f"{f.path}: architecture {archs or f.data.get('model_type')!r} is not {SUPPORTED_ARCHITECTURE}",
             "marco-gguf converts Marco-MoE (qwen3_moe) checkpoints only; use llama.cpp's convert_hf_to_gguf.py for others",
         )
-    if raw.get("norm_topk_prob") is False:
+    if f.bool("norm_topk_prob", default=True) is False:
         raise UnsupportedModelError(
-            f"{path}: norm_topk_prob is false, but llama.cpp's qwen3moe always renormalises the top-k weights",
+            f"{f.path}: norm_topk_prob is false, but llama.cpp's qwen3moe always renormalises the top-k weights",
             "this checkpoint cannot be represented exactly in GGUF",
         )
-    if raw.get("mlp_only_layers") or raw.get("decoder_sparse_step", 1) != 1:
+    dense, step = f.list("mlp_only_layers", int, default=[]), f.int("decoder_sparse_step", default=1)
+    if dense or step != 1:
         raise UnsupportedModelError(
-            f"{path}: dense layers (mlp_only_layers={raw.get('mlp_only_layers')}, "
-            f"decoder_sparse_step={raw.get('decoder_sparse_step', 1)}) are not supported; every layer must be MoE",
-            "llama.cpp's qwen3moe expects experts in every layer",
+            f"{f.path}: dense layers (mlp_only_layers={dense}, decoder_sparse_step={step}) are not supported; "
+            "every layer must be MoE", "llama.cpp's qwen3moe expects experts in every layer",
         )
     for key in ("attention_bias", "qkv_bias"):
-        if raw.get(key):
-            raise UnsupportedModelError(f"{path}: {key} is true; qwen3moe has no attention biases")
-    if raw.get("use_qk_norm") is False:
-        raise UnsupportedModelError(f"{path}: use_qk_norm is false; qwen3moe always applies q/k norms")
-    if raw.get("shared_expert_intermediate_size"):
-        raise UnsupportedModelError(f"{path}: shared experts are not part of qwen3moe")
+        if f.bool(key, default=False):
+            raise UnsupportedModelError(f"{f.path}: {key} is true; qwen3moe has no attention biases")
+    if f.bool("use_qk_norm", default=True) is False:
+        raise UnsupportedModelError(f"{f.path}: use_qk_norm is false; qwen3moe always applies q/k norms")
+    if f.int("shared_expert_intermediate_size", default=0):
+        raise UnsupportedModelError(f"{f.path}: shared experts are not part of qwen3moe")
+
+
+def _token_ids(f: Fields, vocab_size: int) -> None:
+    """Special-token ids must be ids of this vocabulary: gguf-py's SpecialVocab fails on a negative one and
+    silently drops one past the vocabulary, which would write a file without that token."""
+    for typ in ("bos", "eos", "pad", "unk", "sep", "cls", "mask"):
+        key = f"{typ}_token_id"
+        value = f.data.get(key)
+        if isinstance(value, list) and typ == "eos":  # transformers allows several end tokens
+            f.list(key, int)
+            bad = [v for v in value if not 0 <= v < vocab_size]
+            if bad:
+                raise f.fail(key, value, f"token ids from 0 to {vocab_size - 1:,} (vocab_size)")
+        else:
+            f.int(key, hi=vocab_size - 1, default=None)
 
 
 def load_config(folder: Path) -> MarcoConfig:
-    """Read and validate `config.json`, accepting both transformers 4.x and 5.x spellings."""
+    """Read and validate `config.json`, accepting both transformers 4.x and 5.x spellings.
+
+    Keys llama.cpp's qwen3moe does not use (dtype, initializer_range, use_cache, router_aux_loss_coef,
+    output_router_logits, sliding_window, ...) are not read, so they cannot fail a conversion."""
     path = folder / "config.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found", "SOURCE must be a Hugging Face checkpoint folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})", "download config.json again") from None
-    raw = {**raw, **raw.get("text_config", {})}
-    _refuse_unrepresentable(raw, path)
-    try:
-        n_heads = int(raw["num_attention_heads"])
-        hidden = int(raw["hidden_size"])
-        return MarcoConfig(
-            n_layers=int(raw["num_hidden_layers"]),
-            hidden=hidden,
-            n_heads=n_heads,
-            n_kv_heads=int(raw.get("num_key_value_heads", n_heads)),
-            head_dim=int(raw.get("head_dim") or hidden // n_heads),
-            n_experts=int(_find(raw, "num_local_experts", "num_experts")),
-            n_experts_used=int(raw["num_experts_per_tok"]),
-            expert_ff=int(raw["moe_intermediate_size"]),
-            ff=raw.get("intermediate_size"),
-            vocab_size=int(raw["vocab_size"]),
-            max_positions=int(raw.get("max_position_embeddings", 32768)),
-            rope_theta=_rope(raw, path),
-            rms_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            bos_token_id=raw.get("bos_token_id"),
-            eos_token_id=raw.get("eos_token_id"),
-            raw=raw,
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: missing or invalid hyperparameter {e}", "compare with Marco's published config.json") from None
+    top = Fields(load_json_object(path, CheckpointError, "SOURCE must be a Hugging Face checkpoint folder"),
+                 path, CheckpointError, HINT)
+    raw = {**top.data, **top.obj("text_config", default={})}
+    f = Fields(raw, path, CheckpointError, HINT)
+    _refuse_unrepresentable(f)
+    n_heads, hidden = f.int("num_attention_heads", lo=1), f.int("hidden_size", lo=1)
+    n_kv_heads = f.int("num_key_value_heads", lo=1, hi=n_heads, default=n_heads)
+    if n_heads % n_kv_heads:
+        raise f.fail("num_key_value_heads", n_kv_heads, f"a divisor of num_attention_heads ({n_heads})")
+    n_experts = f.int(_find(raw, "num_local_experts", "num_experts"), lo=1)
+    vocab_size = f.int("vocab_size", lo=1)
+    _token_ids(f, vocab_size)
+    return MarcoConfig(
+        n_layers=f.int("num_hidden_layers", lo=1),
+        hidden=hidden,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=f.int("head_dim", lo=1, default=hidden // n_heads),
+        n_experts=n_experts,
+        n_experts_used=f.int("num_experts_per_tok", lo=1, hi=n_experts),
+        expert_ff=f.int("moe_intermediate_size", lo=1),
+        ff=f.int("intermediate_size", default=None),
+        vocab_size=vocab_size,
+        max_positions=f.int("max_position_embeddings", lo=1, default=32768),
+        rope_theta=_rope(f),
+        rms_eps=f.number("rms_norm_eps", default=1e-6, hi=1.0),
+        tie_embeddings=f.bool("tie_word_embeddings", default=False),
+        bos_token_id=raw.get("bos_token_id"),
+        eos_token_id=raw.get("eos_token_id"),
+        raw=raw,
+    )
 
 
-def _parse_header(file: Path) -> dict[str, TensorRef]:
-    """Parse one safetensors header and check every tensor's bytes lie inside the file."""
-    size = file.stat().st_size
-    with open(file, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n <= 1 or n > min(MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(f"{file}: corrupt safetensors header (header length {n}, file size {size})",
-                                  "the file is damaged or truncated: download it again")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{file}: corrupt safetensors header ({e})", "download the file again") from None
-    base, refs = 8 + n, {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        refs[name] = _tensor_ref(file, name, info, base, size)
-    return refs
-
-
-def _tensor_ref(file: Path, name: str, info: Any, base: int, size: int) -> TensorRef:
-    try:
-        dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{file}: corrupt safetensors header entry for {name}", "download the file again") from None
-    if dtype not in SAFETENSORS_DTYPES:
-        raise TensorError(f"{file}: tensor {name} has dtype {dtype}; expected one of F32, BF16, F16",
-                          "quantized or integer checkpoints are not supported: use the original BF16 release")
-    if end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype][1]:
-        raise CheckpointError(f"{file}: tensor {name} spans {end - begin} bytes but shape {list(shape)} "
-                              f"in {dtype} needs {math.prod(shape) * SAFETENSORS_DTYPES[dtype][1]}", "download the file again")
-    if base + end > size:
-        raise CheckpointError(f"{file}: truncated: tensor {name} ends at byte {base + end} but the file has {size} bytes",
-                              "the download was interrupted: download this shard again")
-    return TensorRef(name, file, dtype, shape, base + begin, end - begin)
+def _weight_map(index: Path, folder: Path) -> dict[str, str]:
+    """The index's tensor -> shard map: an object of plain shard file names in this folder."""
+    f = Fields(load_json_object(index, CheckpointError, "download the index again"), index, CheckpointError,
+               "download model.safetensors.index.json again")
+    weight_map = f.obj("weight_map")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
+            raise f.sub("weight_map").fail(name, shard, "the file name of a shard in this folder")
+    return weight_map
 
 
 def _shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     index = folder / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{index}: unreadable weight_map ({e})", "download the index again") from None
+        weight_map = _weight_map(index, folder)
         files = sorted(set(weight_map.values()))
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
@@ -215,7 +186,10 @@ def index_tensors(folder: Path) -> dict[str, TensorRef]:
     files, weight_map = _shard_files(folder)
     refs: dict[str, TensorRef] = {}
     for file in files:
-        for name, ref in _parse_header(file).items():
+        for name, ref in read_safetensors_header(file).items():
+            if name in refs:
+                raise CheckpointError(f"{file}: holds tensor {name}, which {refs[name].file.name} holds too",
+                                      "shards from different downloads are mixed: download them again")
             if weight_map is not None and weight_map.get(name) != file.name:
                 raise CheckpointError(f"{file}: holds tensor {name}, which {INDEX_NAME} places in {weight_map.get(name)}",
                                       "the index and shards are from different downloads: download them again")
@@ -253,7 +227,7 @@ class Checkpoint:
         """Rows [start, start+count) of a tensor viewed as (n_rows, row_len), converted to float32."""
         ref = self.tensors[name]
         count = ref.n_rows - start if count is None else count
-        store, itemsize = SAFETENSORS_DTYPES[ref.dtype]
+        store, itemsize = WEIGHT_DTYPES[ref.dtype]
         buf = np.empty((count, ref.row_len), dtype=store)
         offset = ref.offset + start * ref.row_len * itemsize
         got = os.preadv(self._fds[ref.file], [memoryview(buf).cast("B")], offset)
@@ -261,10 +235,3 @@ class Checkpoint:
             raise CheckpointError(f"{ref.file}: truncated while reading {name} (got {got} of {buf.nbytes} bytes)",
                                   "download this shard again")
         return to_float32(buf, ref.dtype)
-
-
-def to_float32(buf: np.ndarray, dtype: str) -> np.ndarray:
-    """Exact widening of F32/F16/BF16 storage to float32 (BF16 is the top half of an F32)."""
-    if dtype == "BF16":
-        return (buf.astype(np.uint32) << 16).view(np.float32)
-    return buf.astype(np.float32, copy=False)
