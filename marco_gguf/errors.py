@@ -64,3 +64,8 @@ class InsufficientMemoryError(MarcoGGUFError):
 class ChatError(MarcoGGUFError):
     """A chat turn cannot go on: the message does not fit the context, the template refuses it, or a
     saved conversation is not valid."""
+
+
+class QualityError(MarcoGGUFError):
+    """A quality measurement cannot be made: the text is not UTF-8 or too short, the files' vocabularies
+    differ, or a saved result is not one `quality --json` wrote."""

@@ -59,7 +59,8 @@ def _without_extra_buffers() -> Iterator[None]:
         c.llama_model_default_params = default
 
 
-def load_model(path: str | Path, *, n_ctx: int = 2048, threads: int | None = None, vocab_only: bool = False):
+def load_model(path: str | Path, *, n_ctx: int = 2048, threads: int | None = None, vocab_only: bool = False,
+               flash_attn: bool = False):
     """A llama_cpp.Llama for `path` (`threads` for prompt and generation alike), or a GGUFFileError.
 
     When llama.cpp was built with its AMX kernels, which crash (see machine.amx_kernels_built), weights stay
@@ -73,7 +74,7 @@ def load_model(path: str | Path, *, n_ctx: int = 2048, threads: int | None = Non
     try:
         with _quiet_stderr(), guard:
             return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                         vocab_only=vocab_only, verbose=bool(os.environ.get("MARCO_GGUF_DEBUG")))
+                         vocab_only=vocab_only, flash_attn=flash_attn, verbose=bool(os.environ.get("MARCO_GGUF_DEBUG")))
     except (ValueError, RuntimeError) as e:
         raise GGUFFileError(f"{path}: llama.cpp could not load it ({e})",
                             "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log") from None

@@ -15,6 +15,7 @@ from . import card as card_cmd
 from . import chat as chat_cmd
 from . import export as export_cmd
 from . import inspect as inspect_cmd
+from . import quality as quality_cmd
 from . import synth as synth_cmd
 from . import ui
 
@@ -104,6 +105,7 @@ app.command()(card_cmd.card)
 app.command()(synth_cmd.synth)
 app.command()(chat_cmd.chat)
 app.command()(bench_cmd.bench)
+app.command()(quality_cmd.quality)
 
 
 def main() -> None:

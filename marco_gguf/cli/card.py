@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -15,11 +15,13 @@ from . import ui
 def card(
     folder: Annotated[Path, typer.Argument(help="A folder of .gguf files.")],
     force: Annotated[bool, typer.Option("--force", help="Replace a README.md marco-gguf did not write.")] = False,
+    quality: Annotated[Optional[list[Path]], typer.Option(
+        "--quality", help="A `marco-gguf quality --json` result for files of FOLDER (repeatable).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
-    """Write FOLDER/README.md: source, license, a table of the files, prompt format, how to run each."""
+    """Write FOLDER/README.md: source, license, a table of the files, measured quality, prompt format, how to run each."""
     with ui.errors_to_exit():
-        r = write_card(folder, force=force)
+        r = write_card(folder, force=force, quality=quality or ())
     if json_out:
         ui.print_json(r.as_dict())
         return

@@ -8,14 +8,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import gguf
 
 from ..errors import ExportError
 from ..gguf_info import read_info
 from ..presets import builtin_presets, load_preset
+from ..quality import QualityReport
 from ..reader import read_header
+from .card_quality import load_reports, quality_section
 from .files import write_text_atomic
 from .lmstudio import DEFAULT_PUBLISHER, default_model_folder
 from .ollama import NUM_CTX, default_model_name
@@ -120,7 +122,8 @@ def _prompt_format(template: str | None, fields: dict[str, Any]) -> list[str]:
             "apply it themselves):", "", "```", prompt.rstrip("\n"), "```"]
 
 
-def card_text(folder: Path, rows: list[CardRow], fields: dict[str, Any], version: str) -> str:
+def card_text(folder: Path, rows: list[CardRow], fields: dict[str, Any], version: str,
+              quality: Sequence[QualityReport] = ()) -> str:
     source, url = _source(fields)
     title = fields.get("general.name") or folder.resolve().name
     source_md = f"[{source}]({url})" if source and url else (source or title)
@@ -141,7 +144,8 @@ def card_text(folder: Path, rows: list[CardRow], fields: dict[str, Any], version
     ]
     lines += [f"| [{r.filename}](./{r.filename}) | {r.quant_type} | {human_size(r.size_bytes)} | "
               f"{r.bits_per_weight:.2f} | {r.description} |" for r in rows]
-    lines += ["", "## Prompt format", ""] + _prompt_format(fields.get("tokenizer.chat_template"), fields)
+    lines += ["", *quality_section(quality), "## Prompt format", ""]
+    lines += _prompt_format(fields.get("tokenizer.chat_template"), fields)
     lines += ["", "## Running", ""]
     for tool, commands in RUNNERS:
         lines += [f"### {tool}", "", "```"]
@@ -153,8 +157,9 @@ def card_text(folder: Path, rows: list[CardRow], fields: dict[str, Any], version
     return "\n".join(lines)
 
 
-def write_card(folder: str | Path, *, force: bool = False) -> CardResult:
-    """Write `<folder>/README.md` describing every .gguf in `folder` (a README we did not write needs force)."""
+def write_card(folder: str | Path, *, force: bool = False, quality: Sequence[str | Path] = ()) -> CardResult:
+    """Write `<folder>/README.md` describing every .gguf in `folder` (a README we did not write needs force);
+    `quality`: results of `quality --json` for files of the folder, shown as a "Measured quality" section."""
     from .. import __version__
 
     folder = Path(folder)
@@ -166,7 +171,8 @@ def write_card(folder: str | Path, *, force: bool = False) -> CardResult:
         raise ExportError(f"{readme} exists and was not written by marco-gguf", "pass --force to replace it")
     quant_types = _quant_types()
     rows = sorted((_row(f, quant_types) for f in files), key=lambda r: (-r.size_bytes, r.filename))
+    reports = load_reports(quality, {r.filename: r.size_bytes for r in rows})
     fields = read_header(folder / rows[0].filename).fields  # the largest file speaks for the model
-    write_text_atomic(readme, card_text(folder, rows, fields, __version__))
+    write_text_atomic(readme, card_text(folder, rows, fields, __version__, reports))
     source, _ = _source(fields)
     return CardResult(readme, tuple(rows), source, fields.get("general.license"))
