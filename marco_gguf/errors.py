@@ -64,3 +64,8 @@ class InsufficientMemoryError(MarcoGGUFError):
 class ChatError(MarcoGGUFError):
     """A chat turn cannot go on: the message does not fit the context, the template refuses it, or a
     saved conversation is not valid."""
+
+
+class ImatrixError(MarcoGGUFError):
+    """An importance matrix cannot be computed, read or applied: calibration text too short or not UTF-8,
+    a damaged imatrix file, or one made for another model."""

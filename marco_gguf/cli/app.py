@@ -9,11 +9,13 @@ import typer
 from .. import __version__
 from .. import convert as lib_convert
 from .. import demo as lib_demo
+from ..calibrate import calibrate_convert
 from ..presets import builtin_presets
 from . import bench as bench_cmd
 from . import card as card_cmd
 from . import chat as chat_cmd
 from . import export as export_cmd
+from . import imatrix as imatrix_cmd
 from . import inspect as inspect_cmd
 from . import synth as synth_cmd
 from . import ui
@@ -24,6 +26,7 @@ app = typer.Typer(name="marco-gguf", no_args_is_help=True, add_completion=False,
 Threads = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Worker threads (default: all cores).")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+BUILTIN_TEXT = ":built-in:"  # --calibrate given without a TEXT
 
 
 def _version(value: bool) -> None:
@@ -49,15 +52,37 @@ def convert(
     tensor_type: Annotated[Optional[list[str]], typer.Option("--tensor-type", help="Override: PATTERN=TYPE (repeatable).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit (hub ids only).")] = None,
+    imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance matrix (GGUF or legacy .dat) "
+                                                    "to quantize with, from `marco-gguf imatrix` or llama-imatrix.")] = None,
+    calibrate: Annotated[Optional[str], typer.Option(
+        "--calibrate", is_flag=False, flag_value=BUILTIN_TEXT, metavar="[TEXT]",
+        help="Make the imatrix here: a temporary Q8_0, its imatrix over TEXT (default: the built-in text), then the "
+             "quant. Put it after SOURCE.")] = None,
+    calibration_model: Annotated[Optional[Path], typer.Option("--calibration-model", help="With --calibrate: compute "
+                                                              "the imatrix on this GGUF instead of a temporary Q8_0.")] = None,
+    keep_imatrix: Annotated[Optional[Path], typer.Option("--keep-imatrix", help="With --calibrate: keep the imatrix "
+                                                         "here.")] = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
     """Convert a Marco checkpoint into one GGUF file."""
+    if calibrate is None and (calibration_model or keep_imatrix):
+        raise typer.BadParameter("--calibration-model and --keep-imatrix go with --calibrate")
+    if calibrate is not None and imatrix is not None:
+        raise typer.BadParameter("give --imatrix FILE or --calibrate, not both")
+    calibrated = None
+    options = dict(preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads, force=force,
+                   tensor_types=tensor_type or (), revision=revision)
     with ui.errors_to_exit(), ui.byte_progress("converting", quiet=quiet or json_out) as progress:
-        result = lib_convert(source, preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads,
-                             force=force, tensor_types=tensor_type or (), progress=progress, revision=revision)
+        if calibrate is not None:
+            calibrated = calibrate_convert(source, text=None if calibrate == BUILTIN_TEXT else Path(calibrate),
+                                           calibration_model=calibration_model, keep_imatrix=keep_imatrix,
+                                           progress=progress, **options)
+            result = calibrated.conversion
+        else:
+            result = lib_convert(source, imatrix=imatrix, progress=progress, **options)
     if json_out:
-        ui.print_json(result.as_dict())
+        ui.print_json(calibrated.as_dict() if calibrate is not None else result.as_dict())
         return
     ui.print_fields(f"wrote {result.path}", [
         ("preset", f"{result.preset} ({result.file_type})"),
@@ -67,7 +92,11 @@ def convert(
         ("parameters", f"{result.n_parameters:,}"),
         ("embeddings", "tied (token_embd serves as output)" if result.tied_embeddings else "separate output.weight"),
         ("seconds", f"{result.seconds:.1f}"),
-    ] + ([("source", f"{result.hub_repo} @ {result.hub_commit}")] if result.hub_repo else []))
+    ] + ([("source", f"{result.hub_repo} @ {result.hub_commit}")] if result.hub_repo else [])
+      + ([("imatrix", result.imatrix)] if result.imatrix else [])
+      + ([("calibration", f"{calibrated.imatrix.chunks} chunks of {calibrated.imatrix.dataset} on "
+                          f"{calibrated.calibration_model}, {calibrated.seconds:.1f} s in all")]
+         if calibrate is not None else []))
 
 
 @app.command()
@@ -104,6 +133,7 @@ app.command()(card_cmd.card)
 app.command()(synth_cmd.synth)
 app.command()(chat_cmd.chat)
 app.command()(bench_cmd.bench)
+app.command()(imatrix_cmd.imatrix)
 
 
 def main() -> None:
