@@ -146,9 +146,9 @@ def read_text(path: str | Path | None) -> tuple[str, str]:
 
 def compute_imatrix(model: str | Path, *, text: str | Path | None = None, outfile: str | Path | None = None,
                     ctx: int = 512, chunks: int | None = None, threads: int | None = None, force: bool = False,
-                    progress: Progress | None = None) -> ImatrixResult:
+                    progress: Progress | None = None, kv_f32: bool = False) -> ImatrixResult:
     """Importance matrix of `model` (a qwen3moe GGUF) over `text` (a file; default: the built-in text),
-    written to `outfile` in llama.cpp's GGUF imatrix format when given."""
+    written to `outfile` in llama.cpp's GGUF imatrix format when given (`kv_f32`: an F32 KV cache)."""
     started = time.perf_counter()
     model = Path(model)
     require_qwen3moe(read_info(model))
@@ -160,7 +160,8 @@ def compute_imatrix(model: str | Path, *, text: str | Path | None = None, outfil
         raise ImatrixError(f"{out}: already exists", "pass --force to overwrite it")
     body, dataset = read_text(text)
     collector = ImatrixCollector()
-    with ObservedModel(model, GraphObserver(collector.wants, collector.take), n_ctx=ctx, threads=threads) as m:
+    with ObservedModel(model, GraphObserver(collector.wants, collector.take), n_ctx=ctx, threads=threads,
+                       kv_f32=kv_f32) as m:
         tokens = m.tokenize(body)
         available = len(tokens) // ctx
         if available < 1:

@@ -151,7 +151,8 @@ class GraphObserver:
 class ObservedModel:
     """A GGUF loaded through llama.cpp's C API with an observer on its graph; `decode()` runs one sequence."""
 
-    def __init__(self, path: str | Path, observer: GraphObserver, *, n_ctx: int, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, observer: GraphObserver, *, n_ctx: int, threads: int | None = None,
+                 kv_f32: bool = False) -> None:
         import llama_cpp as lib
 
         from .loader import _quiet_stderr
@@ -170,6 +171,8 @@ class ObservedModel:
         cparams.n_seq_max = 1
         if threads:
             cparams.n_threads = cparams.n_threads_batch = threads
+        if kv_f32:  # exact comparisons against float32 references; llama.cpp's default cache is F16
+            cparams.type_k = cparams.type_v = 0  # GGML_TYPE_F32
         cparams.cb_eval, cparams.cb_eval_user_data = observer.callback, None
         with _quiet_stderr():
             self.ctx = lib.llama_init_from_model(self.model, cparams)
