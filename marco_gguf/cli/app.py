@@ -26,7 +26,6 @@ app = typer.Typer(name="marco-gguf", no_args_is_help=True, add_completion=False,
 Threads = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Worker threads (default: all cores).")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-BUILTIN_TEXT = ":built-in:"  # --calibrate given without a TEXT
 
 
 def _version(value: bool) -> None:
@@ -54,10 +53,11 @@ def convert(
     revision: Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit (hub ids only).")] = None,
     imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance matrix (GGUF or legacy .dat) "
                                                     "to quantize with, from `marco-gguf imatrix` or llama-imatrix.")] = None,
-    calibrate: Annotated[Optional[str], typer.Option(
-        "--calibrate", is_flag=False, flag_value=BUILTIN_TEXT, metavar="[TEXT]",
-        help="Make the imatrix here: a temporary Q8_0, its imatrix over TEXT (default: the built-in text), then the "
-             "quant. Put it after SOURCE.")] = None,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="Make the imatrix here: a temporary Q8_0, its imatrix over TEXT (default: the built-in "
+                            "text), then the quant.")] = False,
+    calibration_text: Annotated[Optional[Path], typer.Argument(
+        metavar="TEXT", show_default=False, help="With --calibrate: the calibration text (UTF-8).")] = None,
     calibration_model: Annotated[Optional[Path], typer.Option("--calibration-model", help="With --calibrate: compute "
                                                               "the imatrix on this GGUF instead of a temporary Q8_0.")] = None,
     keep_imatrix: Annotated[Optional[Path], typer.Option("--keep-imatrix", help="With --calibrate: keep the imatrix "
@@ -66,23 +66,23 @@ def convert(
     quiet: Quiet = False,
 ) -> None:
     """Convert a Marco checkpoint into one GGUF file."""
-    if calibrate is None and (calibration_model or keep_imatrix):
-        raise typer.BadParameter("--calibration-model and --keep-imatrix go with --calibrate")
-    if calibrate is not None and imatrix is not None:
+    if not calibrate and (calibration_model or keep_imatrix or calibration_text):
+        raise typer.BadParameter("TEXT, --calibration-model and --keep-imatrix go with --calibrate")
+    if calibrate and imatrix is not None:
         raise typer.BadParameter("give --imatrix FILE or --calibrate, not both")
     calibrated = None
     options = dict(preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads, force=force,
                    tensor_types=tensor_type or (), revision=revision)
     with ui.errors_to_exit(), ui.byte_progress("converting", quiet=quiet or json_out) as progress:
-        if calibrate is not None:
-            calibrated = calibrate_convert(source, text=None if calibrate == BUILTIN_TEXT else Path(calibrate),
+        if calibrate:
+            calibrated = calibrate_convert(source, text=calibration_text,
                                            calibration_model=calibration_model, keep_imatrix=keep_imatrix,
                                            progress=progress, **options)
             result = calibrated.conversion
         else:
             result = lib_convert(source, imatrix=imatrix, progress=progress, **options)
     if json_out:
-        ui.print_json(calibrated.as_dict() if calibrate is not None else result.as_dict())
+        ui.print_json(calibrated.as_dict() if calibrated else result.as_dict())
         return
     ui.print_fields(f"wrote {result.path}", [
         ("preset", f"{result.preset} ({result.file_type})"),
@@ -96,7 +96,7 @@ def convert(
       + ([("imatrix", result.imatrix)] if result.imatrix else [])
       + ([("calibration", f"{calibrated.imatrix.chunks} chunks of {calibrated.imatrix.dataset} on "
                           f"{calibrated.calibration_model}, {calibrated.seconds:.1f} s in all")]
-         if calibrate is not None else []))
+         if calibrated else []))
 
 
 @app.command()
