@@ -208,3 +208,14 @@ def test_cli_calibrate_option_errors(args, fragment, checkpoint, tmp_path):
     r = CliRunner().invoke(app, ["convert", str(checkpoint(SPEC)), "--outdir", str(tmp_path), *args])
     assert r.exit_code == 2 and fragment in " ".join(r.output.replace("│", " ").split())  # Typer boxes usage errors
     assert list(tmp_path.iterdir()) == []
+
+
+def test_card_marks_importance_matrix_quants(checkpoint, good_imatrix, tmp_path):
+    from marco_gguf.export import write_card
+    convert(checkpoint(SPEC), preset="q4_k_m", imatrix=good_imatrix, outdir=tmp_path, threads=2)
+    convert(checkpoint(SPEC), preset="q8_0", outdir=tmp_path, threads=2)
+    rows = {r.filename: r for r in write_card(tmp_path).rows}
+    i1 = rows["Marco-Test-Instruct-i1-Q4_K_M.gguf"]
+    assert i1.quant_type == "i1-Q4_K_M" and i1.description.startswith("Importance-matrix quant (imatrix from ")
+    assert rows["Marco-Test-Instruct-Q8_0.gguf"].quant_type == "Q8_0"
+    assert "| i1-Q4_K_M |" in (tmp_path / "README.md").read_text()
