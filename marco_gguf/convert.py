@@ -20,6 +20,7 @@ from gguf import MODEL_TENSOR as T
 from .checkpoint import Checkpoint
 from .errors import OutputError
 from .hub import resolve_source
+from .importance import Importance, add_imatrix_keys, check_required, experts_of, load_importance
 from .metadata import build_metadata, count_parameters
 from .presets import Preset, load_preset, parse_overrides
 from .quantize import prepare, quantize_rows
@@ -48,6 +49,7 @@ class ConvertResult:
     tensor_types: dict = field(default_factory=dict)  # GGML type name -> number of tensors
     hub_repo: str | None = None    # owner/name when SOURCE was a hub id
     hub_commit: str | None = None  # the commit it was converted from
+    imatrix: str | None = None     # the importance matrix the tensors were quantized with
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -59,14 +61,19 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def output_path(source: Path, preset: Preset, *, outfile: Path | None, outdir: Path | None, name: str | None) -> Path:
-    """`--outfile`, else `<outdir or cwd>/<name or folder name>-<PRESET>.gguf` (publisher convention)."""
+IMATRIX_MARK = "i1"  # publishers' mark for importance-matrix quants: Marco-Mini-Instruct-i1-Q4_K_M.gguf
+
+
+def output_path(source: Path, preset: Preset, *, outfile: Path | None, outdir: Path | None, name: str | None,
+                imatrix: bool = False) -> Path:
+    """`--outfile`, else `<outdir or cwd>/<name or folder name>[-i1]-<PRESET>.gguf` (publisher convention)."""
     if outfile is not None:
         if outdir is not None:
             raise OutputError("--outfile and --outdir are mutually exclusive", "give one of them")
         return Path(outfile)
     stem = (name or source.resolve().name).replace(" ", "-").replace("/", "-")
-    return Path(outdir or Path.cwd()) / f"{stem}-{preset.name}.gguf"
+    mark = f"-{IMATRIX_MARK}" if imatrix else ""
+    return Path(outdir or Path.cwd()) / f"{stem}{mark}-{preset.name}.gguf"
 
 
 def row_blocks(t: PlannedTensor) -> Iterator[tuple[str, int, int]]:
@@ -77,17 +84,35 @@ def row_blocks(t: PlannedTensor) -> Iterator[tuple[str, int, int]]:
             yield piece.source, piece.start + r, min(rows_per_block, piece.count - r)
 
 
+def quantize_block(qtype, rows: np.ndarray, first_row: int, rows_per_matrix: int,
+                   importance: np.ndarray | None) -> np.ndarray:
+    """Quantize rows starting at global row `first_row` of a tensor, each stacked matrix (expert) with its own
+    slice of the importance vector, as llama-quant.cpp's llama_tensor_quantize_impl does."""
+    if importance is None:
+        return quantize_rows(qtype, rows)
+    ne0, parts, r = rows.shape[1], [], 0
+    while r < len(rows):
+        g = first_row + r
+        e, n = g // rows_per_matrix, min(len(rows) - r, rows_per_matrix - g % rows_per_matrix)
+        parts.append(quantize_rows(qtype, rows[r:r + n], importance[e * ne0:(e + 1) * ne0]))
+        r += n
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def _stream(ckpt: Checkpoint, planned: list[PlannedTensor], specs: list[TensorSpec], writer: GGUFStreamWriter,
-            threads: int, progress: Progress | None) -> None:
-    def work(spec: TensorSpec, source: str, start: int, count: int) -> np.ndarray:
-        return quantize_rows(spec.qtype, ckpt.read_rows(source, start, count))
+            threads: int, progress: Progress | None, importance: Importance | None = None) -> None:
+    def work(spec: TensorSpec, t: PlannedTensor, first: int, source: str, start: int, count: int) -> np.ndarray:
+        vec = importance.for_tensor(t.name) if importance is not None else None
+        return quantize_block(spec.qtype, ckpt.read_rows(source, start, count), first, t.n_rows // experts_of(t), vec)
 
     done, pending = len(writer.header), deque()  # type: ignore[var-annotated]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="marco-quant") as pool:
         try:
             for t, spec in zip(planned, specs):
+                first = 0
                 for block in row_blocks(t):
-                    pending.append((spec.name, pool.submit(work, spec, *block)))
+                    pending.append((spec.name, pool.submit(work, spec, t, first, *block)))
+                    first += block[2]
                     while len(pending) > 2 * threads:
                         done = _drain_one(pending, writer, done, progress)
             while pending:
@@ -111,8 +136,11 @@ def _drain_one(pending: deque, writer: GGUFStreamWriter, done: int, progress: Pr
 def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile: str | Path | None = None,
             outdir: str | Path | None = None, name: str | None = None, threads: int | None = None,
             force: bool = False, tensor_types: Sequence[str] = (), progress: Progress | None = None,
-            revision: str | None = None) -> ConvertResult:
-    """Convert a Marco (qwen3_moe) checkpoint folder, or a hub id `owner/name` (at `revision`), to GGUF."""
+            revision: str | None = None, imatrix: str | Path | None = None,
+            imatrix_label: str | None = None) -> ConvertResult:
+    """Convert a Marco (qwen3_moe) checkpoint folder, or a hub id `owner/name` (at `revision`), to GGUF;
+    with `imatrix` (a GGUF or legacy .dat importance matrix) the quantizers weight by it, as llama-quantize's
+    (`imatrix_label` is recorded as quantize.imatrix.file instead of the path, for temporary files)."""
     started = time.perf_counter()
     chosen = preset if isinstance(preset, Preset) else load_preset(preset)
     overrides = parse_overrides(tensor_types)
@@ -123,17 +151,23 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
         untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
         planned = plan_tensors(c, ckpt.tensors, keep_lm_head=untied_head)
         tied = not any(t.kind == T.OUTPUT for t in planned)
-        specs = [TensorSpec(t.name, t.shape, chosen.tensor_type(t, n_layers=c.n_layers, tied=tied, n_experts=c.n_experts,
-                                                             overrides=overrides))
+        importance = load_importance(imatrix, planned) if imatrix is not None else None
+        specs = [TensorSpec(t.name, t.shape, chosen.tensor_type(
+                    t, n_layers=c.n_layers, tied=tied, n_experts=c.n_experts, n_gqa=c.n_heads // c.n_kv_heads,
+                    imatrix=importance is not None, overrides=overrides))
                  for t in planned]
+        check_required(chosen, specs, importance)
         kv, tok_summary = build_metadata(ckpt.folder, c, planned, file_type=chosen.file_type, name=name,
                                          repo_id=hub.repo_id if hub else None)
+        if importance is not None:
+            add_imatrix_keys(kv, importance, imatrix_label or imatrix)
         path = output_path(ckpt.folder, chosen, outfile=Path(outfile) if outfile else None,
-                           outdir=Path(outdir) if outdir else None, name=name or (hub.name if hub else None))
+                           outdir=Path(outdir) if outdir else None, name=name or (hub.name if hub else None),
+                           imatrix=importance is not None)
         for q in {s.qtype for s in specs}:
             prepare(q)
         with GGUFStreamWriter(path, kv, specs, overwrite=force) as writer:
-            _stream(ckpt, planned, specs, writer, threads, progress)
+            _stream(ckpt, planned, specs, writer, threads, progress, importance)
             writer.commit()
     params = count_parameters(planned).total
     data_bytes = sum(s.nbytes for s in specs)
@@ -142,4 +176,4 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
         types[s.qtype.name] = types.get(s.qtype.name, 0) + 1
     return ConvertResult(path, chosen.id, chosen.file_type.name, path.stat().st_size, len(specs), params,
                          8 * data_bytes / params, time.perf_counter() - started, tied, tok_summary, types,
-                         hub.repo_id if hub else None, hub.commit if hub else None)
+                         hub.repo_id if hub else None, hub.commit if hub else None, (imatrix_label or str(imatrix)) if imatrix else None)

@@ -69,3 +69,8 @@ class ChatError(MarcoGGUFError):
 class QualityError(MarcoGGUFError):
     """A quality measurement cannot be made: the text is not UTF-8 or too short, the files' vocabularies
     differ, or a saved result is not one `quality --json` wrote."""
+
+
+class ImatrixError(MarcoGGUFError):
+    """An importance matrix cannot be computed, read or applied: calibration text too short or not UTF-8,
+    a damaged imatrix file, or one made for another model."""

@@ -26,13 +26,19 @@ LAYER_SELECTORS: Mapping[str, Callable[[int, int], bool]] = MappingProxyType({
     "all": lambda i, n: True,
     "more_bits": lambda i, n: i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2,
     "first_eighth": lambda i, n: i < n // 8,
+    "first_sixteenth": lambda i, n: i < n // 16,
 })
 # tensors llama.cpp never quantizes, whatever the preset (llama-quant.cpp tensor_allows_quantization)
 ALWAYS_F32: frozenset[T] = frozenset({T.FFN_GATE_INP, T.ATTN_NORM, T.FFN_NORM, T.ATTN_Q_NORM, T.ATTN_K_NORM,
                                       T.OUTPUT_NORM})
 PRESET_DIRS = ("quant_presets",)  # packaged as marco_gguf/quant_presets, or the repo's top-level folder
 WRITABLE_TYPES: frozenset[Q] = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1,
-                                          Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K})
+                                          Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS,
+                                          Q.IQ3_S, Q.IQ3_XXS, Q.IQ2_S, Q.IQ2_XS, Q.IQ2_XXS})
+# types whose tensors llama-quantize refuses to make without an imatrix (llama-quant.cpp tensor_requires_imatrix;
+# ggml_quantize_requires_imatrix, a subset, would abort the process); token_embd and output are exempt
+NEEDS_IMATRIX: frozenset[Q] = frozenset({Q.IQ3_XXS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_M, Q.IQ1_S})
+IMATRIX_EXEMPT = ("token_embd.weight", "output.weight")
 
 
 @dataclass(frozen=True)
@@ -44,12 +50,20 @@ class Rule:
     layers: str | tuple[int, ...] = "all"
     tied_only: bool = False
     experts: int | None = None  # only for models with exactly this many experts (llama.cpp's n_expert == 8 rules)
+    min_experts: int | None = None  # only with at least this many experts (n_expert >= 4)
+    min_gqa: int | None = None      # only when n_head / n_head_kv is at least this (n_gqa() >= 4)
+    imatrix: bool | None = None     # only with (true) or without (false) an importance matrix (has_imatrix)
 
-    def matches(self, t: PlannedTensor, n_layers: int, tied: bool, n_experts: int) -> bool:
+    def matches(self, t: PlannedTensor, n_layers: int, tied: bool, n_experts: int, *, n_gqa: int = 1,
+                imatrix: bool = False) -> bool:
         base = t.name.removesuffix(".weight").split(".")[-1]
         if base not in self.tensors or (self.tied_only and not tied):
             return False
         if self.experts is not None and self.experts != n_experts:
+            return False
+        if (self.min_experts is not None and n_experts < self.min_experts) or \
+                (self.min_gqa is not None and n_gqa < self.min_gqa) or \
+                (self.imatrix is not None and self.imatrix != imatrix):
             return False
         if t.layer is None or self.layers == "all":
             return True
@@ -71,15 +85,23 @@ class Preset:
     fallbacks: Mapping[Q, Q] = field(default_factory=lambda: MappingProxyType({}))
     source: str = ""
 
-    def tensor_type(self, t: PlannedTensor, *, n_layers: int, tied: bool, n_experts: int = 0,
-                    overrides: Sequence[tuple[re.Pattern[str], Q]] = ()) -> Q:
-        """The GGML type of one planned tensor under this preset and the user's overrides."""
+    def tensor_type(self, t: PlannedTensor, *, n_layers: int, tied: bool, n_experts: int = 0, n_gqa: int = 1,
+                    imatrix: bool = False, overrides: Sequence[tuple[re.Pattern[str], Q]] = ()) -> Q:
+        """The GGML type of one planned tensor under this preset, the user's overrides and whether an
+        importance matrix is given."""
         if len(t.shape) < 2 or t.kind in ALWAYS_F32:
             return Q.F32
         chosen = next((q for pattern, q in overrides if pattern.search(t.name)), None)
         if chosen is None:
-            chosen = next((r.type for r in self.rules if r.matches(t, n_layers, tied, n_experts)), self.default_type)
+            chosen = next((r.type for r in self.rules if r.matches(t, n_layers, tied, n_experts, n_gqa=n_gqa,
+                                                                    imatrix=imatrix)), self.default_type)
         return self._fit(chosen, t.row_len)
+
+    def requires_imatrix(self, name: str, q: Q) -> bool:
+        """llama-quant.cpp tensor_requires_imatrix: the very low-bit types, and Q2_K inside a Q2_K_S file."""
+        if name in IMATRIX_EXEMPT:
+            return False
+        return q in NEEDS_IMATRIX or (q == Q.Q2_K and self.file_type == gguf.LlamaFileType.MOSTLY_Q2_K_S)
 
     def _fit(self, q: Q, row_len: int) -> Q:
         # llama-quant.cpp tensor_type_fallback: a row must hold whole blocks, else a 32-block type, else F16
@@ -109,21 +131,27 @@ def _layers(value: Any, where: str) -> str | tuple[int, ...]:
                       f"accepted: one of {', '.join(LAYER_SELECTORS)} or a list of layer numbers")
 
 
+RULE_FIELDS = ("tensors", "type", "layers", "tied_only", "experts", "min_experts", "min_gqa", "imatrix")
+
+
 def _rule(raw: Any, where: str) -> Rule:
     if not isinstance(raw, dict) or not {"tensors", "type"} <= raw.keys():
         raise PresetError(f"{where}: a rule needs 'tensors' (list of names) and 'type'")
-    unknown = set(raw) - {"tensors", "type", "layers", "tied_only", "experts"}
+    unknown = set(raw) - set(RULE_FIELDS)
     if unknown:
-        raise PresetError(f"{where}: unknown field(s) {sorted(unknown)}",
-                          "accepted: tensors, type, layers, tied_only, experts")
-    if "experts" in raw and (not isinstance(raw["experts"], int) or raw["experts"] < 1):
-        raise PresetError(f"{where}.experts: {raw['experts']!r} is not a positive expert count")
+        raise PresetError(f"{where}: unknown field(s) {sorted(unknown)}", f"accepted: {', '.join(RULE_FIELDS)}")
+    for key in ("experts", "min_experts", "min_gqa"):
+        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1):
+            raise PresetError(f"{where}.{key}: {raw[key]!r} is not a positive whole number")
+    if "imatrix" in raw and not isinstance(raw["imatrix"], bool):
+        raise PresetError(f"{where}.imatrix: {raw['imatrix']!r} is not true or false")
     names = tuple(gguf.TENSOR_NAMES[k].split(".")[-1] for k in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.QWEN3MOE])
     tensors = raw["tensors"]
     if not isinstance(tensors, list) or not tensors or any(n not in names for n in tensors):
         raise PresetError(f"{where}.tensors: {tensors!r} must list qwen3moe tensor names", f"accepted: {', '.join(names)}")
     return Rule(tuple(tensors), _qtype(raw["type"], f"{where}.type"), _layers(raw.get("layers", "all"), where),
-                bool(raw.get("tied_only", False)), raw.get("experts"))
+                bool(raw.get("tied_only", False)), raw.get("experts"), raw.get("min_experts"), raw.get("min_gqa"),
+                raw.get("imatrix"))
 
 
 def parse_preset(data: Mapping[str, Any], preset_id: str, source: str) -> Preset:

@@ -57,23 +57,27 @@ def prepare(qtype: Q) -> None:
     """Load the library and build its lookup tables once, before worker threads start."""
     if qtype == Q.F32:
         return
-    lib = _ggml()
-    if lib.ggml_quantize_requires_imatrix(int(qtype)):
-        raise QuantizerError(f"type {qtype.name} needs an importance matrix, which marco-gguf does not compute yet",
-                             "choose a K-quant or legacy type")
-    lib.ggml_quantize_init(int(qtype))
+    _ggml().ggml_quantize_init(int(qtype))
 
 
-def quantize_rows(qtype: Q, rows: np.ndarray) -> np.ndarray:
-    """Encode a C-contiguous float32 (n_rows, n_per_row) block as `qtype` bytes (uint8, 1-D)."""
+def quantize_rows(qtype: Q, rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Encode a C-contiguous float32 (n_rows, n_per_row) block as `qtype` bytes (uint8, 1-D), weighting each
+    column's error by `imatrix` (float32, n_per_row) as llama-quantize does when one is given."""
     if rows.dtype != np.float32 or rows.ndim != 2:
         raise QuantizerError(f"quantize_rows needs a 2-D float32 block, got {rows.dtype} {rows.shape}")
     if qtype == Q.F32:
         return np.ascontiguousarray(rows).view(np.uint8).reshape(-1)
     rows = np.ascontiguousarray(rows)
     n_rows, n_per_row = rows.shape
+    lib = _ggml()
+    if imatrix is None and lib.ggml_quantize_requires_imatrix(int(qtype)):  # ggml would abort the process
+        raise QuantizerError(f"type {qtype.name} needs an importance matrix",
+                             "make one with `marco-gguf imatrix` and pass --imatrix, or use --calibrate")
+    if imatrix is not None and (imatrix.dtype != np.float32 or imatrix.shape != (n_per_row,)):
+        raise QuantizerError(f"importance vector must be float32 ({n_per_row},), got {imatrix.dtype} {imatrix.shape}")
+    weights = None if imatrix is None else np.ascontiguousarray(imatrix).ctypes.data
     out = np.empty(n_rows * row_size(qtype, n_per_row), dtype=np.uint8)
-    written = _ggml().ggml_quantize_chunk(int(qtype), rows.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row, None)
+    written = lib.ggml_quantize_chunk(int(qtype), rows.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row, weights)
     if written != out.nbytes:
         raise QuantizerError(f"ggml_quantize_chunk wrote {written} bytes for {qtype.name}, expected {out.nbytes}")
     return out

@@ -161,7 +161,7 @@ def test_ctrl_c_leaves_nothing(checkpoint, tmp_path):
 
 
 PRESET_CASES = [  # (reason, preset argument, file content or None, message fragments)
-    ("unknown shipped preset", "q3_x", None, ["unknown preset 'q3_x'", "accepted: bf16, f16, f32, q4_k_m, q4_k_s, q5_k_m, q6_k, q8_0"]),
+    ("unknown shipped preset", "q3_x", None, ["unknown preset 'q3_x'", "accepted: bf16, f16, f32, iq2_m, iq2_xs, iq3_m, iq3_xxs, iq4_nl, iq4_xs, q2_k, q3_k_l, q3_k_m, q3_k_s, q4_k_m, q4_k_s, q5_k_m, q6_k, q8_0"]),
     ("preset file missing", "missing.toml", None, ["missing.toml: preset file not found"]),
     ("invalid TOML", "bad.toml", "name = ", ["bad.toml: invalid TOML"]),
     ("unknown default type", "bad.toml", 'name="X"\nfile_type="MOSTLY_Q8_0"\ndefault_type="Q9_9"',

@@ -9,11 +9,13 @@ import typer
 from .. import __version__
 from .. import convert as lib_convert
 from .. import demo as lib_demo
+from ..calibrate import calibrate_convert
 from ..presets import builtin_presets
 from . import bench as bench_cmd
 from . import card as card_cmd
 from . import chat as chat_cmd
 from . import export as export_cmd
+from . import imatrix as imatrix_cmd
 from . import inspect as inspect_cmd
 from . import quality as quality_cmd
 from . import synth as synth_cmd
@@ -50,15 +52,38 @@ def convert(
     tensor_type: Annotated[Optional[list[str]], typer.Option("--tensor-type", help="Override: PATTERN=TYPE (repeatable).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit (hub ids only).")] = None,
+    imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance matrix (GGUF or legacy .dat) "
+                                                    "to quantize with, from `marco-gguf imatrix` or llama-imatrix.")] = None,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="Make the imatrix here: a temporary Q8_0, its imatrix over TEXT (default: the built-in "
+                            "text), then the quant.")] = False,
+    calibration_text: Annotated[Optional[Path], typer.Argument(
+        metavar="TEXT", show_default=False, help="With --calibrate: the calibration text (UTF-8).")] = None,
+    calibration_model: Annotated[Optional[Path], typer.Option("--calibration-model", help="With --calibrate: compute "
+                                                              "the imatrix on this GGUF instead of a temporary Q8_0.")] = None,
+    keep_imatrix: Annotated[Optional[Path], typer.Option("--keep-imatrix", help="With --calibrate: keep the imatrix "
+                                                         "here.")] = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
     """Convert a Marco checkpoint into one GGUF file."""
+    if not calibrate and (calibration_model or keep_imatrix or calibration_text):
+        raise typer.BadParameter("TEXT, --calibration-model and --keep-imatrix go with --calibrate")
+    if calibrate and imatrix is not None:
+        raise typer.BadParameter("give --imatrix FILE or --calibrate, not both")
+    calibrated = None
+    options = dict(preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads, force=force,
+                   tensor_types=tensor_type or (), revision=revision)
     with ui.errors_to_exit(), ui.byte_progress("converting", quiet=quiet or json_out) as progress:
-        result = lib_convert(source, preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads,
-                             force=force, tensor_types=tensor_type or (), progress=progress, revision=revision)
+        if calibrate:
+            calibrated = calibrate_convert(source, text=calibration_text,
+                                           calibration_model=calibration_model, keep_imatrix=keep_imatrix,
+                                           progress=progress, **options)
+            result = calibrated.conversion
+        else:
+            result = lib_convert(source, imatrix=imatrix, progress=progress, **options)
     if json_out:
-        ui.print_json(result.as_dict())
+        ui.print_json(calibrated.as_dict() if calibrated else result.as_dict())
         return
     ui.print_fields(f"wrote {result.path}", [
         ("preset", f"{result.preset} ({result.file_type})"),
@@ -68,7 +93,11 @@ def convert(
         ("parameters", f"{result.n_parameters:,}"),
         ("embeddings", "tied (token_embd serves as output)" if result.tied_embeddings else "separate output.weight"),
         ("seconds", f"{result.seconds:.1f}"),
-    ] + ([("source", f"{result.hub_repo} @ {result.hub_commit}")] if result.hub_repo else []))
+    ] + ([("source", f"{result.hub_repo} @ {result.hub_commit}")] if result.hub_repo else [])
+      + ([("imatrix", result.imatrix)] if result.imatrix else [])
+      + ([("calibration", f"{calibrated.imatrix.chunks} chunks of {calibrated.imatrix.dataset} on "
+                          f"{calibrated.calibration_model}, {calibrated.seconds:.1f} s in all")]
+         if calibrated else []))
 
 
 @app.command()
@@ -106,6 +135,7 @@ app.command()(synth_cmd.synth)
 app.command()(chat_cmd.chat)
 app.command()(bench_cmd.bench)
 app.command()(quality_cmd.quality)
+app.command()(imatrix_cmd.imatrix)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from ..errors import MarcoGGUFError
@@ -31,6 +31,23 @@ def byte_progress(label: str, *, quiet: bool) -> Iterator[Callable[..., None] | 
 
         def update(done: int, total: int, what: str = "") -> None:
             bar.update(task, completed=done, total=total, what=what)
+
+        yield update
+
+
+@contextlib.contextmanager
+def chunk_progress(label: str, *, quiet: bool) -> Iterator[Callable[..., None] | None]:
+    """A Rich bar counting chunks on stderr with the running tokens/s; None when quiet or not a terminal."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None, rate="")
+
+        def update(done: int, total: int, tokens_per_s: float) -> None:
+            bar.update(task, completed=done, total=total, rate=f"{tokens_per_s:,.0f} tokens/s")
 
         yield update
 

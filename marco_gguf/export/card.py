@@ -49,6 +49,7 @@ class CardRow:
     size_bytes: int
     bits_per_weight: float
     description: str
+    imatrix_dataset: str | None = None  # set for an importance-matrix quant: the text its imatrix was computed on
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,13 @@ def _row(path: Path, quant_types: dict[int, tuple[str, str]]) -> CardRow:
     except ValueError:
         fallback = f"file type {file_type}"
     name, description = quant_types.get(file_type, (fallback, ""))
+    fields = read_header(path).fields
+    if "quantize.imatrix.file" in fields:  # written by convert --imatrix/--calibrate, as by llama-quantize
+        dataset = fields.get("quantize.imatrix.dataset") or "text not recorded"
+        chunks = fields.get("quantize.imatrix.chunks_count")
+        on = f"{dataset}, {chunks} chunks" if chunks else dataset
+        return CardRow(path.name, f"i1-{name}", info.file_size, info.bits_per_weight,
+                       f"Importance-matrix quant (imatrix from {on}). {description}".rstrip(), dataset)
     return CardRow(path.name, name, info.file_size, info.bits_per_weight, description)
 
 

@@ -19,6 +19,11 @@ def _atomically(dst: Path, make: Callable[[Path], object]) -> None:
         raise
 
 
+def write_atomic(path: Path, make: Callable[[Path], object]) -> None:
+    """`make(tmp)` writes a temporary file that then replaces `path` in one rename (nothing left on error)."""
+    _atomically(path, make)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     _atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
