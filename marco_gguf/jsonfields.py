@@ -14,8 +14,9 @@ from typing import Any
 from .errors import MarcoGGUFError
 
 _MISSING: Any = object()
-_PLURAL = {int: "integers", str: "strings", dict: "objects"}
+_PLURAL = {int: "integers", str: "strings", dict: "objects", object: "values"}
 INT32_MAX = 2**31 - 1  # GGUF stores these hyperparameters as uint32; llama.cpp reads them into int32
+FLOAT32_MAX = 3.4028234663852886e38  # GGUF stores float hyperparameters as float32
 
 
 def load_json_object(path: Path, error: type[MarcoGGUFError], missing_hint: str,
@@ -67,7 +68,7 @@ class Fields:
             raise self.fail(key, v, f"an integer from {lo:,} to {hi:,}")
         return v
 
-    def number(self, key: str, *, lo: float = 0.0, hi: float = math.inf, default: Any = _MISSING,
+    def number(self, key: str, *, lo: float = 0.0, hi: float = FLOAT32_MAX, default: Any = _MISSING,
                exclusive_lo: bool = True) -> Any:
         v = self._get(key, default)
         if v is default:
@@ -75,7 +76,7 @@ class Fields:
         ok = (is_int(v) or isinstance(v, float)) and math.isfinite(v) and (v > lo if exclusive_lo else v >= lo) and v <= hi
         if not ok:
             raise self.fail(key, v, f"a finite number {'above' if exclusive_lo else 'from'} {lo:g}"
-                            + (f" up to {hi:g}" if hi != math.inf else ""))
+                            + f" up to {hi:g}")
         return float(v)
 
     def bool(self, key: str, *, default: Any = _MISSING) -> Any:
