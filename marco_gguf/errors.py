@@ -64,3 +64,15 @@ class InsufficientMemoryError(MarcoGGUFError):
 class ChatError(MarcoGGUFError):
     """A chat turn cannot go on: the message does not fit the context, the template refuses it, or a
     saved conversation is not valid."""
+
+
+class RequestError(MarcoGGUFError):
+    """A serve request is malformed or asks for something unsupported (HTTP 400); `param` names the field."""
+
+    def __init__(self, message: str, hint: str | None = None, *, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message, hint)
+        self.param, self.status = param, status
+
+
+class ServerBusyError(MarcoGGUFError):
+    """The engine's bounded queue is full or the server is loading or stopping (HTTP 503)."""
