@@ -74,3 +74,15 @@ class QualityError(MarcoGGUFError):
 class ImatrixError(MarcoGGUFError):
     """An importance matrix cannot be computed, read or applied: calibration text too short or not UTF-8,
     a damaged imatrix file, or one made for another model."""
+
+
+class RequestError(MarcoGGUFError):
+    """A serve request is malformed or asks for something unsupported (HTTP 400); `param` names the field."""
+
+    def __init__(self, message: str, hint: str | None = None, *, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message, hint)
+        self.param, self.status = param, status
+
+
+class ServerBusyError(MarcoGGUFError):
+    """The engine's bounded queue is full or the server is loading or stopping (HTTP 503)."""

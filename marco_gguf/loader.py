@@ -78,3 +78,23 @@ def load_model(path: str | Path, *, n_ctx: int = 2048, threads: int | None = Non
     except (ValueError, RuntimeError) as e:
         raise GGUFFileError(f"{path}: llama.cpp could not load it ({e})",
                             "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log") from None
+
+
+def load_weights(path: str | Path):
+    """The weights alone (a llama_cpp._internals.LlamaModel, no context), for an engine that builds its own
+    multi-sequence context; the same quiet load and AMX guard as load_model."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel
+
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFFileError(f"{path}: no such file")
+    params = llama_cpp.llama_model_default_params()
+    if amx_kernels_built():
+        params.use_extra_bufts = False
+    try:
+        with _quiet_stderr():
+            return LlamaModel(path_model=str(path), params=params, verbose=bool(os.environ.get("MARCO_GGUF_DEBUG")))
+    except (ValueError, RuntimeError) as e:
+        raise GGUFFileError(f"{path}: llama.cpp could not load it ({e})",
+                            "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log") from None

@@ -87,14 +87,18 @@ def _rate(n: float, seconds: float) -> float:
 # --- chat ----------------------------------------------------------------------------------------
 
 def sampler_chain(n_vocab: int, *, temp: float, top_p: float, top_k: int, min_p: float, repeat_penalty: float,
-                  seed: int | None):
-    """llama.cpp's C sampler chain (free it with llama_sampler_free): penalties, then top-k first, which
-    keeps the later stages cheap on a 151,936-token vocabulary, top-p, min-p, temperature, draw."""
+                  seed: int | None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                  grammar=None):
+    """llama.cpp's C sampler chain (free it with llama_sampler_free): a grammar (an initialised
+    llama_sampler_init_grammar, owned by the chain from here on) first so that only tokens it allows are
+    candidates, penalties, then top-k first, which keeps the later stages cheap on a 151,936-token
+    vocabulary, top-p, min-p, temperature, draw."""
     import llama_cpp as lib
 
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    stages = [lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat_penalty, 0.0, 0.0)
-              if repeat_penalty != 1.0 else None]
+    penalize = repeat_penalty != 1.0 or presence_penalty != 0.0 or frequency_penalty != 0.0
+    stages = [grammar, lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat_penalty, frequency_penalty,
+                                                        presence_penalty) if penalize else None]
     if temp <= 0:
         stages.append(lib.llama_sampler_init_greedy())
     else:

@@ -1,0 +1,438 @@
+"""A continuous-batching engine: one llama.cpp context, `parallel` slots, one `llama_decode` per step.
+
+Modelled on llama.cpp's tools/server (server-context.cpp): the context holds `n_seq_max = parallel`
+sequences in one unified KV cache (`kv_unified`, so any slot may use the whole `ctx`); every step
+decodes one batch carrying the next token of each generating slot plus a chunk of any admitted
+prompt (at most `batch` tokens in all), so a long prompt delays the others by at most one chunk.
+Each request has its own sampler chain (seed, penalties, grammar). A request goes to the free slot
+whose KV cache holds its longest prefix; only the rest of its prompt is evaluated
+(`llama_memory_seq_rm` drops the tail that differs). A cancelled request frees its slot at the next
+step. The raw llama_cpp calls of the feature live here.
+"""
+from __future__ import annotations
+
+import codecs
+import ctypes
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .chat_template import ChatTemplate
+from .errors import RequestError, ServerBusyError
+from .loader import _quiet_stderr, check_model, load_weights
+from .machine import physical_cores
+from .runtime import DEFAULT_CTX, END_OF_TURN, _common_prefix, _nfc, _rate, sampler_chain
+
+MAX_PARALLEL = 64   # llama.cpp's LLAMA_MAX_SEQ is 256; more slots than this only splits a CPU's bandwidth thinner
+DEFAULT_BATCH = 512  # llama.cpp's default n_batch: the most tokens one llama_decode carries
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One request's sampling; `grammar` is GBNF text (root rule `root`) that every reply must match."""
+
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    grammar: str | None = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    """llama-server's `timings` object (server-common.cpp, server_slot_stats::to_json), same field names."""
+
+    cache_n: int          # prompt tokens reused from the slot's KV cache
+    prompt_n: int         # prompt tokens evaluated
+    prompt_ms: float
+    predicted_n: int      # tokens generated
+    predicted_ms: float   # from the first generated token to the last
+
+    def as_dict(self) -> dict:
+        per = lambda n, ms: (ms / n if n else 0.0, _rate(n, ms / 1000))  # noqa: E731
+        (ppt, pps), (gpt, gps) = per(self.prompt_n, self.prompt_ms), per(self.predicted_n, self.predicted_ms)
+        return {**asdict(self), "prompt_per_token_ms": ppt, "prompt_per_second": pps,
+                "predicted_per_token_ms": gpt, "predicted_per_second": gps}
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished request: finish_reason is stop (end of turn or a stop string), length (max_tokens, the
+    context, or a server shutdown), cancelled (the client went away) or error (llama.cpp failed)."""
+
+    text: str
+    tokens: tuple[int, ...]
+    finish_reason: str
+    prompt_tokens: int
+    timings: Timings
+    time_to_first_token_s: float
+    error: str | None = None
+
+
+class Job:
+    """A submitted request. Events go to `sink` (from the engine thread: keep it quick and non-blocking):
+    a str per piece of text, then the Result. Without a sink, iterate the job for its text pieces."""
+
+    def __init__(self, engine: "Engine", prompt: list[int], max_tokens: int, stop: Sequence[str],
+                 sampler, sink: Callable[[object], None] | None) -> None:
+        self.id = next(engine._ids)
+        self.prompt, self.max_tokens, self.stop, self.sampler = prompt, max_tokens, tuple(s for s in stop if s), sampler
+        self.result: Result | None = None
+        self._engine, self._queue = engine, queue.SimpleQueue()
+        self._sink = sink or self._queue.put
+        self.cancelled = False
+        self.submitted = time.perf_counter()
+        self.admitted = self.first = self.last = 0.0
+        self.tokens: list[int] = []
+        self.cached = 0
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self._text, self._sent = "", 0  # text generated, and how much of it went out (the rest may start a stop)
+        self._hit = False               # a stop string ended the text
+
+    def cancel(self) -> None:
+        """Stop generating: the slot is freed at the engine's next step (safe from any thread)."""
+        self.cancelled = True
+        self._engine._wake()
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            event = self._queue.get()
+            if isinstance(event, Result):
+                return
+            yield event
+
+    def wait(self) -> Result:
+        for _ in self:
+            pass
+        return self.result
+
+    # called from the engine thread
+    def _emit(self, event: object) -> None:
+        try:
+            self._sink(event)
+        except Exception:  # a consumer that went away must not stop the engine
+            self.cancelled = True
+
+    def _add_text(self, piece: str) -> bool:
+        """Append generated text, send what cannot start a stop string; True when a stop string appeared."""
+        self._text += piece
+        hits = [i for i in (self._text.find(s, max(0, self._sent - len(s))) for s in self.stop) if i >= 0]
+        if hits:
+            self._text, self._hit = self._text[:min(hits)], True
+            end = len(self._text)
+        else:  # hold back a tail that is the start of a stop string (llama-server does the same)
+            held = max((n for s in self.stop for n in range(min(len(s) - 1, len(self._text)), 0, -1)
+                        if self._text.endswith(s[:n])), default=0)
+            end = len(self._text) - held
+        if end > self._sent:
+            self._emit(self._text[self._sent:end])
+            self._sent = end
+        return bool(hits)
+
+
+@dataclass
+class _Slot:
+    seq: int
+    cache: list[int] = field(default_factory=list)  # exactly the tokens of this sequence in the KV cache
+    job: Job | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
+    next: int | None = None                          # sampled, not yet in the KV cache
+    last_used: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    """Counters and gauges for /metrics (names follow llama-server's, server-task.cpp to_metrics)."""
+
+    requests_total: int
+    requests_cancelled_total: int
+    prompt_tokens_total: int
+    prompt_tokens_cached_total: int
+    prompt_seconds_total: float
+    tokens_predicted_total: int
+    tokens_predicted_seconds_total: float
+    n_decode_total: int
+    busy_slots: int
+    slots: int
+    queued: int
+    queue_size: int
+    kv_cache_tokens: int
+    kv_cache_size: int
+
+
+class Engine:
+    """`parallel` generation slots over one llama.cpp context of `ctx` tokens, driven by one thread."""
+
+    def __init__(self, model: str | Path, *, ctx: int = DEFAULT_CTX, parallel: int = 4, threads: int | None = None,
+                 queue_size: int = 64, batch: int = DEFAULT_BATCH) -> None:
+        import llama_cpp as lib
+
+        if not 1 <= parallel <= MAX_PARALLEL:
+            raise RequestError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}", param="parallel")
+        self.info = check_model(model, ctx=ctx)
+        self.ctx, self.parallel, self.queue_size = ctx, parallel, queue_size
+        self.threads, self.batch = threads or physical_cores(), min(batch, ctx)
+        self._lib, self.model = lib, load_weights(model)
+        self._vocab, self.n_vocab = self.model.vocab, self.model.n_vocab()
+        self.metadata = self.model.metadata()
+        self.template = ChatTemplate.from_metadata(self.metadata, self.token_text)
+        self.stop_tokens = frozenset(ids[0] for ids in map(self.tokenize, END_OF_TURN) if len(ids) == 1)
+        self._ctx = self._new_context()
+        self._mem = lib.llama_get_memory(self._ctx)
+        self._batch = lib.llama_batch_init(self.batch, 0, 1)
+        self._buf = ctypes.create_string_buffer(256)
+        self._slots = [_Slot(seq) for seq in range(parallel)]
+        self._waiting: deque[Job] = deque()
+        self._ids = itertools.count(1)
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._counts = dict.fromkeys(("requests", "cancelled", "prompt", "cached", "predicted", "decode"), 0)
+        self._seconds = {"prompt": 0.0, "predicted": 0.0}
+        self._thread = threading.Thread(target=self._run, name="marco-gguf-engine", daemon=True)
+        self._thread.start()
+
+    def _new_context(self):
+        lib = self._lib
+        p = lib.llama_context_default_params()
+        p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = self.ctx, self.batch, self.batch, self.parallel
+        p.kv_unified = True  # one KV cache shared by the slots: any slot may take the whole context
+        p.n_threads = p.n_threads_batch = self.threads
+        with _quiet_stderr():  # llama.cpp logs the context's construction to fd 2
+            ctx = lib.llama_init_from_model(self.model.model, p)
+        if not ctx:
+            raise RequestError(f"llama.cpp could not create a context of {self.ctx:,} tokens x {self.parallel} slots",
+                               "lower --ctx or --parallel")
+        return ctx
+
+    # tokens <-> text
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of `text` (NFC-normalized as Qwen's tokenizer.json does; special tokens parsed)."""
+        return self.model.tokenize(_nfc(text).encode("utf-8"), add_bos=False, special=True)
+
+    def token_text(self, token: int) -> str:
+        return (self._lib.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
+
+    def _piece(self, token: int) -> bytes:
+        n = self._lib.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+        if n < 0:
+            self._buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+        return self._buf.raw[:n]
+
+    # requests
+    def submit(self, prompt: list[int], *, max_tokens: int | None = None, sampling: Sampling = Sampling(),
+               stop: Sequence[str] = (), sink: Callable[[object], None] | None = None) -> Job:
+        """Queue a request; RequestError if it cannot fit the context or its grammar is invalid,
+        ServerBusyError if the queue is full or the engine is stopping."""
+        if not prompt:
+            raise RequestError("the prompt is empty", param="prompt")
+        if len(prompt) >= self.ctx:
+            raise RequestError(f"the prompt is {len(prompt):,} tokens, the context holds {self.ctx:,} (--ctx)",
+                               "shorten the prompt or start the server with a larger --ctx", param="messages")
+        room = self.ctx - len(prompt)
+        max_tokens = room if max_tokens is None else min(max_tokens, room)
+        sampler = self._sampler(sampling)
+        job = Job(self, list(prompt), max_tokens, stop, sampler, sink)
+        with self._cv:
+            if self._stopping or len(self._waiting) >= self.queue_size:
+                self._lib.llama_sampler_free(sampler)
+                raise ServerBusyError("the server is stopping" if self._stopping else
+                                      f"the queue is full ({self.queue_size} requests waiting)", "retry later")
+            self._waiting.append(job)
+            self._counts["requests"] += 1
+            self._cv.notify()
+        return job
+
+    def _sampler(self, s: Sampling):
+        lib = self._lib
+        grammar = None
+        if s.grammar is not None:
+            grammar = lib.llama_sampler_init_grammar(self._vocab, s.grammar.encode("utf-8"), b"root")
+            if not grammar:
+                raise RequestError("the grammar for this request is not valid GBNF", param="response_format")
+        return sampler_chain(self.n_vocab, temp=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
+                             repeat_penalty=s.repeat_penalty, presence_penalty=s.presence_penalty,
+                             frequency_penalty=s.frequency_penalty, seed=s.seed, grammar=grammar)
+
+    def metrics(self) -> EngineMetrics:
+        c, sec = self._counts, self._seconds
+        return EngineMetrics(
+            requests_total=c["requests"], requests_cancelled_total=c["cancelled"], prompt_tokens_total=c["prompt"],
+            prompt_tokens_cached_total=c["cached"], prompt_seconds_total=sec["prompt"],
+            tokens_predicted_total=c["predicted"], tokens_predicted_seconds_total=sec["predicted"],
+            n_decode_total=c["decode"], busy_slots=sum(s.job is not None for s in self._slots), slots=self.parallel,
+            queued=len(self._waiting), queue_size=self.queue_size,
+            kv_cache_tokens=sum(len(s.cache) for s in self._slots), kv_cache_size=self.ctx)
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    # the step loop (engine thread)
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._waiting and not any(s.job for s in self._slots):
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                self._admit()
+            self._step()
+        for slot in self._slots:  # shutdown: every request ends with a final result
+            if slot.job:
+                self._finish(slot, "length")
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for job in waiting:
+            self._finish(_Slot(-1, job=job), "length")
+
+    def _admit(self) -> None:
+        """Waiting requests (first come, first served) into free slots, each to the one holding its longest prefix."""
+        for job in [j for j in self._waiting if j.cancelled]:  # gone before a slot was free
+            self._waiting.remove(job)
+            self._finish(_Slot(-1, job=job), "cancelled")
+        while self._waiting:
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                return
+            job = self._waiting.popleft()
+            slot = max(free, key=lambda s: (_common_prefix(s.cache, job.prompt), -s.last_used))
+            keep = min(_common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)  # the last one gives logits
+            if not self._lib.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
+                self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                keep = 0
+            slot.cache, slot.pending, slot.job, slot.next = slot.cache[:keep], job.prompt[keep:], job, None
+            job.cached, job.admitted = keep, time.perf_counter()
+
+    def _step(self) -> None:
+        for slot in self._slots:
+            if slot.job and slot.job.cancelled:
+                self._finish(slot, "cancelled")
+        self._make_room()
+        rows = self._fill_batch()
+        if not rows:
+            return
+        lib = self._lib
+        if lib.llama_decode(self._ctx, self._batch) != 0:
+            for slot, _, _ in rows:
+                lib.llama_memory_seq_rm(self._mem, slot.seq, len(slot.cache), -1)
+                slot.pending = []
+                self._finish(slot, "error", f"llama.cpp could not evaluate a batch of {self._batch.n_tokens} tokens")
+            return
+        self._counts["decode"] += 1
+        for slot, tokens, output in rows:
+            slot.cache += tokens
+            if output is not None:
+                self._on_token(slot, lib.llama_sampler_sample(slot.job.sampler, self._ctx, output))
+
+    def _make_room(self) -> None:
+        """Keep the KV cache within `ctx`: drop idle slots' caches (least recently used first), then end the
+        generating request with the longest cache."""
+        def need() -> int:
+            return sum(len(s.cache) for s in self._slots) + sum(
+                1 if s.next is not None else min(len(s.pending), self.batch) for s in self._slots if s.job)
+        idle = sorted((s for s in self._slots if s.job is None and s.cache), key=lambda s: s.last_used)
+        while need() > self.ctx and idle:
+            slot = idle.pop(0)
+            self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            slot.cache = []
+        while need() > self.ctx:
+            self._finish(max((s for s in self._slots if s.job), key=lambda s: len(s.cache)), "length")
+
+    def _fill_batch(self) -> list[tuple[_Slot, list[int], int | None]]:
+        """The next token of every generating slot, then prompt chunks while room is left; returns
+        (slot, tokens added, batch row whose logits to sample or None)."""
+        b, rows, n = self._batch, [], 0
+
+        def add(slot: _Slot, tokens: list[int], last_logits: bool) -> None:
+            nonlocal n
+            pos = len(slot.cache)
+            for i, t in enumerate(tokens):
+                b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = t, pos + i, 1, False
+                b.seq_id[n][0] = slot.seq
+                n += 1
+            b.logits[n - 1] = last_logits
+            rows.append((slot, tokens, n - 1 if last_logits else None))
+
+        for slot in self._slots:
+            if slot.job and slot.next is not None:
+                add(slot, [slot.next], True)
+        for slot in sorted((s for s in self._slots if s.job and s.pending), key=lambda s: s.job.admitted):
+            chunk = slot.pending[:self.batch - n]
+            if not chunk:
+                break
+            slot.pending = slot.pending[len(chunk):]
+            add(slot, chunk, not slot.pending)
+        b.n_tokens = n
+        return rows
+
+    def _on_token(self, slot: _Slot, token: int) -> None:
+        job, now = slot.job, time.perf_counter()
+        if not job.first:
+            job.first = now
+        job.last = now
+        if token in self.stop_tokens or self._lib.llama_vocab_is_eog(self._vocab, token):
+            return self._finish(slot, "stop")
+        job.tokens.append(token)
+        if job._add_text(job._utf8.decode(self._piece(token))):
+            return self._finish(slot, "stop")
+        if len(job.tokens) >= job.max_tokens or len(slot.cache) + 1 >= self.ctx:
+            return self._finish(slot, "length")
+        slot.next = token
+
+    def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
+        job, now = slot.job, time.perf_counter()
+        if not job._hit:
+            job._add_text(job._utf8.decode(b"", final=True))
+        job.stop = ()
+        job._add_text("")  # send any text held back for a stop string that never came
+        prompt_ms = ((job.first or now) - job.admitted) * 1000 if job.admitted else 0.0
+        timings = Timings(cache_n=job.cached, prompt_n=len(job.prompt) - job.cached if job.admitted else 0,
+                          prompt_ms=prompt_ms, predicted_n=len(job.tokens),
+                          predicted_ms=(job.last - job.first) * 1000 if job.first else 0.0)
+        job.result = Result(text=job._text, tokens=tuple(job.tokens), finish_reason=reason,
+                            prompt_tokens=len(job.prompt), timings=timings,
+                            time_to_first_token_s=(job.first - job.submitted) if job.first else 0.0, error=error)
+        self._lib.llama_sampler_free(job.sampler)
+        job.sampler = None
+        c = self._counts
+        c["cancelled"] += reason == "cancelled"
+        c["prompt"] += timings.prompt_n
+        c["cached"] += timings.cache_n
+        c["predicted"] += timings.predicted_n
+        self._seconds["prompt"] += timings.prompt_ms / 1000
+        self._seconds["predicted"] += timings.predicted_ms / 1000
+        slot.job, slot.next, slot.pending, slot.last_used = None, None, [], now
+        job._emit(job.result)
+
+    # lifetime
+    def stop(self) -> None:
+        """End every request (a final result with finish_reason length) and stop the engine thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join()
+
+    def close(self) -> None:
+        if self._ctx is None:
+            return
+        self.stop()
+        self._lib.llama_batch_free(self._batch)
+        self._lib.llama_free(self._ctx)
+        self._ctx = None
+        self.model.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
