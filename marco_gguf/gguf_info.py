@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from gguf import GGUFValueType as V
+
 from .errors import GGUFFileError
+from .gguf_check import check_qwen3moe
 from .qwen3moe import ARCH_NAME
-from .reader import read_header
+from .reader import DAMAGED, read_header
 
 GROUPS = ("embeddings", "attention", "router", "experts", "norms")
 # GGUF tensor base name -> group; source: the qwen3moe tensor list in gguf-py constants.py
@@ -128,10 +132,31 @@ def _tokenizer_summary(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_info(path: str | Path) -> GGUFInfo:
-    """Parse a GGUF's header into GGUFInfo (no tensor data is read)."""
+    """Parse a GGUF's header into GGUFInfo, validated (see _read_info); cached while the file is unchanged,
+    since check_model and load_model both read it before a load."""
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFFileError(f"{path}: no such file")
+    st = path.stat()
+    return _cached_info(path.resolve(), st.st_size, st.st_mtime_ns, path)
+
+
+@lru_cache(maxsize=8)
+def _cached_info(resolved: Path, size: int, mtime_ns: int, path: Path) -> GGUFInfo:
+    return _read_info(path)
+
+
+def _read_info(path: Path) -> GGUFInfo:
+    """Parse a GGUF's header into GGUFInfo (no tensor data is read); a qwen3moe file is also checked for
+    everything llama.cpp would abort or fail on while loading it (gguf_check.py)."""
     header = read_header(path)
     fields = header.fields
     arch = fields.get("general.architecture") or "?"
+    if header.types.get("general.architecture", V.STRING) != V.STRING:
+        raise GGUFFileError(f"{path}: key general.architecture is {header.types['general.architecture'].name}, "
+                            "expected STRING", DAMAGED)
+    if arch == ARCH_NAME:
+        check_qwen3moe(path, header, arch)
     prefix = f"{arch}."
     hparams = {k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)}
     tensors = tuple(TensorInfo(t.name, t.shape, t.type.name, t.n_bytes,
