@@ -246,11 +246,11 @@ CHILD = textwrap.dedent("""
             llm.eval(llm.tokenize(b"Hello, world\\n", add_bos=False, special=True))
             llm.detokenize(list(range(min(llm.n_vocab(), 300))))
             llm.close()
-            print("loaded", flush=True)
+            print("@@ loaded", flush=True)
         except MarcoGGUFError as e:
-            print("llama-refused " + str(e).replace(chr(10), " "), flush=True)
+            print("@@ llama-refused " + str(e).replace(chr(10), " "), flush=True)
         except Exception as e:
-            print("crash " + type(e).__name__ + ": " + str(e).replace(chr(10), " "), flush=True)
+            print("@@ crash " + type(e).__name__ + ": " + str(e).replace(chr(10), " "), flush=True)
 """)
 
 
@@ -263,6 +263,7 @@ class Loader:
     def _start(self) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         env.pop("MARCO_GGUF_DEBUG", None)
+        env["GGML_NO_BACKTRACE"] = "1"  # an abort should just end the child, not attach gdb to it
         return subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True, env=env)
 
@@ -273,11 +274,13 @@ class Loader:
         self.proc.stdin.write(f"{path}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
+        while line and not line.startswith("@@ "):  # anything else is llama.cpp talking on stdout
+            line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
             self.proc = None
             return "crash", f"llama.cpp killed the process (exit {code})"
-        outcome, _, detail = line.strip().partition(" ")
+        outcome, _, detail = line[3:].strip().partition(" ")
         return outcome, detail
 
     def close(self) -> None:
