@@ -86,16 +86,7 @@ class GGUFInfo:
 
     @property
     def bytes_per_token(self) -> int:
-        """Weight bytes read to generate one token: shared tensors, routed experts, the output matrix
-        (token_embd when tied), and one embedding row when the embeddings are separate."""
-        f, total = self.expert_fraction, 0.0
-        tied = not any(t.name == "output.weight" for t in self.tensors)
-        for t in self.tensors:
-            if t.name == "token_embd.weight" and not tied:
-                total += t.n_bytes / t.shape[0]
-            else:
-                total += t.n_bytes * (f if t.group == "experts" else 1)
-        return round(total)
+        return bytes_per_token(self)
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
         h = self.hparams
@@ -120,6 +111,22 @@ class GGUFInfo:
             "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.type, "bytes": t.n_bytes, "group": t.group}
                         for t in self.tensors],
         }
+
+
+def bytes_per_token(info: GGUFInfo) -> int:
+    """Weight bytes one generated token reads (the one formula `inspect` and `bench` report): the routed share
+    (expert_used_count / expert_count) of the ffn_*_exps tensors, all of attention, router and norms, the output
+    matrix (token_embd when tied), and one row of token_embd for the embedding lookup."""
+    share, total = info.expert_fraction, 0.0
+    tied = not any(t.name == "output.weight" for t in info.tensors)
+    for t in info.tensors:
+        if t.group == "experts":
+            total += t.n_bytes * share
+        elif t.name == "token_embd.weight":
+            total += t.n_bytes / t.shape[0] + (t.n_bytes if tied else 0)
+        else:
+            total += t.n_bytes
+    return round(total)
 
 
 def _tokenizer_summary(fields: dict[str, Any]) -> dict[str, Any]:
