@@ -7,6 +7,7 @@ a full disk or Ctrl-C leaves no `.gguf` behind. A small state machine refuses ou
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -105,6 +106,7 @@ class GGUFStreamWriter:
         self.total_bytes = len(self.header) + sum(t.nbytes + _pad(t.nbytes) for t in tensors)
         self._state, self._index, self._written = "new", 0, 0
         self._file: Any = None
+        self._made: list[Path] = []
 
     def __enter__(self) -> "GGUFStreamWriter":
         self.open()
@@ -118,6 +120,7 @@ class GGUFStreamWriter:
         self._expect("new")
         check_output(self.path, self.overwrite, self.total_bytes)
         try:
+            self._made = make_folders(self.path.parent)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
             self._file, self._tmp = os.fdopen(fd, "wb", buffering=0), Path(tmp)
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the result normal permissions
@@ -175,6 +178,7 @@ class GGUFStreamWriter:
             tmp.unlink()
         if self._state != "done":
             self._state = "aborted"
+            remove_folders(self._made)
 
     def _raw_write(self, data: Any) -> None:
         try:
@@ -196,13 +200,40 @@ def _umask() -> int:
     return mask
 
 
+def existing_ancestor(folder: Path) -> Path:
+    """`folder` or its nearest ancestor that exists (what a missing output folder will be created in)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents (as mlx_lm.convert and `hf download --local-dir` do); returns the
+    folders made, deepest last, so that a failed write can remove them again."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for f in reversed(missing):
+        f.mkdir()
+    return list(reversed(missing))
+
+
+def remove_folders(made: list[Path]) -> None:
+    for f in reversed(made):
+        with contextlib.suppress(OSError):  # not empty (someone else wrote there): keep it
+            f.rmdir()
+
+
 def check_output(path: Path, overwrite: bool, size: int) -> None:
-    """Refuse early: an existing file without overwrite, a missing/unwritable folder, too little space."""
+    """Refuse early: an existing file without overwrite, an unwritable folder, too little space. A missing
+    folder is fine: it is created when writing starts."""
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists", "pass --force to overwrite it, or choose --outfile")
-    folder = path.parent
+    folder = existing_ancestor(path.parent)
     if not folder.is_dir():
-        raise OutputError(f"{folder}: output folder does not exist", "create it or choose another --outdir")
+        raise OutputError(f"{folder}: is a file, not a folder", "choose another --outdir or --outfile")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"{folder}: output folder is not writable", "choose another --outdir")
     free = shutil.disk_usage(folder).free
