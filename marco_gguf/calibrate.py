@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from .convert import ConvertResult, convert
 from .errors import OutputError
+from .files import make_folders, remove_folders
 from .imatrix import ImatrixResult, compute_imatrix
-from .writer import make_folders, remove_folders
 
 CALIBRATION_PRESET = "q8_0"  # what publishers compute imatrices on: near-lossless, half the size of F16
 

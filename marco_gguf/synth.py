@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -16,8 +15,8 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import OutputError, SynthError
-from .export.files import write_atomic
+from .errors import SynthError
+from .files import check_space, write_atomic
 from .qwen_vocab import KINDS, VocabInfo, qwen3_vocab_available, write_tokenizer_files
 
 MAX_SHARD_BYTES = 5 * 10**9  # Hugging Face's default max_shard_size ("5GB")
@@ -170,10 +169,8 @@ def _synthesize(out: Path, shape: str, layers: int | None, dtype: str, seed: int
     st_dtype, itemsize = DTYPES[dtype]
     shapes = list(tensor_shapes(cfg))
     total = sum(math.prod(s) for _, s in shapes) * itemsize
-    free = shutil.disk_usage(out).free
-    if free < total:
-        raise OutputError(f"{out}: not enough disk space for a {shape} checkpoint ({total:,} bytes needed, {free:,} free)",
-                          "free space, choose another folder, or use --layers to shrink the model")
+    check_space(out, total, target=out, purpose=f" for a {shape} checkpoint",
+                hint="free space, choose another folder, or use --layers to shrink the model")
     shards, rng, done = _shards(shapes, itemsize, max_shard_bytes), np.random.default_rng(seed), [0]
 
     def advance(n: int) -> None:

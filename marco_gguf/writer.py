@@ -7,7 +7,6 @@ a full disk or Ctrl-C leaves no `.gguf` behind. A small state machine refuses ou
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -22,6 +21,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 
 from .errors import OutputError
+from .files import check_space, existing_ancestor, make_folders, publish, remove_folders
 from .quantize import row_size
 
 ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT  # 32
@@ -155,11 +155,7 @@ class GGUFStreamWriter:
         try:
             os.fsync(self._file.fileno())
             self._file.close()
-            if self.overwrite:
-                os.replace(self._tmp, self.path)
-            else:
-                os.link(self._tmp, self.path)  # atomic and fails if the target appeared meanwhile
-                os.unlink(self._tmp)
+            publish(self._tmp, self.path, overwrite=self.overwrite)
         except FileExistsError:
             self.abort()
             raise OutputError(f"{self.path}: already exists", "pass --force to overwrite it") from None
@@ -200,32 +196,6 @@ def _umask() -> int:
     return mask
 
 
-def existing_ancestor(folder: Path) -> Path:
-    """`folder` or its nearest ancestor that exists (what a missing output folder will be created in)."""
-    folder = folder.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
-def make_folders(folder: Path) -> list[Path]:
-    """Create `folder` and its missing parents (as mlx_lm.convert and `hf download --local-dir` do); returns the
-    folders made, deepest last, so that a failed write can remove them again."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    for f in reversed(missing):
-        f.mkdir()
-    return list(reversed(missing))
-
-
-def remove_folders(made: list[Path]) -> None:
-    for f in reversed(made):
-        with contextlib.suppress(OSError):  # not empty (someone else wrote there): keep it
-            f.rmdir()
-
-
 def check_output(path: Path, overwrite: bool, size: int) -> None:
     """Refuse early: an existing file without overwrite, an unwritable folder, too little space. A missing
     folder is fine: it is created when writing starts."""
@@ -236,7 +206,4 @@ def check_output(path: Path, overwrite: bool, size: int) -> None:
         raise OutputError(f"{folder}: is a file, not a folder", "choose another --outdir or --outfile")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"{folder}: output folder is not writable", "choose another --outdir")
-    free = shutil.disk_usage(folder).free
-    if free < size:
-        raise OutputError(f"{path}: not enough disk space ({size:,} bytes needed, {free:,} free)",
-                          "free space or choose another --outdir")
+    check_space(folder, size, target=path, hint="free space or choose another --outdir")

@@ -66,8 +66,8 @@ def test_seed_determines_the_weights(tmp_path):
 
 
 def test_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
-    import marco_gguf.synth as synth
-    monkeypatch.setattr(synth.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
+    import marco_gguf.files as files
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
     with pytest.raises(OutputError, match=r"not enough disk space for a mini checkpoint \([\d,]{14} bytes needed, 1,000,000 free\)"):
         synthesize(tmp_path / "m", shape="mini", vocab="small")
     assert not list((tmp_path / "m").glob("*.safetensors"))
