@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from .errors import ChatError
-from .qwen_vocab import CHATML_TEMPLATE  # Qwen3's non-thinking ChatML: the format Marco-Instruct uses
+from .qwen3moe import CHATML as CHATML_TEMPLATE
 
 TEMPLATE_KEY = "tokenizer.chat_template"
 

@@ -19,13 +19,13 @@ from gguf import GGUFValueType as V
 
 from .chat_template import TEMPLATE_KEY, compile_template
 from .errors import GGUFFileError
+from .qwen3moe import TOKENIZER_MODEL, TOKENIZER_PRE
 from .reader import DAMAGED, Header
 
 LLAMA_MAX_LAYERS = 512    # src/llama-hparams.h
 LLAMA_MAX_EXPERTS = 1024  # src/llama-hparams.h
 # rope scaling names llama.cpp knows (llama_rope_scaling_type_from_string); another one is a GGML_ASSERT
 ROPE_SCALING = ("none", "linear", "yarn", "longrope")
-TOKENIZER_MODEL, TOKENIZER_PRE = "gpt2", "qwen2"  # Qwen2/Qwen3 byte-level BPE, as llama.cpp's converter writes
 
 # qwen3moe.<key> -> (type llama.cpp reads it as, required); source: load_hparams + qwen3moe.cpp load_arch_hparams
 HPARAM_TYPES: dict[str, tuple[V, bool]] = {

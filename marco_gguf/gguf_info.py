@@ -13,21 +13,11 @@ from typing import Any
 
 from gguf import GGUFValueType as V
 
+from . import qwen3moe as spec
 from .errors import GGUFFileError
 from .gguf_check import check_qwen3moe
-from .qwen3moe import ARCH_NAME
+from .qwen3moe import ARCH_NAME, DEFAULT_CTX, GROUPS
 from .reader import DAMAGED, read_header
-
-GROUPS = ("embeddings", "attention", "router", "experts", "norms")
-# GGUF tensor base name -> group; source: the qwen3moe tensor list in gguf-py constants.py
-GROUP_OF: dict[str, str] = {
-    "token_embd": "embeddings", "output": "embeddings", "attn_q": "attention", "attn_k": "attention",
-    "attn_v": "attention", "attn_output": "attention", "ffn_gate_inp": "router", "ffn_gate_exps": "experts",
-    "ffn_up_exps": "experts", "ffn_down_exps": "experts", "attn_norm": "norms", "ffn_norm": "norms",
-    "attn_q_norm": "norms", "attn_k_norm": "norms", "output_norm": "norms",
-}
-KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default F16 KV cache
-LOGITS_BATCH = 512        # llama.cpp's default n_batch: its logits/compute buffers scale with it
 
 
 @dataclass(frozen=True)
@@ -73,34 +63,26 @@ class GGUFInfo:
     def bits_per_weight(self) -> float:
         return 8 * sum(t.n_bytes for t in self.tensors) / max(1, self.n_parameters)
 
+    # the derived figures are the spec's (qwen3moe.py), computed from this file's tensors and keys
     @property
     def expert_fraction(self) -> float:
-        used, total = self.hparams.get("expert_used_count"), self.hparams.get("expert_count")
-        return used / total if used and total else 1.0
+        return spec.expert_fraction(self.hparams)
 
     @property
     def active_parameters(self) -> int:
-        """Parameters touched per token: everything shared plus the routed share of the experts."""
-        f = self.expert_fraction
-        return round(sum(t.n_elements * (f if t.group == "experts" else 1) for t in self.tensors))
+        return spec.active_parameters(self.tensors, self.hparams)
 
     @property
     def bytes_per_token(self) -> int:
         return bytes_per_token(self)
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
-        h = self.hparams
-        kv_dim = h.get("attention.head_count_kv", 0) * h.get("attention.key_length", 0)
-        return 2 * h.get("block_count", 0) * n_ctx * kv_dim * KV_BYTES_PER_ELEMENT
+        return spec.kv_cache_bytes(self.hparams, n_ctx)
 
     def ram_needed(self, n_ctx: int) -> dict[str, int]:
-        weights = sum(t.n_bytes for t in self.tensors)
-        vocab = next((t.shape[0] for t in self.tensors if t.name == "token_embd.weight"), 0)
-        compute = LOGITS_BATCH * vocab * 4 * 2  # logits plus llama.cpp's compute buffer of the same order
-        kv = self.kv_cache_bytes(n_ctx)
-        return {"weights": weights, "kv_cache": kv, "compute": compute, "total": weights + kv + compute}
+        return spec.ram_needed(self.tensors, self.hparams, n_ctx)
 
-    def as_dict(self, n_ctx: int = 8192) -> dict[str, Any]:
+    def as_dict(self, n_ctx: int = DEFAULT_CTX) -> dict[str, Any]:
         return {
             "path": str(self.path), "file_size": self.file_size, "architecture": self.architecture, "name": self.name,
             "file_type": self.file_type, "hparams": self.hparams, "tokenizer": self.tokenizer,
@@ -114,19 +96,8 @@ class GGUFInfo:
 
 
 def bytes_per_token(info: GGUFInfo) -> int:
-    """Weight bytes one generated token reads (the one formula `inspect` and `bench` report): the routed share
-    (expert_used_count / expert_count) of the ffn_*_exps tensors, all of attention, router and norms, the output
-    matrix (token_embd when tied), and one row of token_embd for the embedding lookup."""
-    share, total = info.expert_fraction, 0.0
-    tied = not any(t.name == "output.weight" for t in info.tensors)
-    for t in info.tensors:
-        if t.group == "experts":
-            total += t.n_bytes * share
-        elif t.name == "token_embd.weight":
-            total += t.n_bytes / t.shape[0] + (t.n_bytes if tied else 0)
-        else:
-            total += t.n_bytes
-    return round(total)
+    """Weight bytes one generated token reads: the one formula (qwen3moe.bytes_per_token) inspect and bench report."""
+    return spec.bytes_per_token(info.tensors, info.hparams)
 
 
 def _tokenizer_summary(fields: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +138,7 @@ def _read_info(path: Path) -> GGUFInfo:
     prefix = f"{arch}."
     hparams = {k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)}
     tensors = tuple(TensorInfo(t.name, t.shape, t.type.name, t.n_bytes,
-                               GROUP_OF.get(t.name.removesuffix(".weight").split(".")[-1], "other"))
+                               spec.group_of(t.name))
                     for t in header.tensors)
     return GGUFInfo(Path(path), Path(path).stat().st_size, arch, fields.get("general.name"),
                     fields.get("general.file_type"), hparams, _tokenizer_summary(fields),

@@ -8,16 +8,27 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import gguf
 from gguf import MODEL_TENSOR as T
 
 from .checkpoint import MarcoConfig, TensorRef
 from .errors import TensorError
+from .qwen_vocab import CHATML_TEMPLATE, QWEN3_PRETOKENIZER_REGEX
 
 ARCH = gguf.MODEL_ARCH.QWEN3MOE
 ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]  # "qwen3moe"
+
+# --- Marco and Qwen3 facts, read by the runtime, the exports and the checks (source: ../shared/MARCO.md and
+# the models' config and tokenizer files). The two long texts live in qwen_vocab.py, which must run on the
+# standard library alone (loaded by path), and are re-exported here.
+DEFAULT_CTX = 8192  # the context Marco was fine-tuned with (max_position_embeddings is 32768)
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>")  # config says eos 151643, the chat format ends turns with 151645
+TOKENIZER_MODEL = "gpt2"  # byte-level BPE
+TOKENIZER_PRE = "qwen2"   # llama.cpp's name for the Qwen2/Qwen3 pre-tokenizer regex below
+PRETOKENIZER_REGEX = QWEN3_PRETOKENIZER_REGEX
+CHATML = CHATML_TEMPLATE  # Qwen3's non-thinking ChatML with tool calls: the format Marco-Instruct uses
 
 # HF suffix under model.layers.{L}. -> GGUF tensor; source: gguf-py tensor_mapping.py, qwen3moe rows
 BLOCK_TENSORS: tuple[tuple[str, T], ...] = (
@@ -110,6 +121,19 @@ def _expert_shapes(c: MarcoConfig) -> Mapping[T, tuple[int, int]]:
             T.FFN_DOWN_EXP: (c.hidden, c.expert_ff)}
 
 
+def hf_tensor_shapes(c: MarcoConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """The Hugging Face tensors of a tied checkpoint with per-expert keys, in model order: the tables above read
+    the other way (synth writes these; plan_tensors maps them to GGUF)."""
+    yield EMBEDDINGS, (c.vocab_size, c.hidden)
+    shapes, expert_shapes = _block_shapes(c), _expert_shapes(c)
+    for layer in range(c.n_layers):
+        prefix = f"model.layers.{layer}"
+        yield from ((f"{prefix}.{suffix}", shapes[kind]) for suffix, kind in BLOCK_TENSORS)
+        for e in range(c.n_experts):
+            yield from ((f"{prefix}.mlp.experts.{e}.{proj}.weight", expert_shapes[kind]) for proj, kind in EXPERT_TENSORS)
+    yield FINAL_NORM, (c.hidden,)
+
+
 class _Planner:
     """Collects planned tensors while checking names and shapes; records which sources it consumed."""
 
@@ -178,6 +202,70 @@ def plan_tensors(config: MarcoConfig, refs: Mapping[str, TensorRef], *, keep_lm_
                           + f" (config.json: num_hidden_layers={c.n_layers}, num_experts={c.n_experts})",
                           "the checkpoint does not match its config.json, or is not a Marco/Qwen3-MoE model")
     return p.out
+
+
+# --- derived figures, from a GGUF's tensor table and qwen3moe.* keys (read by inspect, bench, the RAM check) ---
+GROUPS = ("embeddings", "attention", "router", "experts", "norms")
+# GGUF tensor base name -> group; source: the qwen3moe tensor list in gguf-py constants.py
+GROUP_OF: Mapping[str, str] = {
+    "token_embd": "embeddings", "output": "embeddings", "attn_q": "attention", "attn_k": "attention",
+    "attn_v": "attention", "attn_output": "attention", "ffn_gate_inp": "router", "ffn_gate_exps": "experts",
+    "ffn_up_exps": "experts", "ffn_down_exps": "experts", "attn_norm": "norms", "ffn_norm": "norms",
+    "attn_q_norm": "norms", "attn_k_norm": "norms", "output_norm": "norms",
+}
+KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default F16 KV cache
+LOGITS_BATCH = 512        # llama.cpp's default n_batch: its logits/compute buffers scale with it
+
+
+class StoredLike(Protocol):
+    name: str
+    shape: tuple[int, ...]
+    n_bytes: int
+
+
+def group_of(name: str) -> str:
+    return GROUP_OF.get(name.removesuffix(".weight").split(".")[-1], "other")
+
+
+def expert_fraction(hparams: Mapping[str, Any]) -> float:
+    used, total = hparams.get("expert_used_count"), hparams.get("expert_count")
+    return used / total if used and total else 1.0
+
+
+def active_parameters(tensors: Sequence[StoredLike], hparams: Mapping[str, Any]) -> int:
+    """Parameters touched per token: everything shared plus the routed share of the experts."""
+    f = expert_fraction(hparams)
+    return round(sum(math.prod(t.shape) * (f if group_of(t.name) == "experts" else 1) for t in tensors))
+
+
+def bytes_per_token(tensors: Sequence[StoredLike], hparams: Mapping[str, Any]) -> int:
+    """Weight bytes one generated token reads: the routed share (expert_used_count / expert_count) of the
+    ffn_*_exps tensors, all of attention, router and norms, the output matrix (token_embd when tied), and one
+    row of token_embd for the embedding lookup."""
+    share, total = expert_fraction(hparams), 0.0
+    tied = not any(t.name == "output.weight" for t in tensors)
+    for t in tensors:
+        if group_of(t.name) == "experts":
+            total += t.n_bytes * share
+        elif t.name == "token_embd.weight":
+            total += t.n_bytes / t.shape[0] + (t.n_bytes if tied else 0)
+        else:
+            total += t.n_bytes
+    return round(total)
+
+
+def kv_cache_bytes(hparams: Mapping[str, Any], n_ctx: int) -> int:
+    kv_dim = hparams.get("attention.head_count_kv", 0) * hparams.get("attention.key_length", 0)
+    return 2 * hparams.get("block_count", 0) * n_ctx * kv_dim * KV_BYTES_PER_ELEMENT
+
+
+def ram_needed(tensors: Sequence[StoredLike], hparams: Mapping[str, Any], n_ctx: int) -> dict[str, int]:
+    """RAM to run with a context of n_ctx: weights, F16 KV cache, and llama.cpp's logits and compute buffers."""
+    weights = sum(t.n_bytes for t in tensors)
+    vocab = next((t.shape[0] for t in tensors if t.name == "token_embd.weight"), 0)
+    compute = LOGITS_BATCH * vocab * 4 * 2  # logits plus llama.cpp's compute buffer of the same order
+    kv = kv_cache_bytes(hparams, n_ctx)
+    return {"weights": weights, "kv_cache": kv, "compute": compute, "total": weights + kv + compute}
 
 
 def add_hparams(writer: gguf.GGUFWriter, config: MarcoConfig) -> None:

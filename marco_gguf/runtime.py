@@ -21,9 +21,8 @@ from .chat_template import ChatTemplate
 from .errors import ChatError
 from .loader import check_model, load_model
 from .machine import physical_cores
+from .qwen3moe import DEFAULT_CTX, END_OF_TURN
 
-END_OF_TURN = ("<|im_end|>", "<|endoftext|>")  # Marco's config says 151643, the chat format ends with 151645
-DEFAULT_CTX = 8192           # the context Marco was fine-tuned with (max_position_embeddings is 32768)
 PENALTY_LAST_N = 64          # llama.cpp's default window for --repeat-penalty
 ROLES = ("system", "user", "assistant")
 LOAD_HINT = 'expected {"messages": [{"role": "user", "content": "..."}, ...]} as /save writes it'

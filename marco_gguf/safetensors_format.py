@@ -8,9 +8,10 @@ non-negative integers and `data_offsets` [begin, end] whose length is the shape'
 contiguous from 0 without overlap and the data section covered exactly ("fully covered").
 We also refuse a name that appears twice in one header (the library keeps the last silently).
 
-A hand-written reader stays (rather than `safetensors.safe_open`) because conversion reads row blocks
-with `os.preadv` into fresh buffers, so memory stays bounded and pages are not mapped; the library is
-the reference that tests/test_safetensors_fuzz.py checks these verdicts against.
+A hand-written reader and writer stay (rather than `safetensors.safe_open` / `save_file`) because
+conversion reads row blocks with `os.preadv` into fresh buffers and `synth` streams tensors in chunks,
+so memory stays bounded for a 35 GB checkpoint (the library's writer needs every tensor in memory);
+the library, which transformers brings to the tests, is the reference the fuzz tests hold us to.
 """
 from __future__ import annotations
 
@@ -160,3 +161,23 @@ def to_float32(buf: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
         return (buf.astype(np.uint32) << 16).view(np.float32)
     return buf.astype(np.float32, copy=False)
+
+
+def encode_header(entries: list[tuple[str, str, tuple[int, ...]]]) -> bytes:
+    """The 8-byte length and JSON header of a file holding `entries` (name, dtype, shape) back to back in that
+    order, padded with spaces to 8 bytes as the library's writer pads it."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape in entries:
+        n = math.prod(shape) * DTYPE_BITS[dtype] // 8
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return len(blob).to_bytes(8, "little") + blob
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even as torch does."""
+    u = x.view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)

@@ -16,7 +16,10 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 from .errors import SynthError
+from .checkpoint import MarcoConfig
 from .files import check_space, write_atomic
+from .qwen3moe import hf_tensor_shapes
+from .safetensors_format import encode_header, to_bf16
 from .qwen_vocab import KINDS, VocabInfo, qwen3_vocab_available, write_tokenizer_files
 
 MAX_SHARD_BYTES = 5 * 10**9  # Hugging Face's default max_shard_size ("5GB")
@@ -63,44 +66,32 @@ def marco_config(shape: str, vocab: VocabInfo, *, layers: int | None = None, voc
 
 
 def tensor_shapes(cfg: Mapping) -> Iterator[tuple[str, tuple[int, ...]]]:
-    """Every tensor of a tied Marco checkpoint with per-expert keys, in model order."""
-    h, hd, ff = cfg["hidden_size"], cfg["head_dim"], cfg["moe_intermediate_size"]
-    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    yield "model.embed_tokens.weight", (cfg["vocab_size"], h)
-    for layer in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{layer}"
-        yield from ((f"{p}.input_layernorm.weight", (h,)), (f"{p}.self_attn.q_proj.weight", (q, h)),
-                    (f"{p}.self_attn.k_proj.weight", (kv, h)), (f"{p}.self_attn.v_proj.weight", (kv, h)),
-                    (f"{p}.self_attn.o_proj.weight", (h, q)), (f"{p}.self_attn.q_norm.weight", (hd,)),
-                    (f"{p}.self_attn.k_norm.weight", (hd,)), (f"{p}.post_attention_layernorm.weight", (h,)),
-                    (f"{p}.mlp.gate.weight", (cfg["num_experts"], h)))
-        for e in range(cfg["num_experts"]):
-            yield from ((f"{p}.mlp.experts.{e}.gate_proj.weight", (ff, h)),
-                        (f"{p}.mlp.experts.{e}.up_proj.weight", (ff, h)),
-                        (f"{p}.mlp.experts.{e}.down_proj.weight", (h, ff)))
-    yield "model.norm.weight", (h,)
+    """Every tensor of a tied Marco checkpoint with per-expert keys, in model order (the spec's table)."""
+    c = MarcoConfig(n_layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"], n_heads=cfg["num_attention_heads"],
+                    n_kv_heads=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], n_experts=cfg["num_experts"],
+                    n_experts_used=cfg["num_experts_per_tok"], expert_ff=cfg["moe_intermediate_size"],
+                    ff=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
+                    max_positions=cfg["max_position_embeddings"], rope_theta=cfg["rope_theta"],
+                    rms_eps=cfg["rms_norm_eps"], tie_embeddings=True, bos_token_id=cfg["bos_token_id"],
+                    eos_token_id=cfg["eos_token_id"])
+    return hf_tensor_shapes(c)
 
 
 CHUNK_ELEMENTS = 4 << 20  # generate 16 MiB of float32 at a time: memory stays flat for any model size
-
-
-def _to_bf16(x: np.ndarray) -> np.ndarray:
-    u = x.view(np.uint32)
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
 
 
 def _chunks(shape: tuple[int, ...], rng: np.random.Generator, dtype: str) -> Iterator[np.ndarray]:
     """A tensor's values in row chunks: norms 1.0, everything else normal(0, 0.02) like a trained model."""
     if len(shape) == 1:
         ones = np.ones(shape, np.float32)
-        yield _to_bf16(ones) if dtype == "BF16" else ones
+        yield to_bf16(ones) if dtype == "BF16" else ones
         return
     row, n_rows = shape[-1], math.prod(shape[:-1])
     step = max(1, CHUNK_ELEMENTS // row)
     for start in range(0, n_rows, step):
         x = rng.standard_normal((min(step, n_rows - start), row), np.float32)
         x *= np.float32(0.02)
-        yield _to_bf16(x) if dtype == "BF16" else x
+        yield to_bf16(x) if dtype == "BF16" else x
 
 
 def _shards(shapes: list[tuple[str, tuple[int, ...]]], itemsize: int, limit: int) -> list[list[tuple[str, tuple[int, ...]]]]:
@@ -116,19 +107,13 @@ def _shards(shapes: list[tuple[str, tuple[int, ...]]], itemsize: int, limit: int
     return shards
 
 
-def _write_shard(path: Path, tensors: list, dtype: str, itemsize: int, rng: np.random.Generator,
+def _write_shard(path: Path, tensors: list, dtype: str, rng: np.random.Generator,
                  progress: Callable[[int], None]) -> None:
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in tensors:
-        n = math.prod(shape) * itemsize
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
+    head = encode_header([(name, dtype, shape) for name, shape in tensors])
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            f.write(len(blob).to_bytes(8, "little") + blob)
+            f.write(head)
             for _, shape in tensors:
                 for data in _chunks(shape, rng, dtype):
                     f.write(memoryview(data).cast("B"))
@@ -181,7 +166,7 @@ def _synthesize(out: Path, shape: str, layers: int | None, dtype: str, seed: int
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))] if len(shards) > 1 \
         else ["model.safetensors"]
     for fname, tensors in zip(names, shards):
-        _write_shard(out / fname, tensors, st_dtype, itemsize, rng, advance)
+        _write_shard(out / fname, tensors, st_dtype, rng, advance)
     if len(shards) > 1:
         weight_map = {n: f for f, ts in zip(names, shards) for n, _ in ts}
         (out / "model.safetensors.index.json").write_text(json.dumps(

@@ -14,12 +14,8 @@ import gguf
 
 from .errors import TokenizerError
 from .jsonfields import Fields, is_int, load_json_object
+from .qwen3moe import PRETOKENIZER_REGEX, TOKENIZER_MODEL, TOKENIZER_PRE
 
-TOKENIZER_MODEL = "gpt2"  # byte-level BPE
-TOKENIZER_PRE = "qwen2"   # llama.cpp's name for the Qwen2/Qwen3 pre-tokenizer regex below
-QWEN2_PRETOKENIZER_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -109,7 +105,7 @@ def check_qwen_bpe(tok: dict[str, Any], path: Path) -> None:
     if model.get("type") != "BPE":
         raise TokenizerError(f"{path}: model type {model.get('type')!r} is not a byte-level BPE",
                              "Marco models use the Qwen3 tokenizer: copy it from the model's release")
-    if _split_patterns(tok.get("pre_tokenizer")) != [QWEN2_PRETOKENIZER_REGEX]:
+    if _split_patterns(tok.get("pre_tokenizer")) != [PRETOKENIZER_REGEX]:
         raise TokenizerError(f"{path}: pre-tokenizer is not Qwen2/Qwen3's",
                              "llama.cpp would tokenize differently; use the tokenizer from the model's release")
 

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..gguf_info import GROUPS, read_info
+from ..qwen3moe import DEFAULT_CTX
 from ..verify import verify as lib_verify
 from . import ui
 
@@ -16,7 +17,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on 
 
 def inspect(
     file: Annotated[Path, typer.Argument(help="A GGUF file.")],
-    ctx: Annotated[int, typer.Option("--ctx", min=1, help="Context length for the RAM estimate.")] = 8192,
+    ctx: Annotated[int, typer.Option("--ctx", min=1, help="Context length for the RAM estimate.")] = DEFAULT_CTX,
     json_out: Json = False,
 ) -> None:
     """Architecture, tokenizer, tensors by group, bits/weight, active bytes per token, RAM needed."""

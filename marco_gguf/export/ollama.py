@@ -17,14 +17,12 @@ from typing import Any
 from ..errors import ExportError
 from ..reader import read_header
 from ..files import write_text_atomic
+from ..qwen3moe import DEFAULT_CTX, END_OF_TURN
 from .templates import go_template_for
 
-STOPS = (
-    "<|im_end|>",     # end of a ChatML turn
-    "<|im_start|>",   # a new turn: the model should never write one
-    "<|endoftext|>",  # Marco's eos_token_id (151643), also used by its Base models
-)
-NUM_CTX = 8192  # Marco's SFT context; Ollama's default is shorter and silently truncates long chats
+END_OF_CHATML_TURN, EOS = END_OF_TURN
+STOPS = (END_OF_CHATML_TURN, "<|im_start|>", EOS)  # <|im_start|>: a new turn, which the model should never write
+NUM_CTX = DEFAULT_CTX  # Marco's SFT context; Ollama's default is shorter and silently truncates long chats
 
 # GGUF general.sampling.* key (gguf-py Keys.General.SAMPLING_*) -> Ollama PARAMETER. The others
 # (sampling.sequence, xtc_*) have no Ollama parameter; Ollama ignores mirostat* since 0.12.

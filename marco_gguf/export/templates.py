@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from ..chat_template import render_template
 from ..errors import ExportError
-from ..qwen_vocab import CHATML_TEMPLATE as QWEN3_CHATML  # Qwen3's non-thinking ChatML, with tool calls
+from ..qwen3moe import CHATML as QWEN3_CHATML
 
 # Qwen3 non-thinking ChatML with a system message and Qwen3's tool calling (<tools>, <tool_call>,
 # <tool_response>), in Ollama's variables. Read top to bottom: system block, then one branch per role.
