@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .gguf_info import bytes_per_token
+from .progress import Progress, ProgressEvent
 from .loader import check_model, load_model
 
 PROBE_MIB = 256  # per array; three arrays of 256 MiB are 24x this machine class's 32 MiB L3
@@ -159,23 +160,32 @@ def time_generation(llm, tokens: Sequence[int]) -> float:
     return time.perf_counter() - started
 
 
+def _stepper(progress: Progress | None, total: int) -> Callable[[str], None]:
+    """Counts the run's steps (bandwidth probes, warm-ups, repetitions) into progress events."""
+    done = [0]
+
+    def step(what: str) -> None:
+        if progress:
+            progress(ProgressEvent(done[0], total, "steps", what))
+        done[0] += 1
+    return step
+
+
 def _samples(llm, name: str, n: int, timer, threads: int, reps: int, rng: random.Random,
-             progress: Callable[[str], None] | None) -> tuple[float, ...]:
+             step: Callable[[str], None]) -> tuple[float, ...]:
     """tokens/s of `reps` runs of one test after a warm-up, each on fresh random tokens."""
     vocab = llm.n_vocab()
-    if progress:
-        progress(f"{name}, {threads} thread(s), warm-up")
+    step(f"{name}, {threads} thread(s), warm-up")
     timer(llm, [rng.randrange(vocab) for _ in range(n if timer is time_prompt else 1)])
     samples = []
     for r in range(reps):
-        if progress:
-            progress(f"{name}, {threads} thread(s), repetition {r + 1}/{reps}")
+        step(f"{name}, {threads} thread(s), repetition {r + 1}/{reps}")
         samples.append(n / timer(llm, [rng.randrange(vocab) for _ in range(n)]))
     return tuple(samples)
 
 
 def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: int | Sequence[int] = (1, 2),
-          reps: int = 5, progress: Callable[[str], None] | None = None) -> BenchResult:
+          reps: int = 5, progress: Progress | None = None) -> BenchResult:
     """pp{n_prompt} and tg{n_gen} at each thread count, `reps` times after one warm-up, plus bandwidth and roofline."""
     import llama_cpp as lib
 
@@ -189,17 +199,16 @@ def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: 
     tests = [(name, n, timer) for name, n, timer in ((f"pp{n_prompt}", n_prompt, time_prompt),
                                                      (f"tg{n_gen}", n_gen, time_generation)) if n > 0]
     rows, bandwidth = [], {}
+    step = _stepper(progress, len(threads) * (2 + len(tests) * (1 + reps)))
     try:
         for t in threads:
-            if progress:
-                progress(f"memory bandwidth, {t} thread(s)")
+            step(f"memory bandwidth, {t} thread(s)")
             before = max(memory_bandwidth(threads=t).values())
             lib.llama_set_n_threads(llm.ctx, t, t)
-            measured = [(name, _samples(llm, name, n, timer, t, reps, rng, progress), timer is time_generation)
+            measured = [(name, _samples(llm, name, n, timer, t, reps, rng, step), timer is time_generation)
                         for name, n, timer in tests]
             # a shared host's bandwidth changes from one second to the next: the roofline takes the better probe
-            if progress:
-                progress(f"memory bandwidth, {t} thread(s), again")
+            step(f"memory bandwidth, {t} thread(s), again")
             bandwidth[t] = max(before, *memory_bandwidth(threads=t).values())
             rows += [BenchRow(info.path.name, info.file_size, info.bits_per_weight, t, name, samples, bandwidth[t],
                               bandwidth[t] * 1e9 / per_token if is_gen else None) for name, samples, is_gen in measured]

@@ -12,16 +12,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .convert import ConvertResult, convert
 from .errors import OutputError
 from .files import make_folders, remove_folders
 from .imatrix import ImatrixResult, compute_imatrix
+from .progress import Progress
 
 CALIBRATION_PRESET = "q8_0"  # what publishers compute imatrices on: near-lossless, half the size of F16
 
-Progress = Callable[[int, int, str], None]  # (done, total, what) as convert's
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,6 @@ class CalibrateResult:
         return {"conversion": self.conversion.as_dict(), "imatrix": self.imatrix.as_dict(),
                 "calibration_model": self.calibration_model,
                 "kept_imatrix": str(self.kept_imatrix) if self.kept_imatrix else None, "seconds": self.seconds}
-
-
-def _imatrix_progress(progress: Progress | None) -> Callable[[int, int, float], None] | None:
-    if progress is None:
-        return None
-    return lambda done, total, tps: progress(done, total, f"imatrix chunk {done}/{total}, {tps:,.0f} tokens/s")
 
 
 def calibrate_convert(source: str | Path, *, text: str | Path | None = None, calibration_model: str | Path | None = None,
@@ -65,7 +59,7 @@ def calibrate_convert(source: str | Path, *, text: str | Path | None = None, cal
         stem = Path(str(source).rstrip("/")).name or "model"
         imatrix_path = keep if keep is not None else scratch / f"{stem}.imatrix.gguf"
         im = compute_imatrix(model, text=text, outfile=imatrix_path, ctx=ctx, chunks=chunks, threads=threads,
-                             force=force, progress=_imatrix_progress(progress))
+                             force=force, progress=progress)
         label = str(keep) if keep is not None else imatrix_path.name
         result = convert(source, outfile=outfile, outdir=outdir, threads=threads, force=force, progress=progress,
                          imatrix=imatrix_path, imatrix_label=label, **convert_options)

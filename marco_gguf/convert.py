@@ -12,7 +12,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from gguf import MODEL_TENSOR as T
@@ -20,16 +20,22 @@ from gguf import MODEL_TENSOR as T
 from .checkpoint import Checkpoint
 from .errors import OutputError
 from .hub import resolve_source
-from .importance import Importance, add_imatrix_keys, check_required, experts_of, load_importance
+from .importance import (
+    Importance,
+    add_imatrix_keys,
+    check_required,
+    experts_of,
+    load_importance,
+)
 from .metadata import build_metadata, count_parameters
 from .presets import Preset, load_preset, parse_overrides
+from .progress import Progress, ProgressEvent
 from .quantize import prepare, quantize_rows
 from .qwen3moe import LM_HEAD, PlannedTensor, lm_head_is_tied, plan_tensors
 from .writer import GGUFStreamWriter, TensorSpec
 
 BLOCK_BYTES = 8 << 20  # float32 bytes per work block: large enough to amortise calls, small for memory
 
-Progress = Callable[[int, int, str], None]  # (bytes written, total bytes, current tensor)
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ def _stream(ckpt: Checkpoint, planned: list[PlannedTensor], specs: list[TensorSp
             threads: int, progress: Progress | None, importance: Importance | None = None) -> None:
     def work(spec: TensorSpec, t: PlannedTensor, first: int, source: str, start: int, count: int) -> np.ndarray:
         vec = importance.for_tensor(t.name) if importance is not None else None
-        return quantize_block(spec.qtype, ckpt.read_rows(source, start, count), first, t.n_rows // experts_of(t), vec)
+        return quantize_block(spec.type, ckpt.read_rows(source, start, count), first, t.n_rows // experts_of(t), vec)
 
     done, pending = len(writer.header), deque()  # type: ignore[var-annotated]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="marco-quant") as pool:
@@ -129,7 +135,7 @@ def _drain_one(pending: deque, writer: GGUFStreamWriter, done: int, progress: Pr
     writer.write(data)
     done += data.nbytes
     if progress is not None:
-        progress(done, writer.total_bytes, name)
+        progress(ProgressEvent(done, writer.total_bytes, "bytes", name))
     return done
 
 
@@ -164,16 +170,16 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
         path = output_path(ckpt.folder, chosen, outfile=Path(outfile) if outfile else None,
                            outdir=Path(outdir) if outdir else None, name=name or (hub.name if hub else None),
                            imatrix=importance is not None)
-        for q in {s.qtype for s in specs}:
+        for q in {s.type for s in specs}:
             prepare(q)
         with GGUFStreamWriter(path, kv, specs, overwrite=force) as writer:
             _stream(ckpt, planned, specs, writer, threads, progress, importance)
             writer.commit()
     params = count_parameters(planned).total
-    data_bytes = sum(s.nbytes for s in specs)
+    data_bytes = sum(s.n_bytes for s in specs)
     types: dict[str, int] = {}
     for s in specs:
-        types[s.qtype.name] = types.get(s.qtype.name, 0) + 1
+        types[s.type.name] = types.get(s.type.name, 0) + 1
     return ConvertResult(path, chosen.id, chosen.file_type.name, path.stat().st_size, len(specs), params,
                          8 * data_bytes / params, time.perf_counter() - started, tied, tok_summary, types,
                          hub.repo_id if hub else None, hub.commit if hub else None, (imatrix_label or str(imatrix)) if imatrix else None)

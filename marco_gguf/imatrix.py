@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -22,13 +21,13 @@ from .errors import ImatrixError
 from .gguf_info import read_info, require_qwen3moe
 from .imatrix_file import Entry, Imatrix, write_imatrix
 from .observer import GraphObserver, Node, ObservedModel
+from .progress import Progress, ProgressEvent
 
 MIN_DENSE_TOKENS = 16   # imatrix.cpp: "why are small batches ignored (<16 tokens)?"
 GGML_TYPE_F32 = 0
 DEFAULT_TEXT = "calibration/calibration.txt"  # shipped in the wheel, see calibration/README.md
 DEFAULT_DATASET = "marco-gguf:calibration.txt"
 
-Progress = Callable[[int, int, float], None]  # (chunks done, chunks, tokens/s)
 
 
 def weight_name(name: str) -> str:
@@ -175,7 +174,8 @@ def compute_imatrix(model: str | Path, *, text: str | Path | None = None, outfil
                 chunk[0] = m.bos
             m.decode(chunk)
             if progress is not None:
-                progress(i + 1, n_chunks, (i + 1) * ctx / (time.perf_counter() - run_started))
+                progress(ProgressEvent(i + 1, n_chunks, "chunks", "imatrix",
+                                       (i + 1) * ctx / (time.perf_counter() - run_started), "tokens/s"))
     run_seconds = time.perf_counter() - run_started
     max_count = max((int(e.counts.max()) for e in collector.entries.values() if len(e.counts)), default=0)
     imatrix = Imatrix(collector.entries, [dataset], max_count // ctx, ctx)

@@ -69,13 +69,17 @@ class Imatrix:
         return out.astype(np.float32).reshape(-1)
 
 
+class _ImatrixWriter(gguf.GGUFWriter):
+    def add_architecture(self) -> None:
+        """llama-imatrix writes no general.architecture; GGUFWriter's constructor would add one."""
+
+
 def write_imatrix(imatrix: Imatrix, path: str | Path) -> Path:
     """Write llama.cpp's GGUF imatrix format (names sorted, as llama-imatrix does) atomically."""
     path = Path(path)
 
     def make(tmp: Path) -> None:
-        w = gguf.GGUFWriter(tmp, arch="imatrix")
-        w.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)  # llama-imatrix writes no architecture
+        w = _ImatrixWriter(tmp, arch="imatrix")
         w.add_type("imatrix")
         w.add_array(KEY_DATASETS, list(imatrix.datasets))
         w.add_uint32(KEY_CHUNK_COUNT, imatrix.chunk_count)

@@ -75,12 +75,12 @@ def load_importance(path: str | Path, planned: Sequence[PlannedTensor]) -> Impor
 def check_required(preset: Preset, specs: Sequence[TensorSpec], importance: Importance | None) -> None:
     """Very low-bit types refuse tensors without importance data, naming the first one and how to fix it."""
     for s in specs:
-        if preset.requires_imatrix(s.name, s.qtype) and (importance is None or importance.for_tensor(s.name) is None):
+        if preset.requires_imatrix(s.name, s.type) and (importance is None or importance.for_tensor(s.name) is None):
             if importance is None:
-                raise ImatrixError(f"preset {preset.id}: {s.name} is {s.qtype.name}, which needs an importance matrix",
+                raise ImatrixError(f"preset {preset.id}: {s.name} is {s.type.name}, which needs an importance matrix",
                                    "pass --imatrix FILE (from `marco-gguf imatrix`) or use --calibrate")
             raise ImatrixError(f"{importance.path}: no importance data for {s.name}, which {preset.id} makes "
-                               f"{s.qtype.name} (a very low-bit type that needs it)", HINT)
+                               f"{s.type.name} (a very low-bit type that needs it)", HINT)
 
 
 def _clip(text: str) -> str:

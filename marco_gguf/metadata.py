@@ -1,8 +1,9 @@
-"""All GGUF metadata for a conversion, collected in gguf-py's typed GGUFWriter.
+"""All GGUF metadata for a conversion, collected through gguf-py's typed GGUFWriter setters.
 
-The GGUFWriter is used only as an ordered, typed key/value builder (its `add_*` setters and
-`kv_data`), so names and value types are exactly gguf-py's; our streaming writer serialises it.
-Key order follows llama.cpp's converter: general.*, qwen3moe.*, file type, tokenizer.
+`KVCollector` is a GGUFWriter that never writes: every typed `add_*` setter ends in the public
+`add_key_value`, which it overrides to record the key, value and type, so names and value types are
+exactly gguf-py's while our streaming writer (writer.py) serialises them. Key order follows llama.cpp's
+converter: general.*, qwen3moe.*, file type, tokenizer.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any, Mapping
 import gguf
 
 from .checkpoint import MarcoConfig
-from .qwen3moe import ARCH_NAME, PlannedTensor, add_hparams
+from .qwen3moe import ARCH_NAME, PlannedTensor, add_hparams, group_of
 from .tokenizer import add_tokenizer
+from .version import __version__
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ def count_parameters(planned: list[PlannedTensor]) -> ParameterCount:
     total = shared = expert = expert_sum = n_expert_tensors = 0
     for t in planned:
         total += t.n_elements
-        if "_exps." in t.name:
+        if group_of(t.name) == "experts":
             expert += t.n_elements // t.shape[0]
             expert_sum += t.shape[0]
             n_expert_tensors += 1
@@ -58,7 +60,6 @@ def general_metadata(folder: Path, name: str | None, params: ParameterCount, *,
         meta.name = folder.name
     if meta.size_label is None and params.total > 0:
         meta.size_label = params.size_label
-    from . import __version__
     meta.quantized_by = f"marco-gguf {__version__}"
     if repo_id is not None:
         meta.repo_url = f"https://huggingface.co/{repo_id}"
@@ -84,15 +85,27 @@ def _names_from_repo(meta: gguf.Metadata, folder: Path, repo_name: str, name: st
         meta.name = name
 
 
+class KVCollector(gguf.GGUFWriter):
+    """Records what gguf-py's setters would write, in order (a later value for a key replaces the earlier one)."""
+
+    def __init__(self, arch: str) -> None:
+        self.collected: dict[str, gguf.GGUFValue] = {}
+        super().__init__(path=None, arch=arch)
+
+    def add_key_value(self, key: str, val: Any, vtype: gguf.GGUFValueType,
+                      sub_type: gguf.GGUFValueType | None = None) -> None:
+        self.collected[key] = gguf.GGUFValue(value=val, type=vtype, sub_type=sub_type)
+
+
 def build_metadata(folder: Path, config: MarcoConfig, planned: list[PlannedTensor], *,
                    file_type: gguf.LlamaFileType, name: str | None,
                    repo_id: str | None = None) -> tuple[Mapping[str, Any], dict[str, Any]]:
     """Ordered key -> GGUFValue mapping for the whole file, plus a tokenizer summary."""
-    kv = gguf.GGUFWriter(path=None, arch=ARCH_NAME)
+    kv = KVCollector(ARCH_NAME)
     kv.add_type(gguf.GGUFType.MODEL)
     general_metadata(folder, name, count_parameters(planned), repo_id=repo_id).set_gguf_meta_model(kv)
     add_hparams(kv, config)
     kv.add_file_type(file_type)
     kv.add_quantization_version(gguf.GGML_QUANT_VERSION)
     summary = add_tokenizer(kv, folder, config.vocab_size)
-    return kv.kv_data[0], summary
+    return kv.collected, summary

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import MODEL_TENSOR as T
 
 from .errors import PresetError
-from .qwen3moe import PlannedTensor
+from .qwen3moe import PlannedTensor, base_name
 
 # named layer selections; source: llama.cpp src/llama-quant.cpp (use_more_bits and the n_layer/8 cut-offs)
 LAYER_SELECTORS: Mapping[str, Callable[[int, int], bool]] = MappingProxyType({
@@ -56,7 +56,7 @@ class Rule:
 
     def matches(self, t: PlannedTensor, n_layers: int, tied: bool, n_experts: int, *, n_gqa: int = 1,
                 imatrix: bool = False) -> bool:
-        base = t.name.removesuffix(".weight").split(".")[-1]
+        base = base_name(t.name)
         if base not in self.tensors or (self.tied_only and not tied):
             return False
         if self.experts is not None and self.experts != n_experts:

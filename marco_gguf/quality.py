@@ -25,21 +25,21 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from . import kld
 from .chunk_logits import ChunkModel
 from .errors import QualityError
-from .gguf_info import read_info, require_qwen3moe
 from .files import check_space
+from .gguf_info import read_info, require_qwen3moe
 from .loader import check_model
+from .progress import Progress, ProgressEvent
 from .reader import read_header
 
 FORMAT = "marco-gguf quality"  # `kind` of the JSON that `quality --json` writes and `card --quality` reads
 FORMAT_VERSION = 1
-Progress = Callable[[int, int, str], None]  # (chunks done, chunks in all passes, what is being evaluated)
 
 
 @dataclass(frozen=True)
@@ -213,13 +213,14 @@ def quality(files: str | Path | Sequence[str | Path], *, ref: str | Path, text: 
         n_chunks = _chunking(len(tokens), n_ctx, chunks, text)
         per_chunk = n_ctx - 1 - n_ctx // 2
         handle, store = _scratch(n_chunks * per_chunk, kld.row_width(model.n_vocab))
-        done, total = [0], n_chunks * (1 + len(files))
+        done, total, started = [0], n_chunks * (1 + len(files)), time.perf_counter()
 
         def ticker(what: str):
             def tick() -> None:
                 done[0] += 1
                 if progress:
-                    progress(done[0], total, what)
+                    rate = done[0] * n_ctx / max(1e-9, time.perf_counter() - started)
+                    progress(ProgressEvent(done[0], total, "chunks", what, rate, "tokens/s"))
             return tick
 
         with handle:

@@ -223,8 +223,13 @@ class StoredLike(Protocol):
     n_bytes: int
 
 
+def base_name(name: str) -> str:
+    """A GGUF tensor's kind as its name spells it: "blk.3.ffn_up_exps.weight" -> "ffn_up_exps"."""
+    return name.removesuffix(".weight").split(".")[-1]
+
+
 def group_of(name: str) -> str:
-    return GROUP_OF.get(name.removesuffix(".weight").split(".")[-1], "other")
+    return GROUP_OF.get(base_name(name), "other")
 
 
 def expert_fraction(hparams: Mapping[str, Any]) -> float:

@@ -46,7 +46,7 @@ class TensorRef:
     dtype: str
     shape: tuple[int, ...]
     offset: int
-    nbytes: int
+    n_bytes: int
 
     @property
     def row_len(self) -> int:

@@ -15,12 +15,13 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import SynthError
 from .checkpoint import MarcoConfig
+from .errors import SynthError
 from .files import check_space, write_atomic
+from .progress import Progress, ProgressEvent
 from .qwen3moe import hf_tensor_shapes
-from .safetensors_format import encode_header, to_bf16
 from .qwen_vocab import KINDS, VocabInfo, qwen3_vocab_available, write_tokenizer_files
+from .safetensors_format import encode_header, to_bf16
 
 MAX_SHARD_BYTES = 5 * 10**9  # Hugging Face's default max_shard_size ("5GB")
 # shapes of the published models; source: the config.json files of AIDC-AI/Marco-{Nano,Mini}-Instruct
@@ -124,7 +125,7 @@ def _write_shard(path: Path, tensors: list, dtype: str, rng: np.random.Generator
 
 def synthesize(out: str | Path, *, shape: str = "tiny", layers: int | None = None, dtype: str = "bf16", seed: int = 0,
                vocab: str = "auto", max_shard_bytes: int = MAX_SHARD_BYTES,
-               progress: Callable[[int, int], None] | None = None) -> SynthResult:
+               progress: Progress | None = None) -> SynthResult:
     """Write a random-weight checkpoint of a published Marco shape (or `tiny`) to folder `out`; on any failure
     (disk full, Ctrl-C) the files this call wrote are removed again."""
     for what, value, known in (("shape", shape, SHAPES), ("dtype", dtype, DTYPES), ("vocabulary", vocab, KINDS)):
@@ -147,7 +148,7 @@ def synthesize(out: str | Path, *, shape: str = "tiny", layers: int | None = Non
 
 
 def _synthesize(out: Path, shape: str, layers: int | None, dtype: str, seed: int, vocab: str, max_shard_bytes: int,
-                progress: Callable[[int, int], None] | None) -> SynthResult:
+                progress: Progress | None) -> SynthResult:
     info = write_tokenizer_files(out, kind=vocab)
     vocab_size = 151936 if info.kind == "qwen3" else -(-info.n_tokens // 64) * 64
     cfg = marco_config(shape, info, layers=layers, vocab_size=vocab_size)
@@ -161,7 +162,7 @@ def _synthesize(out: Path, shape: str, layers: int | None, dtype: str, seed: int
     def advance(n: int) -> None:
         done[0] += n
         if progress:
-            progress(done[0], total)
+            progress(ProgressEvent(done[0], total, "bytes"))
 
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))] if len(shards) > 1 \
         else ["model.safetensors"]

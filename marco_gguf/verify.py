@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import gguf
 import numpy as np
@@ -21,11 +21,12 @@ from gguf import GGMLQuantizationType as Q
 from .checkpoint import Checkpoint
 from .convert import row_blocks
 from .errors import MarcoGGUFError
-from .reader import Header, read_header
+from .loader import load_model
 from .metadata import build_metadata
+from .progress import Progress, ProgressEvent
 from .quantize import row_size
 from .qwen3moe import LM_HEAD, PlannedTensor, lm_head_is_tied, plan_tensors
-from .loader import load_model
+from .reader import Header, read_header
 
 # relative RMS error bound per type: about twice what ggml's quantizers give on Gaussian weights,
 # measured here (F16 2e-4, BF16 1.7e-3, Q8_0 5.4e-3, Q6_K 1.8e-2, Q5_K 3.6e-2, Q4_K 7.1e-2, Q2_K 0.30)
@@ -115,7 +116,7 @@ def _short(v: Any) -> str:
 
 
 def verify(path: str | Path, *, source: str | Path, load: bool = True,
-           progress: Callable[[int, int, str], None] | None = None) -> VerifyResult:
+           progress: Progress | None = None) -> VerifyResult:
     """Check a GGUF against its source checkpoint: tensors, shapes, errors per type, metadata, loading."""
     started, path = time.perf_counter(), Path(path)
     header = read_header(path)
@@ -140,7 +141,7 @@ def verify(path: str | Path, *, source: str | Path, load: bool = True,
                 checks.append(TensorCheck(t.name, s.type.name, t.shape, err, ERROR_BOUNDS.get(s.type, 1.0)))
                 done += t.n_elements
                 if progress:
-                    progress(done, total, t.name)
+                    progress(ProgressEvent(done, total, "parameters", t.name))
         finally:
             os.close(fd)
         meta_bad = _metadata_mismatches(header, ckpt, planned)

@@ -4,6 +4,11 @@ Tensor sizes are known before any data is produced, so the header, metadata and 
 written first and each tensor's bytes are then streamed in order. Everything goes to a hidden
 temporary file beside the target, which is linked into place only when complete: an error,
 a full disk or Ctrl-C leaves no `.gguf` behind. A small state machine refuses out-of-order calls.
+
+The header is encoded here rather than by gguf-py's GGUFWriter because its exact size must be known
+before the first byte is written (the disk-space check and the data offsets), and GGUFWriter writes
+headers only into a file it opens itself; the values and their types still come from gguf-py's
+setters (metadata.KVCollector), and the byte-identity tests hold the result to llama.cpp's converter.
 """
 from __future__ import annotations
 
@@ -38,14 +43,14 @@ class TensorSpec:
 
     name: str
     shape: tuple[int, ...]
-    qtype: Q
+    type: Q
 
     @property
-    def nbytes(self) -> int:
+    def n_bytes(self) -> int:
         n_rows = 1
         for d in self.shape[:-1]:
             n_rows *= d
-        return n_rows * row_size(self.qtype, self.shape[-1])
+        return n_rows * row_size(self.type, self.shape[-1])
 
 
 def _pad(n: int) -> int:
@@ -84,8 +89,8 @@ def encode_header(kv: Mapping[str, Any], tensors: list[TensorSpec]) -> bytes:
     offset = 0
     for t in tensors:
         dims = tuple(reversed(t.shape))  # ggml's ne order: innermost first
-        out += _string(t.name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, t.qtype, offset)
-        offset += t.nbytes + _pad(t.nbytes)
+        out += _string(t.name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, t.type, offset)
+        offset += t.n_bytes + _pad(t.n_bytes)
     return bytes(out + b"\0" * _pad(len(out)))
 
 
@@ -103,7 +108,7 @@ class GGUFStreamWriter:
     def __init__(self, path: Path, kv: Mapping[str, Any], tensors: list[TensorSpec], *, overwrite: bool = False) -> None:
         self.path, self.kv, self.tensors, self.overwrite = Path(path), kv, tensors, overwrite
         self.header = encode_header(kv, tensors)
-        self.total_bytes = len(self.header) + sum(t.nbytes + _pad(t.nbytes) for t in tensors)
+        self.total_bytes = len(self.header) + sum(t.n_bytes + _pad(t.n_bytes) for t in tensors)
         self._state, self._index, self._written = "new", 0, 0
         self._file: Any = None
         self._made: list[Path] = []
@@ -135,12 +140,12 @@ class GGUFStreamWriter:
         self._expect("tensors")
         spec = self.tensors[self._index]
         n = memoryview(data).nbytes
-        if self._written + n > spec.nbytes:
-            raise OutputError(f"internal error: {spec.name} got {self._written + n} bytes, expected {spec.nbytes}")
+        if self._written + n > spec.n_bytes:
+            raise OutputError(f"internal error: {spec.name} got {self._written + n} bytes, expected {spec.n_bytes}")
         self._raw_write(data)
         self._written += n
-        if self._written == spec.nbytes:
-            self._raw_write(b"\0" * _pad(spec.nbytes))
+        if self._written == spec.n_bytes:
+            self._raw_write(b"\0" * _pad(spec.n_bytes))
             self._index, self._written = self._index + 1, 0
 
     @property

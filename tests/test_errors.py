@@ -173,8 +173,8 @@ def test_disk_full_while_writing_leaves_nothing(checkpoint, tmp_path, monkeypatc
 
 
 def test_ctrl_c_leaves_nothing(checkpoint, tmp_path):
-    def interrupt(done, total, name):
-        if done > total // 2:
+    def interrupt(e):
+        if e.done > e.total // 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -102,8 +102,8 @@ def test_a_failed_synth_removes_what_it_wrote(tmp_path, interrupt):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "notes.txt").write_text("mine")
 
-    def progress(done: int, total: int) -> None:
-        if done > total // 2:
+    def progress(e) -> None:
+        if e.done > e.total // 2:
             raise interrupt("stop")
 
     with pytest.raises(interrupt):

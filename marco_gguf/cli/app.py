@@ -74,7 +74,7 @@ def convert(
     calibrated = None
     options = dict(preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads, force=force,
                    tensor_types=tensor_type or (), revision=revision)
-    with ui.errors_to_exit(), ui.byte_progress("converting", quiet=quiet or json_out) as progress:
+    with ui.errors_to_exit(), ui.progress_bar("converting", quiet=quiet or json_out) as progress:
         if calibrate:
             calibrated = calibrate_convert(source, text=calibration_text,
                                            calibration_model=calibration_model, keep_imatrix=keep_imatrix,
@@ -110,7 +110,7 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Offline end to end: synthesize a tiny RANDOM-WEIGHT Marco, convert it, run it in llama.cpp."""
-    with ui.errors_to_exit(), ui.byte_progress("demo", quiet=quiet or json_out) as progress:
+    with ui.errors_to_exit(), ui.progress_bar("demo", quiet=quiet or json_out) as progress:
         r = lib_demo(workdir=workdir, preset=preset, max_tokens=max_tokens, threads=threads, progress=progress)
     s, c = r.stats, r.conversion
     if json_out:

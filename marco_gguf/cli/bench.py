@@ -1,7 +1,6 @@
 """`bench`: llama-bench style pp/tg speeds with the memory roofline, over `marco_gguf.bench.bench`."""
 from __future__ import annotations
 
-import contextlib
 import inspect
 from pathlib import Path
 from typing import Annotated
@@ -43,9 +42,7 @@ def bench(
     if n_prompt + n_gen == 0:
         raise typer.BadParameter("-p and -n cannot both be 0")
     with ui.errors_to_exit():
-        spinner = ui.err.is_terminal and not json_out
-        with ui.err.status("benchmarking") if spinner else contextlib.nullcontext() as status:
-            progress = (lambda what: status.update(f"benchmarking: {what}")) if status else None
+        with ui.progress_bar("benchmarking", quiet=json_out) as progress:
             result = lib_bench(model, n_prompt=n_prompt, n_gen=n_gen, threads=counts, reps=reps, progress=progress)
     if json_out:
         ui.print_json([r.as_dict() for r in result.rows])

@@ -23,7 +23,7 @@ def imatrix(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compute an importance matrix (llama-imatrix's sums of squared activations) for `convert --imatrix`."""
-    with ui.errors_to_exit(), ui.chunk_progress("imatrix", quiet=quiet or json_out) as progress:
+    with ui.errors_to_exit(), ui.progress_bar("imatrix", quiet=quiet or json_out) as progress:
         r = compute_imatrix(model, text=text, outfile=outfile, ctx=ctx, chunks=chunks, threads=threads, force=force,
                             progress=progress)
     if json_out:

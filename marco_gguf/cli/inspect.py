@@ -67,7 +67,7 @@ def verify(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Check a GGUF against its source: every tensor, its error for its type, metadata, and loading."""
-    with ui.errors_to_exit(), ui.byte_progress("verifying", quiet=quiet or json_out) as progress:
+    with ui.errors_to_exit(), ui.progress_bar("verifying", quiet=quiet or json_out) as progress:
         result = lib_verify(file, source=source, progress=progress)
     if json_out:
         ui.print_json(result.as_dict())

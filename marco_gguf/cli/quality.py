@@ -1,38 +1,17 @@
 """`quality`: perplexity and KL divergence against a reference GGUF, over `marco_gguf.quality.quality`."""
 from __future__ import annotations
 
-import contextlib
 import inspect
-import time
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..quality import FileQuality, quality as lib_quality
 from . import ui
 
 D = {name: p.default for name, p in inspect.signature(lib_quality).parameters.items()}
-
-
-@contextlib.contextmanager
-def chunk_progress(quiet: bool, n_ctx: int) -> Iterator[Callable[[int, int, str], None] | None]:
-    """One bar on stderr over the chunks of every pass, with the running tokens/s (None when quiet or not a tty)."""
-    if quiet or not ui.err.is_terminal:
-        yield None
-        return
-    columns = (TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
-               TimeRemainingColumn(), TextColumn("[dim]{task.fields[what]}"))
-    with Progress(*columns, console=ui.err, transient=True) as bar:
-        task, start = bar.add_task("scoring", total=None, what=""), time.perf_counter()
-
-        def update(done: int, total: int, what: str) -> None:
-            rate = done * n_ctx / max(1e-9, time.perf_counter() - start)
-            bar.update(task, completed=done, total=total, what=f"{what} · {rate:,.0f} tokens/s")
-
-        yield update
 
 
 def _pm(e, scale: float = 1.0, digits: int = 4, unit: str = "") -> str:
@@ -63,7 +42,7 @@ def quality(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (`card --quality` reads it).")] = False,
 ) -> None:
     """Perplexity and KL divergence from REF of each FILE, as llama-perplexity --kl-divergence measures them."""
-    with ui.errors_to_exit(), chunk_progress(json_out, n_ctx) as progress:
+    with ui.errors_to_exit(), ui.progress_bar("scoring", quiet=json_out) as progress:
         report = lib_quality(files, ref=ref, text=text, n_ctx=n_ctx, chunks=chunks, threads=threads, progress=progress)
     if json_out:
         ui.print_json(report.as_dict())

@@ -33,7 +33,7 @@ def synth(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Write a RANDOM-WEIGHT checkpoint in exact Hugging Face layout (for benchmarks and tests)."""
-    with ui.errors_to_exit(), ui.byte_progress("synthesizing", quiet=quiet or json_out) as progress:
+    with ui.errors_to_exit(), ui.progress_bar("synthesizing", quiet=quiet or json_out) as progress:
         r = synthesize(out, shape=shape.value, layers=layers, dtype=dtype.value, seed=seed, vocab=vocab,
                        progress=progress)
     if json_out:

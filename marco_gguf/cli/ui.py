@@ -5,49 +5,50 @@ import contextlib
 import json
 import os
 import sys
+import time
 from typing import Any, Callable, Iterator
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import MarcoGGUFError
+from ..progress import ProgressEvent
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
+def _count(e: ProgressEvent, speed: float) -> str:
+    """The figures beside the bar, by unit: sizes and speed for bytes, counts (and a rate) for the rest."""
+    if e.unit == "bytes":
+        total = f"/{human_bytes(e.total)}" if e.total else ""
+        return f"{human_bytes(e.done)}{total} · {human_bytes(speed)}/s"
+    total = f"/{e.total:,.0f}" if e.total else ""
+    rate = f" · {e.rate:,.0f} {e.rate_unit}" if e.rate is not None else ""
+    return f"{e.done:,.0f}{total} {e.unit}{rate}"
+
+
 @contextlib.contextmanager
-def byte_progress(label: str, *, quiet: bool) -> Iterator[Callable[..., None] | None]:
-    """A Rich bar counting bytes on stderr; yields None (no bar) when quiet or stderr is not a terminal."""
+def progress_bar(label: str, *, quiet: bool) -> Iterator[Callable[[ProgressEvent], None] | None]:
+    """One Rich bar on stderr for any library call's ProgressEvents, drawn by their unit (a call that changes
+    unit, like convert --calibrate, restarts the count); yields None when quiet or stderr is not a terminal."""
     if quiet or not err.is_terminal:
         yield None
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                TimeRemainingColumn(), TextColumn("[dim]{task.fields[what]}"))
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None, what="")
+        task, state = bar.add_task(label, total=None, count="", what=""), {"unit": None, "t0": 0.0}
 
-        def update(done: int, total: int, what: str = "") -> None:
-            bar.update(task, completed=done, total=total, what=what)
-
-        yield update
-
-
-@contextlib.contextmanager
-def chunk_progress(label: str, *, quiet: bool) -> Iterator[Callable[..., None] | None]:
-    """A Rich bar counting chunks on stderr with the running tokens/s; None when quiet or not a terminal."""
-    if quiet or not err.is_terminal:
-        yield None
-        return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None, rate="")
-
-        def update(done: int, total: int, tokens_per_s: float) -> None:
-            bar.update(task, completed=done, total=total, rate=f"{tokens_per_s:,.0f} tokens/s")
+        def update(e: ProgressEvent) -> None:
+            now = time.perf_counter()
+            if e.unit != state["unit"]:
+                state.update(unit=e.unit, t0=now)
+                bar.reset(task)
+            speed = e.done / max(1e-9, now - state["t0"])
+            bar.update(task, completed=e.done, total=e.total, count=_count(e, speed), what=e.what)
 
         yield update
 

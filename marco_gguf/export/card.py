@@ -13,12 +13,13 @@ from typing import Any, Sequence
 import gguf
 
 from ..errors import ExportError
+from ..files import write_text_atomic
 from ..gguf_info import read_info
 from ..presets import builtin_presets, load_preset
 from ..quality import QualityReport
 from ..reader import read_header
+from ..version import __version__
 from .card_quality import load_reports, quality_section
-from ..files import write_text_atomic
 from .lmstudio import DEFAULT_PUBLISHER, default_model_folder
 from .ollama import NUM_CTX, default_model_name
 from .templates import render_chat
@@ -168,7 +169,6 @@ def card_text(folder: Path, rows: list[CardRow], fields: dict[str, Any], version
 def write_card(folder: str | Path, *, force: bool = False, quality: Sequence[str | Path] = ()) -> CardResult:
     """Write `<folder>/README.md` describing every .gguf in `folder` (a README we did not write needs force);
     `quality`: results of `quality --json` for files of the folder, shown as a "Measured quality" section."""
-    from .. import __version__
 
     folder = Path(folder)
     files = sorted(folder.glob("*.gguf")) if folder.is_dir() else []

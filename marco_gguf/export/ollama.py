@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from ..reader import read_header
 from ..files import write_text_atomic
 from ..qwen3moe import DEFAULT_CTX, END_OF_TURN
+from ..reader import read_header
+from ..version import __version__
 from .templates import go_template_for
 
 END_OF_CHATML_TURN, EOS = END_OF_TURN
@@ -98,7 +99,6 @@ def modelfile_text(*, from_path: str, template: str, parameters: tuple[tuple[str
 def export_ollama(gguf: str | Path, *, outdir: str | Path | None = None, name: str | None = None,
                   force: bool = False) -> OllamaExport:
     """Write `<outdir>/Modelfile` (default: beside the GGUF) for `ollama create NAME -f <outdir>/Modelfile`."""
-    from .. import __version__
 
     gguf_path = Path(gguf)
     fields = read_header(gguf_path).fields
