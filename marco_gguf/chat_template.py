@@ -40,7 +40,7 @@ def compile_template(source: str) -> Any:
     return env.from_string(source)
 
 
-def render_template(source: str, messages: Sequence[dict], *, tools: Sequence[dict] | None = None,
+def render_template(source: str, messages: Sequence[dict], tools: Sequence[dict] | None = None,
                     add_generation_prompt: bool = True, **special_tokens: str) -> str:
     """The prompt text `source` gives for `messages`, with the variables transformers passes (a
     jinja2.TemplateError when the template refuses the conversation)."""
@@ -74,7 +74,6 @@ class ChatTemplate:
         import jinja2
 
         try:
-            return render_template(self.source, messages, add_generation_prompt=add_generation_prompt,
-                                   **self.special_tokens)
+            return render_template(self.source, messages, None, add_generation_prompt, **self.special_tokens)
         except jinja2.TemplateError as e:
             raise ChatError(f"the chat template refused this conversation ({e})") from None

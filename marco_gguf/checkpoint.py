@@ -228,7 +228,7 @@ class Checkpoint:
         store, itemsize = WEIGHT_DTYPES[ref.dtype]
         buf = np.empty((count, ref.row_len), dtype=store)
         offset = ref.offset + start * ref.row_len * itemsize
-        got = os.preadv(self._fds[ref.file], [memoryview(buf).cast("B")], offset)
+        got = os.preadv(self._fds[ref.file], [buf.data.cast("B")], offset)
         if got != buf.nbytes:
             raise CheckpointError(f"{ref.file}: truncated while reading {name} (got {got} of {buf.nbytes} bytes)",
                                   "download this shard again")

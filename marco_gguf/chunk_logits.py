@@ -42,7 +42,7 @@ class ChunkModel:
         """Token ids of `text` as llama-perplexity gets them: BOS if the vocabulary adds one, special tokens as text."""
         return np.asarray(self.llm.tokenize(text, add_bos=True, special=False), dtype=np.int32)
 
-    def chunk_logits(self, tokens: Sequence[int], first: int, last: int) -> Iterator[np.ndarray]:
+    def chunk_logits(self, tokens: Sequence[int] | np.ndarray, first: int, last: int) -> Iterator[np.ndarray]:
         """Evaluate `tokens` (one chunk, from position 0) and yield the logits of positions first..last-1 in
         order, as float32 [rows, n_vocab] views valid until the next step. The first token becomes BOS when
         the vocabulary adds one (llama-perplexity's rule for every chunk)."""

@@ -166,7 +166,7 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
         kv, tok_summary = build_metadata(ckpt.folder, c, planned, file_type=chosen.file_type, name=name,
                                          repo_id=hub.repo_id if hub else None)
         if importance is not None:
-            add_imatrix_keys(kv, importance, imatrix_label or imatrix)
+            add_imatrix_keys(kv, importance, imatrix_label or str(imatrix))
         path = output_path(ckpt.folder, chosen, outfile=Path(outfile) if outfile else None,
                            outdir=Path(outdir) if outdir else None, name=name or (hub.name if hub else None),
                            imatrix=importance is not None)

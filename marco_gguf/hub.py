@@ -95,8 +95,8 @@ def download(repo_id: str, *, revision: str | None = None) -> HubSnapshot:
     except OSError as e:  # disk full, unwritable HF_HOME
         raise HubError(f"{repo_id}: could not store the download in {cache} ({e})",
                        "free space there, or point HF_HOME at another disk") from None
-    folder = Path(folder)
-    return HubSnapshot(repo_id, folder.name, folder)
+    snapshot = Path(folder)
+    return HubSnapshot(repo_id, snapshot.name, snapshot)
 
 
 def resolve_source(source: str | Path, *, revision: str | None = None) -> HubSnapshot | None:

@@ -60,6 +60,7 @@ def load_importance(path: str | Path, planned: Sequence[PlannedTensor]) -> Impor
     vectors = {}
     for name in imatrix.entries:
         t, vec = by_name[name], imatrix.importance(name)
+        assert vec is not None  # every name comes from the file's own entries
         want = t.row_len * experts_of(t)
         if len(vec) != want:
             if name == "token_embd.weight":  # llama-quant.cpp: "tok_embd should be ignored in this case"

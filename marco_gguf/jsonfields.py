@@ -43,6 +43,9 @@ def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_Str = str  # inside Fields, `str` names its method (annotations there use this)
+
+
 class Fields:
     """Typed access to one JSON object read from `path`; `where` prefixes keys (e.g. "model.")."""
 
@@ -91,19 +94,19 @@ class Fields:
             raise self.fail(key, v, "a string")
         return v
 
-    def obj(self, key: str, *, default: Any = _MISSING) -> Any:
+    def obj(self, key: _Str, *, default: Any = _MISSING) -> Any:
         v = self._get(key, default)
         if v is not default and not isinstance(v, dict):
             raise self.fail(key, v, "an object")
         return v
 
-    def list(self, key: str, item: type, *, default: Any = _MISSING) -> Any:
+    def list(self, key: _Str, item: type, *, default: Any = _MISSING) -> Any:
         v = self._get(key, default)
         if v is not default and not (isinstance(v, list) and all(_is(x, item) for x in v)):
             raise self.fail(key, v, f"a list of {_PLURAL[item]}")
         return v
 
-    def sub(self, key: str) -> "Fields":
+    def sub(self, key: _Str) -> "Fields":
         """The nested object at `key` (an empty one when absent)."""
         return Fields(self.obj(key, default={}), self.path, self.error, self.hint, f"{self.where}{key}.")
 

@@ -99,7 +99,7 @@ class KVCollector(gguf.GGUFWriter):
 
 def build_metadata(folder: Path, config: MarcoConfig, planned: list[PlannedTensor], *,
                    file_type: gguf.LlamaFileType, name: str | None,
-                   repo_id: str | None = None) -> tuple[Mapping[str, Any], dict[str, Any]]:
+                   repo_id: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Ordered key -> GGUFValue mapping for the whole file, plus a tokenizer summary."""
     kv = KVCollector(ARCH_NAME)
     kv.add_type(gguf.GGUFType.MODEL)

@@ -204,16 +204,16 @@ def _scratch(rows: int, width: int) -> tuple[Any, np.ndarray]:
 def quality(files: str | Path | Sequence[str | Path], *, ref: str | Path, text: str | Path, n_ctx: int = 512,
             chunks: int | None = None, threads: int | None = None, progress: Progress | None = None) -> QualityReport:
     """Perplexity of REF and of each FILE, and each FILE's KL divergence from REF, over `text` (see the module doc)."""
-    files = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
     ref, text = Path(ref), Path(text)
     data = read_text(text)
-    _check_files(ref, files, n_ctx)
+    _check_files(ref, paths, n_ctx)
     with ChunkModel(ref, n_ctx=n_ctx, threads=threads) as model:
         tokens = model.tokenize(data)
         n_chunks = _chunking(len(tokens), n_ctx, chunks, text)
         per_chunk = n_ctx - 1 - n_ctx // 2
         handle, store = _scratch(n_chunks * per_chunk, kld.row_width(model.n_vocab))
-        done, total, started = [0], n_chunks * (1 + len(files)), time.perf_counter()
+        done, total, started = [0], n_chunks * (1 + len(paths)), time.perf_counter()
 
         def ticker(what: str):
             def tick() -> None:
@@ -227,7 +227,7 @@ def quality(files: str | Path | Sequence[str | Path], *, ref: str | Path, text: 
             nll_ref = _reference_pass(model, tokens, n_chunks, store, ticker(ref.name))
             model.close()
             results = []
-            for f in files:
+            for f in paths:
                 start = time.perf_counter()
                 with ChunkModel(f, n_ctx=n_ctx, threads=threads) as m:
                     scored = _file_pass(m, tokens, n_chunks, store, nll_ref, ticker(f.name))

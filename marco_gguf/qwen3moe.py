@@ -138,7 +138,9 @@ class _Planner:
     """Collects planned tensors while checking names and shapes; records which sources it consumed."""
 
     def __init__(self, config: MarcoConfig, refs: Mapping[str, TensorRef]) -> None:
-        self.c, self.refs, self.used, self.out = config, refs, set(), []
+        self.c, self.refs = config, refs
+        self.used: set[str] = set()
+        self.out: list[PlannedTensor] = []
 
     def require(self, name: str, shape: tuple[int, ...], why: str) -> TensorRef:
         ref = self.refs.get(name)
@@ -218,9 +220,14 @@ LOGITS_BATCH = 512        # llama.cpp's default n_batch: its logits/compute buff
 
 
 class StoredLike(Protocol):
-    name: str
-    shape: tuple[int, ...]
-    n_bytes: int
+    """Any tensor record of a GGUF (reader.StoredTensor, gguf_info.TensorInfo)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def n_bytes(self) -> int: ...
 
 
 def base_name(name: str) -> str:

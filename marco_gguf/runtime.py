@@ -15,7 +15,7 @@ import time
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 from .chat_template import ChatTemplate
 from .errors import ChatError
@@ -131,13 +131,21 @@ class Reply:
 
     def __init__(self, session: "ChatSession", tokens: list[int], prompt_text: str, dropped_turns: int,
                  sent: float) -> None:
-        self.dropped_turns, self.text, self.stats, self.sent = dropped_turns, "", None, sent
-        self.prompt, self.tokens = tokens, []  # the prompt's tokens and, once generated, the reply's
+        self.dropped_turns, self.text, self.sent = dropped_turns, "", sent
+        self._stats: GenerationStats | None = None
+        self.prompt, self.tokens = tokens, list[int]()  # the prompt's tokens and, once generated, the reply's
         self.interrupt = session.interrupt  # stop after the current token (safe from a signal handler)
         self._pieces = session._generate(self, tokens, prompt_text)
 
     def __iter__(self) -> Iterator[str]:
         return self._pieces
+
+    @property
+    def stats(self) -> GenerationStats:
+        """Figures of the finished turn (iterate the reply, or `wait()`, first)."""
+        if self._stats is None:
+            raise ChatError("the reply is still being generated: read it to the end first")
+        return self._stats
 
     def wait(self) -> "Reply":
         for _ in self:
@@ -241,7 +249,7 @@ class ChatSession:
             raise ChatError(f"llama.cpp failed to evaluate {len(tokens)} token(s) at position {len(self._kv)}")
         self._kv.extend(tokens)
 
-    def _generate(self, reply: Reply, tokens: list[int], prompt_text: str) -> Iterator[str]:
+    def _generate(self, reply: Reply, tokens: list[int], prompt_text: str) -> Generator[str, None, None]:
         lib, ctx = self._lib, self.llm.ctx
         keep = min(_common_prefix(self._kv, tokens), len(tokens) - 1)  # the last prompt token gives the logits
         if not lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), 0, keep, -1):
@@ -287,11 +295,11 @@ class ChatSession:
             self.messages.append({"role": "assistant", "content": reply.text,
                                   **({"interrupted": True} if reason == "interrupted" else {})})
             self._seen = (prompt_text + reply.text, tokens + out)
-            reply.stats = GenerationStats(
+            reply._stats = stats = GenerationStats(
                 prompt_tokens=len(tokens) - keep, prompt_tokens_per_s=_rate(len(tokens) - keep, prompt_done - started),
                 completion_tokens=len(out), completion_tokens_per_s=_rate(steps, (last or 0) - (first or 0)),
                 time_to_first_token_s=(first - reply.sent) if first else 0.0, stop_reason=reason, cached_tokens=keep)
-            self.totals.add(reply.stats, prompt_done - started, (last or 0) - (first or 0), steps, reply.dropped_turns)
+            self.totals.add(stats, prompt_done - started, (last or 0) - (first or 0), steps, reply.dropped_turns)
             if self._active is reply:
                 self._active = None
 

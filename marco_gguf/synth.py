@@ -117,7 +117,7 @@ def _write_shard(path: Path, tensors: list, dtype: str, rng: np.random.Generator
             f.write(head)
             for _, shape in tensors:
                 for data in _chunks(shape, rng, dtype):
-                    f.write(memoryview(data).cast("B"))
+                    f.write(data.data.cast("B"))
                     progress(data.nbytes)
 
     write_atomic(path, write)

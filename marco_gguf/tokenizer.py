@@ -118,7 +118,7 @@ def looks_special(token: str) -> bool:
             or (token.startswith("<unused") and token.endswith(">")))
 
 
-def vocab_tokens(tok: dict[str, Any], vocab_size: int, path: Path) -> tuple[list[str], list[int]]:
+def vocab_tokens(tok: dict[str, Any], vocab_size: int, path: Path) -> tuple[list[str], list[gguf.TokenType]]:
     """Token strings and GGUF token types for ids 0..vocab_size-1."""
     added = {a["id"]: a for a in tok.get("added_tokens") or []}
     reverse = {i: t for t, i in tok["model"]["vocab"].items()}
@@ -126,7 +126,9 @@ def vocab_tokens(tok: dict[str, Any], vocab_size: int, path: Path) -> tuple[list
     if reverse and max(reverse) >= vocab_size:
         raise TokenizerError(f"{path}: token id {max(reverse)} does not fit vocab_size {vocab_size} from config.json",
                              "config.json and tokenizer.json are from different models")
-    tokens, types, seen = [], [], {}  # type: ignore[var-annotated]
+    tokens: list[str] = []
+    types: list[gguf.TokenType] = []
+    seen: dict[str, int] = {}
     for i in range(vocab_size):
         if i not in reverse:
             tokens.append(f"[PAD{i}]")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -72,7 +72,7 @@ def convert(
     if calibrate and imatrix is not None:
         raise typer.BadParameter("give --imatrix FILE or --calibrate, not both")
     calibrated = None
-    options = dict(preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads, force=force,
+    options: dict[str, Any] = dict(preset=preset, outfile=outfile, outdir=outdir, name=name, threads=threads, force=force,
                    tensor_types=tensor_type or (), revision=revision)
     with ui.errors_to_exit(), ui.progress_bar("converting", quiet=quiet or json_out) as progress:
         if calibrate:

@@ -40,14 +40,15 @@ def progress_bar(label: str, *, quiet: bool) -> Iterator[Callable[[ProgressEvent
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                TimeRemainingColumn(), TextColumn("[dim]{task.fields[what]}"))
     with Progress(*columns, console=err, transient=True) as bar:
-        task, state = bar.add_task(label, total=None, count="", what=""), {"unit": None, "t0": 0.0}
+        task = bar.add_task(label, total=None, count="", what="")
+        unit, t0 = [""], [0.0]  # the unit being counted and when its count started
 
         def update(e: ProgressEvent) -> None:
             now = time.perf_counter()
-            if e.unit != state["unit"]:
-                state.update(unit=e.unit, t0=now)
+            if e.unit != unit[0]:
+                unit[0], t0[0] = e.unit, now
                 bar.reset(task)
-            speed = e.done / max(1e-9, now - state["t0"])
+            speed = e.done / max(1e-9, now - t0[0])
             bar.update(task, completed=e.done, total=e.total, count=_count(e, speed), what=e.what)
 
         yield update

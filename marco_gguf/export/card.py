@@ -74,7 +74,7 @@ def human_size(n: int) -> str:
 
 def _quant_types() -> dict[int, tuple[str, str]]:
     """general.file_type -> (preset name, preset description), from the shipped presets."""
-    out = {}
+    out: dict[int, tuple[str, str]] = {}
     for preset_id in builtin_presets():
         p = load_preset(preset_id)
         out.setdefault(int(p.file_type), (p.name, p.description))
