@@ -273,7 +273,8 @@ def _tokenizer_config(first_added_id: int) -> dict:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder so readers never see a half-written file."""
+    """Write via a temp file in the same folder so readers never see a half-written file. A private copy of
+    files.write_atomic: this module must run on the standard library alone, loaded by path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # open(..., "xb") rather than mkstemp so the file gets the usual umask mode, not 0600.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
