@@ -12,8 +12,11 @@ expert-routing statistics from `ffn_moe_topk-N`.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -117,12 +120,14 @@ class Node:
 class GraphObserver:
     """`wants(node)` decides at ask time; `take(node)` gets each wanted node once it is computed.
 
-    An exception inside the callback (Ctrl-C included, which Python delivers there) stops the graph;
-    `reraise()` raises it in the caller after llama.cpp has returned."""
+    An exception inside the callback stops the graph; `reraise()` raises it in the caller after llama.cpp has
+    returned. Ctrl-C while llama.cpp runs sets `interrupted` instead (see `deferred_sigint`): the graph stops
+    after the node being computed and the caller raises KeyboardInterrupt."""
 
     wants: Callable[[Node], bool]
     take: Callable[[Node], None]
     error: BaseException | None = None
+    interrupted: bool = False
 
     def __post_init__(self) -> None:
         import llama_cpp
@@ -130,6 +135,8 @@ class GraphObserver:
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._call)
 
     def _call(self, ptr: int, ask: bool, _user: int) -> bool:
+        if self.interrupted:  # ask for the next node, then refuse it when computed: the scheduler stops there
+            return ask
         if self.error is not None:
             return False
         try:
@@ -146,6 +153,29 @@ class GraphObserver:
         if self.error is not None:
             e, self.error = self.error, None
             raise e
+
+
+@contextlib.contextmanager
+def deferred_sigint(observer: GraphObserver):
+    """Ctrl-C during a llama.cpp call as a flag, raised as KeyboardInterrupt once llama.cpp has returned.
+
+    Python's own SIGINT handler raises at the first bytecode the callback runs, which can be the `def` line,
+    before `_call`'s try: ctypes then prints "Exception ignored" and drops it, and the run goes on. A handler
+    that only sets a flag cannot raise anywhere. Left alone: other threads (signals go to the main one) and a
+    handler someone else installed."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    observer.interrupted = False
+    previous = signal.signal(signal.SIGINT, lambda *_: setattr(observer, "interrupted", True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if observer.interrupted:
+        observer.interrupted = False
+        raise KeyboardInterrupt
 
 
 class ObservedModel:
@@ -210,7 +240,8 @@ class ObservedModel:
             b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, i, 1, 1
             b.seq_id[i][0] = 0
         b.n_tokens = len(tokens)
-        rc = lib.llama_decode(self.ctx, b)
+        with deferred_sigint(self.observer):
+            rc = lib.llama_decode(self.ctx, b)
         self.observer.reraise()
         if rc != 0:
             raise MarcoGGUFError(f"llama.cpp failed to evaluate {len(tokens)} tokens (llama_decode returned {rc})")

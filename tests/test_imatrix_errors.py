@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import gguf
@@ -219,3 +226,77 @@ def test_card_marks_importance_matrix_quants(checkpoint, good_imatrix, tmp_path)
     assert i1.quant_type == "i1-Q4_K_M" and i1.description.startswith("Importance-matrix quant (imatrix from ")
     assert rows["Marco-Test-Instruct-Q8_0.gguf"].quant_type == "Q8_0"
     assert "| i1-Q4_K_M |" in (tmp_path / "README.md").read_text()
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+INTERRUPTED = "interrupted: nothing was left half-written"
+# (reason, command line with {model}/{source}/{out}, what the progress bar shows once chunks are being evaluated);
+# the built-in text at -c 64 is ~800 chunks, so the signal lands mid-run, mostly inside llama_decode
+INTERRUPT_CASES = [
+    ("imatrix: the output file is only written at the end", ["imatrix", "{model}", "-o", "{out}/m.imatrix.gguf",
+                                                            "-c", "64", "-t", "2"], r"\d+/\d+ [\d,]+ tokens/s"),
+    ("convert --calibrate: its temporary Q8_0 and imatrix go too", ["convert", "{source}", "--preset", "q4_k_m",
+                                                                   "--outdir", "{out}", "-t", "2", "--calibrate"],
+     r"imatrix chunk \d+/\d+"),
+]
+
+
+def interrupted_run(args: list[str], running: str, timeout: float = 120) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pty (so its progress bar draws), SIGINT it once `running` shows; (code, stderr
+    without terminal controls, stdout)."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "marco_gguf", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=slave, env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "200"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as if run from a shell
+    os.close(slave)
+    seen, deadline, sent = "", time.monotonic() + timeout, False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536).decode("utf-8", "replace")
+                except OSError:  # the program exited and closed the pty
+                    break
+                seen += chunk
+            if not sent and re.search(running, ANSI.sub("", seen)):
+                proc.send_signal(signal.SIGINT)
+                sent = True
+            if proc.poll() is not None and not ready:
+                break
+        else:
+            proc.kill()
+            raise AssertionError(f"no exit within {timeout} s; stderr ends with:\n{ANSI.sub('', seen)[-1500:]}")
+    finally:
+        os.close(master)
+    assert sent, f"{running!r} never showed:\n{ANSI.sub('', seen)[-1500:]}"
+    return proc.wait(10), ANSI.sub("", seen), proc.stdout.read().decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reason,args,running", INTERRUPT_CASES, ids=[c[0] for c in INTERRUPT_CASES])
+def test_ctrl_c_leaves_nothing_and_says_so(reason, args, running, checkpoint, converted, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    fill = {"model": str(converted(Spec(), "q8_0").path), "source": str(checkpoint(SPEC)), "out": str(out)}
+    code, stderr, stdout = interrupted_run([a.format(**fill) for a in args], running)
+    assert code == 130, stderr[-1500:]
+    lines = [line for line in stderr.split("\n") if line.strip()]
+    assert lines[-1].strip() == INTERRUPTED and stderr.count("interrupted") == 1, stderr[-1500:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+    assert stdout == "" and list(out.iterdir()) == []
+
+
+def test_sigint_inside_llama_cpp_is_raised_after_it_returns():
+    """Python raises KeyboardInterrupt at the first bytecode after the signal; when that is the eval callback's entry
+    (the signal came while llama.cpp computed), ctypes drops it and the run goes on. deferred_sigint turns it into a
+    flag the callback obeys (stop at the next node) and raises once the C call is over."""
+    from marco_gguf.observer import GraphObserver, deferred_sigint
+
+    obs = GraphObserver(lambda t: True, lambda t: None)
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_sigint(obs):
+            signal.raise_signal(signal.SIGINT)  # handled here, as it would be at the callback's entry
+            assert obs.interrupted
+            assert (obs._call(0, True, 0), obs._call(0, False, 0)) == (True, False)  # need the node, then stop
+    assert not obs.interrupted and signal.getsignal(signal.SIGINT) is signal.default_int_handler
