@@ -7,13 +7,14 @@ and context it is installed in (all the ctypes work for this lives here, next to
 
 Tensor fields are read through `struct ggml_tensor` (layout from the vendored ggml/include/ggml.h,
 checked against `ggml_tensor_overhead()` on load) and data through `ggml_backend_tensor_get`, so
-tensors in non-host buffers work too. Reusable for anything else that needs graph tensors, such as
-expert-routing statistics from `ffn_moe_topk-N`.
+tensors in non-host buffers work too. Serves both `imatrix` (MUL_MAT_ID / MUL_MAT inputs) and `experts`
+(the routing tensors `ffn_moe_topk-N`, `ffn_moe_weights_norm-N`, `ffn_moe_down-N`, by name: `layer_of`).
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -62,6 +63,13 @@ def _lib() -> ctypes.CDLL:
         raise MarcoGGUFError("this llama.cpp build's struct ggml_tensor differs from marco-gguf's copy",
                              "use the llama-cpp-python version marco-gguf was tested with")
     return lib
+
+
+def layer_of(name: str, prefix: str) -> int | None:
+    """`ffn_moe_topk-3` -> 3 for prefix `ffn_moe_topk`, None for any other name. llama.cpp names a layer's
+    graph tensors `<name>-<layer>` (llama_context::graph_get_cb)."""
+    head, sep, tail = name.rpartition("-")
+    return int(tail) if sep and head == prefix and tail.isdigit() else None
 
 
 @functools.cache
@@ -214,6 +222,20 @@ class ObservedModel:
         self.observer.reraise()
         if rc != 0:
             raise MarcoGGUFError(f"llama.cpp failed to evaluate {len(tokens)} tokens (llama_decode returned {rc})")
+
+    def run_chunks(self, chunks: Sequence[Sequence[int]], progress: Callable[[int, int, float], None] | None = None,
+                   before: Callable[[int], None] | None = None) -> float:
+        """Decode each chunk from an empty KV cache (`before(i)` first), reporting (chunks done, chunks,
+        tokens/s) as imatrix and experts both do; returns the seconds spent."""
+        started, n_tokens = time.perf_counter(), 0
+        for i, chunk in enumerate(chunks):
+            if before is not None:
+                before(i)
+            self.decode(chunk)
+            n_tokens += len(chunk)
+            if progress is not None:
+                progress(i + 1, len(chunks), n_tokens / max(1e-9, time.perf_counter() - started))
+        return time.perf_counter() - started
 
     def close(self) -> None:
         from .loader import _quiet_stderr
