@@ -181,6 +181,8 @@ class ObservedModel:
             cparams.n_threads = cparams.n_threads_batch = threads
         if kv_f32:  # exact comparisons against float32 references; llama.cpp's default cache is F16
             cparams.type_k = cparams.type_v = 0  # GGML_TYPE_F32
+            # and no flash attention: build_attn_mha (src/llama-graph.cpp) casts F32 K and V to F16 for it
+            cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.cb_eval, cparams.cb_eval_user_data = observer.callback, None
         with _quiet_stderr():
             self.ctx = lib.llama_init_from_model(self.model, cparams)

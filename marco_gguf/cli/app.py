@@ -14,6 +14,7 @@ from ..presets import builtin_presets
 from . import bench as bench_cmd
 from . import card as card_cmd
 from . import chat as chat_cmd
+from . import experts as experts_cmd
 from . import export as export_cmd
 from . import imatrix as imatrix_cmd
 from . import inspect as inspect_cmd
@@ -136,6 +137,7 @@ app.command()(chat_cmd.chat)
 app.command()(bench_cmd.bench)
 app.command()(quality_cmd.quality)
 app.command()(imatrix_cmd.imatrix)
+app.command()(experts_cmd.experts)
 
 
 def main() -> None:
