@@ -73,3 +73,16 @@ def gguf_identity(path: str | Path) -> ModelIdentity:
     return ModelIdentity(arch, layers, int(f.get(f"{arch}.expert_count", 0)), int(f.get(f"{arch}.expert_used_count", 0)),
                          path.name, path.stat().st_size, shapes_hash((t.name, t.shape) for t in header.tensors),
                          router_hash(layers, read_router))
+
+
+def checkpoint_identity(folder: Path, config, planned, read_rows: Callable[[str, int, int], np.ndarray]) -> ModelIdentity:
+    """The identity of a checkpoint, from its conversion plan (GGUF names and shapes) and its routers
+    read as float32: the same as the identity of any GGUF converted from it."""
+    routers = {t.layer: t.pieces[0] for t in planned if t.name == ROUTER.format(t.layer)}
+
+    def read_router(layer: int) -> np.ndarray:
+        piece = routers[layer]
+        return read_rows(piece.source, piece.start, piece.count)
+
+    return ModelIdentity(ARCH_NAME, config.n_layers, config.n_experts, config.n_experts_used, Path(folder).name, 0,
+                         shapes_hash((t.name, t.shape) for t in planned), router_hash(config.n_layers, read_router))

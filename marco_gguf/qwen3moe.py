@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import gguf
 from gguf import MODEL_TENSOR as T
@@ -178,6 +178,23 @@ def plan_tensors(config: MarcoConfig, refs: Mapping[str, TensorRef], *, keep_lm_
                           + f" (config.json: num_hidden_layers={c.n_layers}, num_experts={c.n_experts})",
                           "the checkpoint does not match its config.json, or is not a Marco/Qwen3-MoE model")
     return p.out
+
+
+def keep_experts(planned: list[PlannedTensor], keep: Sequence[Sequence[int]]) -> list[PlannedTensor]:
+    """The plan with only `keep[layer]`'s experts, renumbered 0..N-1 in the order given: each expert stack
+    keeps those experts' pieces (one per expert, in expert order), each router those rows."""
+    out = []
+    for t in planned:
+        if t.kind in (T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP):
+            pieces = tuple(t.pieces[e] for e in keep[t.layer])
+        elif t.kind == T.FFN_GATE_INP:
+            (whole,) = t.pieces
+            pieces = tuple(Piece(whole.source, whole.start + e, 1) for e in keep[t.layer])
+        else:
+            out.append(t)
+            continue
+        out.append(PlannedTensor(t.name, t.kind, t.layer, (len(keep[t.layer]), *t.shape[1:]), pieces))
+    return out
 
 
 def add_hparams(writer: gguf.GGUFWriter, config: MarcoConfig) -> None:

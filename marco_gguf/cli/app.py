@@ -18,6 +18,7 @@ from . import experts as experts_cmd
 from . import export as export_cmd
 from . import imatrix as imatrix_cmd
 from . import inspect as inspect_cmd
+from . import prune as prune_cmd
 from . import quality as quality_cmd
 from . import synth as synth_cmd
 from . import ui
@@ -138,6 +139,7 @@ app.command()(bench_cmd.bench)
 app.command()(quality_cmd.quality)
 app.command()(imatrix_cmd.imatrix)
 app.command()(experts_cmd.experts)
+app.command()(prune_cmd.prune)
 
 
 def main() -> None:
