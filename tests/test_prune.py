@@ -94,27 +94,30 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-IDENTITY_CASES = [  # (reason, preset, imatrix)
-    ("F32", "f32", False),
-    ("Q8_0", "q8_0", False),
-    ("Q4_K_M (K-quants, more_bits rules decided for the whole model)", "q4_k_m", False),
-    ("Q4_K_M with an importance matrix (each kept expert its own slice)", "q4_k_m", True),
+FUSED = Spec(layout="fused", config_style="4.x")  # bf16, transformers-5 fused experts, 4.x config spelling
+
+IDENTITY_CASES = [  # (reason, spec, preset, imatrix)
+    ("F32", MODEL, "f32", False),
+    ("Q8_0", MODEL, "q8_0", False),
+    ("Q4_K_M (K-quants, more_bits rules decided for the whole model)", MODEL, "q4_k_m", False),
+    ("Q4_K_M with an importance matrix (each kept expert its own slice)", MODEL, "q4_k_m", True),
+    ("BF16 from fused expert stacks, 4.x config", FUSED, "bf16", False),
 ]
 
 
-@pytest.mark.parametrize("reason,preset,with_imatrix", IDENTITY_CASES, ids=[c[0] for c in IDENTITY_CASES])
-def test_gguf_and_checkpoint_pruning_give_the_same_bytes(reason, preset, with_imatrix, checkpoint, converted, usage,
-                                                         text, tmp_path):
+@pytest.mark.parametrize("reason,spec,preset,with_imatrix", IDENTITY_CASES, ids=[c[0] for c in IDENTITY_CASES])
+def test_gguf_and_checkpoint_pruning_give_the_same_bytes(reason, spec, preset, with_imatrix, checkpoint, converted,
+                                                         usage, text, tmp_path):
     from marco_gguf import convert
 
-    folder = checkpoint(MODEL)
+    folder = checkpoint(spec)
     imatrix = None
     if with_imatrix:
-        imatrix = compute_imatrix(converted(MODEL, "f32").path, text=text, outfile=tmp_path / "m.imatrix.gguf",
+        imatrix = compute_imatrix(converted(spec, "f32").path, text=text, outfile=tmp_path / "m.imatrix.gguf",
                                   ctx=CTX, chunks=2).path
     whole = convert(folder, preset=preset, outfile=tmp_path / "whole.gguf", imatrix=imatrix, threads=2).path
-    from_gguf = prune(whole, keep=6, usage=usage(MODEL), outfile=tmp_path / "a.gguf")
-    from_ckpt = prune(folder, keep=6, usage=usage(MODEL), preset=preset, imatrix=imatrix, outfile=tmp_path / "b.gguf",
+    from_gguf = prune(whole, keep=6, usage=usage(spec), outfile=tmp_path / "a.gguf")
+    from_ckpt = prune(folder, keep=6, usage=usage(spec), preset=preset, imatrix=imatrix, outfile=tmp_path / "b.gguf",
                       threads=2)
     assert from_gguf.kept == from_ckpt.kept
     assert sha(from_gguf.path) == sha(from_ckpt.path)
@@ -139,16 +142,23 @@ def test_sliced_imatrix_beside_a_pruned_gguf(converted, usage, text, tmp_path):
     np.testing.assert_array_equal(sliced.entries[q].sums, full.entries[q].sums.astype(np.float32))
 
 
+HF_CASES = [  # (reason, spec, the config key that holds the expert count)
+    ("per-expert tensors (save_pretrained), 5.x config", MODEL, "num_local_experts"),
+    ("fused expert stacks, 4.x config", FUSED, "num_experts"),
+]
+
+
 @pytest.mark.slow
-def test_hf_format_is_the_pruned_model(checkpoint, usage, tmp_path):
+@pytest.mark.parametrize("reason,spec,key", HF_CASES, ids=[c[0] for c in HF_CASES])
+def test_hf_format_is_the_pruned_model(reason, spec, key, checkpoint, usage, tmp_path):
     from transformers import Qwen3MoeForCausalLM
 
-    r = prune(checkpoint(MODEL), keep=8, usage=usage(MODEL), format="hf", outfile=tmp_path / "small")
+    r = prune(checkpoint(spec), keep=8, usage=usage(spec), format="hf", outfile=tmp_path / "small")
     config = json.loads((r.path / "config.json").read_text())
-    assert config["num_local_experts"] == 8 and config["marco_prune"]["kept_experts"] == r.kept
+    assert config[key] == 8 and config["marco_prune"]["kept_experts"] == r.kept
     assert (r.path / "tokenizer.json").is_file() and (r.path / "model.safetensors").is_file()
     ours = Qwen3MoeForCausalLM.from_pretrained(r.path, dtype=torch.float32).state_dict()
-    ref = pruned_reference(checkpoint(MODEL), r.kept).state_dict()
+    ref = pruned_reference(checkpoint(spec), r.kept).state_dict()
     assert ours.keys() == ref.keys()
     for k in ref:
         assert torch.equal(ours[k], ref[k]), k
