@@ -155,8 +155,7 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
         c = ckpt.config
         untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
         planned = plan_tensors(c, ckpt.tensors, keep_lm_head=untied_head)
-        if experts is not None:
-            planned = keep_experts(planned, experts)
+        planned = keep_experts(planned, experts) if experts is not None else planned
         tied = not any(t.kind == T.OUTPUT for t in planned)
         importance = load_importance(imatrix, planned) if imatrix is not None else None
         specs = [TensorSpec(t.name, t.shape, chosen.tensor_type(

@@ -19,7 +19,7 @@ from typing import Iterator
 from .checkpoint import INDEX_NAME, Checkpoint
 from .errors import OutputError
 from .identity import ModelIdentity
-from .safetensors_format import WEIGHT_DTYPES, TensorRef
+from .safetensors_format import TensorRef
 
 PER_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(.+)$")
 STACKED = re.compile(r"model\.layers\.(\d+)\.mlp\.(gate\.weight|experts\.gate_up_proj|experts\.down_proj)$")

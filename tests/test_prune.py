@@ -138,7 +138,7 @@ def test_sliced_imatrix_beside_a_pruned_gguf(converted, usage, text, tmp_path):
         assert sliced.entries[name].counts.tolist() == full.entries[name].counts[rows].tolist()
         np.testing.assert_array_equal(sliced.entries[name].sums.reshape(6, -1),
                                       full.entries[name].sums.astype(np.float32).reshape(16, -1)[rows])
-    q = f"blk.0.attn_q.weight"
+    q = "blk.0.attn_q.weight"
     np.testing.assert_array_equal(sliced.entries[q].sums, full.entries[q].sums.astype(np.float32))
 
 
