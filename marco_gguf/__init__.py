@@ -1,13 +1,15 @@
 """marco-gguf: Marco-MoE checkpoints -> GGUF for llama.cpp, Ollama and LM Studio.
 
 Public API: `convert()` and its `ConvertResult`, `synthesize()`, `demo()`, `load_preset()`, `ChatSession`,
-and the typed errors in `marco_gguf.errors`; `marco_gguf.bench.bench()` is the benchmark.
+`expert_usage()` (which experts texts use) and `prune()` (keep the N best), and the typed errors in `marco_gguf.errors`; `marco_gguf.bench.bench()` is the benchmark.
 """
 from importlib.metadata import PackageNotFoundError, version
 
 from .convert import ConvertResult, convert
 from .demo import DemoResult, demo
+from .experts import ExpertUsage, expert_usage
 from .presets import Preset, builtin_presets, load_preset
+from .prune import PruneResult, prune
 from .runtime import ChatSession
 from .synth import SynthResult, synthesize
 
@@ -17,4 +19,4 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+source"
 
 __all__ = ["convert", "ConvertResult", "demo", "DemoResult", "synthesize", "SynthResult", "load_preset", "Preset",
-           "builtin_presets", "ChatSession", "__version__"]
+           "builtin_presets", "ChatSession", "expert_usage", "ExpertUsage", "prune", "PruneResult", "__version__"]
