@@ -247,3 +247,20 @@ def test_cli_json_and_error_line(converted, usage, tmp_path):
     assert doc["size_bytes"] == (tmp_path / "p.gguf").stat().st_size
     r = CliRunner().invoke(app, [*args, "--keep", "2", "--force"])
     assert r.exit_code == 1 and "error:" in r.output and "--keep 2: out of range" in r.output
+
+
+def test_one_identity_across_presets_and_the_checkpoint(checkpoint, converted):
+    """A usage measured on any preset applies to every other preset and to the checkpoint; another model's does not."""
+    from marco_gguf.identity import gguf_identity
+    from marco_gguf.prune import _source_identity
+
+    def same(i):
+        return (i.architecture, i.layers, i.experts, i.experts_per_token, i.shapes_sha256, i.router_sha256)
+
+    f32 = same(gguf_identity(converted(MODEL, "f32").path))
+    assert same(gguf_identity(converted(MODEL, "q8_0").path)) == f32
+    assert same(gguf_identity(converted(MODEL, "bf16").path)) == f32
+    assert same(_source_identity(checkpoint(MODEL))) == f32
+    assert same(gguf_identity(converted(OTHER, "f32").path))[-1] != f32[-1]
+    bf16 = Spec()  # a BF16 checkpoint: its router widened to float32 is the GGUF's F32 router
+    assert same(_source_identity(checkpoint(bf16))) == same(gguf_identity(converted(bf16, "q8_0").path))
