@@ -52,8 +52,8 @@ def table(rows: list[dict], experts: int, overlap: float) -> str:
     for r in sorted(rows, key=lambda r: (-r["keep"], r["usage"], r["method"])):
         q = r["quality"]
         lines.append(f"| {r['keep']} | {r['usage']} | {r['method']} | {q['size_bytes']:,} | "
-                     f"{q['ppl']['value']:.3f} ± {q['ppl']['stderr']:.3f} | {q['kld']['value']:.4f} ± "
-                     f"{q['kld']['stderr']:.4f} | {q['kld_distribution']['99']:.3f} | "
+                     f"{q['ppl']['value']:.3f} ± {q['ppl']['stderr']:.3f} | {q['kld']['value']:.2e} ± "
+                     f"{q['kld']['stderr']:.1e} | {q['kld_distribution']['99']:.2e} | "
                      f"{100 * q['same_top_p']['value']:.1f} ± {100 * q['same_top_p']['stderr']:.1f} % |")
     return "\n".join(lines) + "\n"
 
