@@ -10,9 +10,9 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from gguf import MODEL_TENSOR as T
@@ -31,7 +31,7 @@ from .metadata import build_metadata, count_parameters
 from .presets import Preset, load_preset, parse_overrides
 from .progress import Progress, ProgressEvent
 from .quantize import prepare, quantize_rows
-from .qwen3moe import LM_HEAD, PlannedTensor, lm_head_is_tied, plan_tensors
+from .qwen3moe import LM_HEAD, PlannedTensor, keep_experts, lm_head_is_tied, plan_tensors
 from .writer import GGUFStreamWriter, TensorSpec
 
 BLOCK_BYTES = 8 << 20  # float32 bytes per work block: large enough to amortise calls, small for memory
@@ -143,10 +143,15 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
             outdir: str | Path | None = None, name: str | None = None, threads: int | None = None,
             force: bool = False, tensor_types: Sequence[str] = (), progress: Progress | None = None,
             revision: str | None = None, imatrix: str | Path | None = None,
-            imatrix_label: str | None = None) -> ConvertResult:
+            imatrix_label: str | None = None, experts: Sequence[Sequence[int]] | None = None,
+            metadata: Mapping[str, Any] | None = None) -> ConvertResult:
     """Convert a Marco (qwen3_moe) checkpoint folder, or a hub id `owner/name` (at `revision`), to GGUF;
     with `imatrix` (a GGUF or legacy .dat importance matrix) the quantizers weight by it, as llama-quantize's
-    (`imatrix_label` is recorded as quantize.imatrix.file instead of the path, for temporary files)."""
+    (`imatrix_label` is recorded as quantize.imatrix.file instead of the path, for temporary files).
+
+    `experts` keeps only those experts of each layer (one list per layer, all of one length; `prune` uses
+    it), with tensor types decided as for the whole model, so the file equals the whole model's converted
+    and then sliced; `metadata` adds GGUF keys (name -> gguf.GGUFValue) after all others."""
     started = time.perf_counter()
     chosen = preset if isinstance(preset, Preset) else load_preset(preset)
     overrides = parse_overrides(tensor_types)
@@ -156,6 +161,7 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
         c = ckpt.config
         untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
         planned = plan_tensors(c, ckpt.tensors, keep_lm_head=untied_head)
+        planned = keep_experts(planned, experts) if experts is not None else planned
         tied = not any(t.kind == T.OUTPUT for t in planned)
         importance = load_importance(imatrix, planned) if imatrix is not None else None
         specs = [TensorSpec(t.name, t.shape, chosen.tensor_type(
@@ -163,10 +169,12 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
                     imatrix=importance is not None, overrides=overrides))
                  for t in planned]
         check_required(chosen, specs, importance)
-        kv, tok_summary = build_metadata(ckpt.folder, c, planned, file_type=chosen.file_type, name=name,
+        kept = replace(c, n_experts=len(experts[0])) if experts is not None else c
+        kv, tok_summary = build_metadata(ckpt.folder, kept, planned, file_type=chosen.file_type, name=name,
                                          repo_id=hub.repo_id if hub else None)
         if importance is not None:
             add_imatrix_keys(kv, importance, imatrix_label or str(imatrix))
+        kv = {**kv, **(metadata or {})}
         path = output_path(ckpt.folder, chosen, outfile=Path(outfile) if outfile else None,
                            outdir=Path(outdir) if outdir else None, name=name or (hub.name if hub else None),
                            imatrix=importance is not None)

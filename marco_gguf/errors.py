@@ -91,3 +91,12 @@ class RequestError(MarcoGGUFError):
 
 class ServerBusyError(MarcoGGUFError):
     """The engine's bounded queue is full or the server is loading or stopping (HTTP 503)."""
+
+
+class ExpertsError(MarcoGGUFError):
+    """Expert usage cannot be measured, saved or read: a text that is not UTF-8 or empty, labels that do not
+    match the texts, a damaged usage file, or a plot without matplotlib."""
+
+
+class PruneError(MarcoGGUFError):
+    """Experts cannot be pruned: N out of range, a usage file from another model, an unknown method."""

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImatrixError
+from .errors import ImatrixError, MarcoGGUFError
 from .gguf_info import read_info, require_qwen3moe
 from .imatrix_file import Entry, Imatrix, write_imatrix
 from .observer import GraphObserver, Node, ObservedModel
-from .progress import Progress, ProgressEvent
+from .progress import Progress
 
 MIN_DENSE_TOKENS = 16   # imatrix.cpp: "why are small batches ignored (<16 tokens)?"
 GGML_TYPE_F32 = 0
@@ -125,21 +125,22 @@ class ImatrixResult:
         return {**d, "path": str(self.path) if self.path else None, "model": str(self.model)}
 
 
-def read_text(path: str | Path | None) -> tuple[str, str]:
+def read_text(path: str | Path | None, error: type[MarcoGGUFError] = ImatrixError,
+              what: str = "the calibration text") -> tuple[str, str]:
     """(text, dataset name): the file's UTF-8 text, or the built-in calibration text. One trailing newline is
-    dropped, as llama.cpp's `-f` does."""
+    dropped, as llama.cpp's `-f` does. Failures raise `error` (the caller's command's error type)."""
     if path is None:
         raw, dataset = (resources.files("marco_gguf") / DEFAULT_TEXT).read_bytes(), DEFAULT_DATASET
     else:
         try:
             raw, dataset = Path(path).read_bytes(), str(path)
         except OSError as e:
-            raise ImatrixError(f"{path}: cannot read the calibration text ({e.strerror})") from None
+            raise error(f"{path}: cannot read {what} ({e.strerror})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ImatrixError(f"{dataset}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start:,} of "
-                           f"{len(raw):,})", "convert it to UTF-8, e.g. iconv -t UTF-8") from None
+        raise error(f"{dataset}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start:,} of "
+                    f"{len(raw):,})", "convert it to UTF-8, e.g. iconv -t UTF-8") from None
     return text.removesuffix("\n"), dataset
 
 
@@ -167,16 +168,11 @@ def compute_imatrix(model: str | Path, *, text: str | Path | None = None, outfil
             raise ImatrixError(f"{dataset}: {len(tokens):,} tokens, fewer than one chunk of -c {ctx}",
                                f"give a longer text (at least {ctx:,} tokens) or a smaller -c")
         n_chunks = min(chunks, available) if chunks else available
-        run_started = time.perf_counter()
-        for i in range(n_chunks):
-            chunk = tokens[i * ctx:(i + 1) * ctx]
-            if m.add_bos:
+        batches = [tokens[i * ctx:(i + 1) * ctx] for i in range(n_chunks)]
+        if m.add_bos:
+            for chunk in batches:
                 chunk[0] = m.bos
-            m.decode(chunk)
-            if progress is not None:
-                progress(ProgressEvent(i + 1, n_chunks, "chunks", "imatrix",
-                                       (i + 1) * ctx / (time.perf_counter() - run_started), "tokens/s"))
-    run_seconds = time.perf_counter() - run_started
+        run_seconds = m.run_chunks(batches, progress, what="imatrix")
     max_count = max((int(e.counts.max()) for e in collector.entries.values() if len(e.counts)), default=0)
     imatrix = Imatrix(collector.entries, [dataset], max_count // ctx, ctx)
     if out is not None:

@@ -7,8 +7,8 @@ and context it is installed in (all the ctypes work for this lives here, next to
 
 Tensor fields are read through `struct ggml_tensor` (layout from the vendored ggml/include/ggml.h,
 checked against `ggml_tensor_overhead()` on load) and data through `ggml_backend_tensor_get`, so
-tensors in non-host buffers work too. Reusable for anything else that needs graph tensors, such as
-expert-routing statistics from `ffn_moe_topk-N`.
+tensors in non-host buffers work too. Serves both `imatrix` (MUL_MAT_ID / MUL_MAT inputs) and `experts`
+(the routing tensors `ffn_moe_topk-N`, `ffn_moe_weights_norm-N`, `ffn_moe_down-N`, by name: `layer_of`).
 """
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ import ctypes
 import functools
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from .progress import Progress, ProgressEvent
 from .errors import GGUFFileError, MarcoGGUFError
 from .quantize import _ggml
 
@@ -65,6 +67,13 @@ def _lib() -> ctypes.CDLL:
         raise MarcoGGUFError("this llama.cpp build's struct ggml_tensor differs from marco-gguf's copy",
                              "use the llama-cpp-python version marco-gguf was tested with")
     return lib
+
+
+def layer_of(name: str, prefix: str) -> int | None:
+    """`ffn_moe_topk-3` -> 3 for prefix `ffn_moe_topk`, None for any other name. llama.cpp names a layer's
+    graph tensors `<name>-<layer>` (llama_context::graph_get_cb)."""
+    head, sep, tail = name.rpartition("-")
+    return int(tail) if sep and head == prefix and tail.isdigit() else None
 
 
 @functools.cache
@@ -203,6 +212,8 @@ class ObservedModel:
             cparams.n_threads = cparams.n_threads_batch = threads
         if kv_f32:  # exact comparisons against float32 references; llama.cpp's default cache is F16
             cparams.type_k = cparams.type_v = 0  # GGML_TYPE_F32
+            # and no flash attention: build_attn_mha (src/llama-graph.cpp) casts F32 K and V to F16 for it
+            cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.cb_eval, cparams.cb_eval_user_data = observer.callback, None
         with _quiet_stderr():
             self.ctx = lib.llama_init_from_model(self.model, cparams)
@@ -245,6 +256,21 @@ class ObservedModel:
         self.observer.reraise()
         if rc != 0:
             raise MarcoGGUFError(f"llama.cpp failed to evaluate {len(tokens)} tokens (llama_decode returned {rc})")
+
+    def run_chunks(self, chunks: Sequence[Sequence[int]], progress: Progress | None = None,
+                   before: Callable[[int], None] | None = None, what: str = "") -> float:
+        """Decode each chunk from an empty KV cache (`before(i)` first), reporting chunks with the running
+        tokens/s as imatrix and experts both do; returns the seconds spent."""
+        started, n_tokens = time.perf_counter(), 0
+        for i, chunk in enumerate(chunks):
+            if before is not None:
+                before(i)
+            self.decode(chunk)
+            n_tokens += len(chunk)
+            if progress is not None:
+                rate = n_tokens / max(1e-9, time.perf_counter() - started)
+                progress(ProgressEvent(i + 1, len(chunks), "chunks", what, rate, "tokens/s"))
+        return time.perf_counter() - started
 
     def close(self) -> None:
         from .loader import _quiet_stderr

@@ -206,6 +206,23 @@ def plan_tensors(config: MarcoConfig, refs: Mapping[str, TensorRef], *, keep_lm_
     return p.out
 
 
+def keep_experts(planned: list[PlannedTensor], keep: Sequence[Sequence[int]]) -> list[PlannedTensor]:
+    """The plan with only `keep[layer]`'s experts, renumbered 0..N-1 in the order given: each expert stack
+    keeps those experts' pieces (one per expert, in expert order), each router those rows."""
+    out = []
+    for t in planned:
+        if t.kind in (T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP):
+            pieces = tuple(t.pieces[e] for e in keep[t.layer])
+        elif t.kind == T.FFN_GATE_INP:
+            (whole,) = t.pieces
+            pieces = tuple(Piece(whole.source, whole.start + e, 1) for e in keep[t.layer])
+        else:
+            out.append(t)
+            continue
+        out.append(PlannedTensor(t.name, t.kind, t.layer, (len(keep[t.layer]), *t.shape[1:]), pieces))
+    return out
+
+
 # --- derived figures, from a GGUF's tensor table and qwen3moe.* keys (read by inspect, bench, the RAM check) ---
 GROUPS = ("embeddings", "attention", "router", "experts", "norms")
 # GGUF tensor base name -> group; source: the qwen3moe tensor list in gguf-py constants.py

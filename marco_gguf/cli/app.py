@@ -14,9 +14,11 @@ from ..presets import builtin_presets
 from . import bench as bench_cmd
 from . import card as card_cmd
 from . import chat as chat_cmd
+from . import experts as experts_cmd
 from . import export as export_cmd
 from . import imatrix as imatrix_cmd
 from . import inspect as inspect_cmd
+from . import prune as prune_cmd
 from . import quality as quality_cmd
 from . import synth as synth_cmd
 from . import ui
@@ -136,6 +138,8 @@ app.command()(chat_cmd.chat)
 app.command()(bench_cmd.bench)
 app.command()(quality_cmd.quality)
 app.command()(imatrix_cmd.imatrix)
+app.command()(experts_cmd.experts)
+app.command()(prune_cmd.prune)
 
 
 def main() -> None:
