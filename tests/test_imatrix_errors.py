@@ -232,12 +232,13 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 INTERRUPTED = "interrupted: nothing was left half-written"
 # (reason, command line with {model}/{source}/{out}, what the progress bar shows once chunks are being evaluated);
 # the built-in text at -c 64 is ~800 chunks, so the signal lands mid-run, mostly inside llama_decode
+CHUNKS_RUNNING = r"[\d,]+/[\d,]+ chunks · [\d,]+ tokens/s"  # the progress bar, once chunks are counted
 INTERRUPT_CASES = [
     ("imatrix: the output file is only written at the end", ["imatrix", "{model}", "-o", "{out}/m.imatrix.gguf",
-                                                            "-c", "64", "-t", "2"], r"\d+/\d+ [\d,]+ tokens/s"),
+                                                            "-c", "64", "-t", "2"], CHUNKS_RUNNING),
     ("convert --calibrate: its temporary Q8_0 and imatrix go too", ["convert", "{source}", "--preset", "q4_k_m",
                                                                    "--outdir", "{out}", "-t", "2", "--calibrate"],
-     r"imatrix chunk \d+/\d+"),
+     CHUNKS_RUNNING),
 ]
 
 
