@@ -86,3 +86,7 @@ class RequestError(MarcoGGUFError):
 
 class ServerBusyError(MarcoGGUFError):
     """The engine's bounded queue is full or the server is loading or stopping (HTTP 503)."""
+
+
+class ServeError(MarcoGGUFError):
+    """The server cannot start: its address is taken or not valid, or the model failed to load."""

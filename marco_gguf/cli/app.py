@@ -18,6 +18,7 @@ from . import export as export_cmd
 from . import imatrix as imatrix_cmd
 from . import inspect as inspect_cmd
 from . import quality as quality_cmd
+from . import serve as serve_cmd
 from . import synth as synth_cmd
 from . import ui
 
@@ -136,6 +137,7 @@ app.command()(chat_cmd.chat)
 app.command()(bench_cmd.bench)
 app.command()(quality_cmd.quality)
 app.command()(imatrix_cmd.imatrix)
+app.command()(serve_cmd.serve)
 
 
 def main() -> None:
