@@ -273,9 +273,8 @@ def create_app(state: ServerState, *, api_key: str | None = None, cors: str | No
     async def lifespan(app: Starlette):
         loading = asyncio.create_task(state.start()) if state.engine is None and state.load else None
         yield
-        if loading is not None:
+        if loading is not None:  # a load cannot be interrupted: let it end (serve() closes the engine)
             await loading
-            state.stop_engine()
 
     routes = [Route("/health", health), Route("/metrics", metrics), Route("/v1/models", models),
               Route("/v1/models/{model:path}", model), Route("/v1/chat/completions", chat_completions, methods=["POST"]),
