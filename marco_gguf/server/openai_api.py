@@ -175,7 +175,7 @@ def _tool_call(c: Any, where: str) -> dict:
 def _tools(body: Body) -> tuple[list[dict] | None, list[str], str]:
     """(tools as given, their names, tool choice: auto / none / required / a function's name)."""
     given = body.data.get("tools")
-    if given is None:
+    if given is None or given == []:  # some clients send an empty list for "no tools"
         choice = body.data.get("tool_choice")
         if choice not in (None, "none", "auto"):
             raise RequestError("tool_choice needs tools", param="tool_choice")
