@@ -219,3 +219,29 @@ def test_a_stop_signal_ends_streams_with_a_final_chunk_and_exits_0(sig, converte
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _taken_port(d, path):
+    sock = _taken_port.sock = __import__("socket").socket()  # held until the test ends
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return [str(path), "--port", str(sock.getsockname()[1])]
+
+
+# (reason, args(tmp dir, fixture path), exit status (2: a usage error, as for every command), text on stderr)
+REFUSED = [
+    ("missing file", lambda d, p: [str(d / "missing.gguf")], 1, ["error: ", "missing.gguf: no such file"]),
+    ("the port is taken", _taken_port, 1, ["error: cannot listen on 127.0.0.1:", "Address already in use"]),
+    ("--parallel out of range", lambda d, p: [str(p), "--parallel", "65"], 2, ["less than or equal to 64"]),
+    ("every interface without a key warns first", lambda d, p: [str(d / "missing.gguf"), "--host", "0.0.0.0"], 1,
+     ["warning: listening on 0.0.0.0 without --api-key", "missing.gguf: no such file"]),
+]
+
+
+@pytest.mark.parametrize("reason,args,status,lines", REFUSED, ids=[r[0] for r in REFUSED])
+def test_serve_refusals_exit_before_serving(reason, args, status, lines, converted, tmp_path):
+    path = converted(Spec(dtype="f32"), "f32").path
+    proc = subprocess.run([sys.executable, "-m", "marco_gguf", "serve", *args(tmp_path, path)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == status and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert all(fragment in proc.stderr for fragment in lines), proc.stderr
