@@ -10,6 +10,7 @@ from rich.text import Text
 
 from ..server import serve as lib_serve
 from . import ui
+from .sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP
 
 D = {name: p.default for name, p in inspect.signature(lib_serve).parameters.items()}  # one source of defaults
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -21,16 +22,16 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free one).")] = D["port"],
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Requests generated at once (slots).")] = D["parallel"],
     ctx: Annotated[int, typer.Option("--ctx", min=16, help="Context length in tokens, shared by all slots.")] = D["ctx"],
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Threads (default: physical cores).")] = D["threads"],
+    threads: Threads = D["threads"],
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="MARCO_GGUF_API_KEY", help="Require Authorization: Bearer KEY (/health stays open).")] = D["api_key"],
     queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait for a slot; more get 503.")] = D["queue"],
     cors: Annotated[Optional[str], typer.Option("--cors", metavar="ORIGIN", help="Allow browser requests from ORIGIN (off by default).")] = D["cors"],
-    temp: Annotated[float, typer.Option("--temp", min=0.0, help="Default temperature (0: greedy).")] = D["temp"],
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = D["top_p"],
-    top_k: Annotated[int, typer.Option("--top-k", min=0, help="0: off.")] = D["top_k"],
-    min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0)] = D["min_p"],
-    repeat_penalty: Annotated[float, typer.Option("--repeat-penalty", min=0.0, help="1.0: off.")] = D["repeat_penalty"],
-    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Default sampling seed (default: random).")] = D["seed"],
+    temp: Temp = D["temp"],
+    top_p: TopP = D["top_p"],
+    top_k: TopK = D["top_k"],
+    min_p: MinP = D["min_p"],
+    repeat_penalty: RepeatPenalty = D["repeat_penalty"],
+    seed: Seed = D["seed"],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Longest reply when a request sets no max_tokens.")] = D["max_tokens"],
 ) -> None:
     """Serve a Marco GGUF over OpenAI's HTTP API (chat, completions, tools, JSON output) to several clients at once."""
