@@ -228,3 +228,20 @@ def test_metrics_are_prometheus_text(server, engine):
     assert values["marco_gguf_slots"] == 4 and values["marco_gguf_requests_processing"] == 0
     assert values["marco_gguf_tokens_predicted_total"] == m.tokens_predicted_total
     assert 0 < values["marco_gguf_kv_cache_usage_ratio"] <= 1
+
+
+class BrokenEngine:
+    """A stand-in whose tokenizer fails as a bug would: the answer must still be JSON, without a traceback."""
+
+    info = None
+
+    def __getattr__(self, name):
+        raise RuntimeError("something internal broke")
+
+
+def test_an_unexpected_error_is_a_500_json_without_traceback():
+    with LiveServer(ServerState("broken", engine=BrokenEngine())) as s:
+        status, headers, body = request(s.url, "POST", "/v1/completions", {"prompt": "hi"})
+    error = json.loads(body)["error"]
+    assert (status, error["type"]) == (500, "server_error") and "Traceback" not in body.decode()
+    assert error["message"] == "internal error (RuntimeError); the server log has the details"
