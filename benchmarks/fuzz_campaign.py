@@ -1,10 +1,12 @@
 """A long fuzz campaign: thousands of damaged checkpoints, counted by outcome.
 
-    python benchmarks/fuzz_campaign.py checkpoint --cases 5000 [--json out.json]
+    python benchmarks/fuzz_campaign.py checkpoint --cases 6000 [--json out.json]
+    python benchmarks/fuzz_campaign.py gguf --cases 7000 [--json out.json]
 
-Checkpoint cases (tests/fuzzing.py): refused / harmless / crash / wrong / leftover per family. Seeds
-are printed for every bad case so that it can be replayed. The goal is 0 crashes, 0 wrong files,
-0 leftovers.
+Checkpoint cases (tests/fuzzing.py): refused / harmless / crash / wrong / leftover per family.
+GGUF cases (tests/gguf_fuzzing.py): refused by read_info / loaded and decoded by llama.cpp in a child
+process / refused by llama.cpp / crash (a traceback, or the child killed by an abort). Seeds are printed
+for every bad case so that it can be replayed. The goal is 0 crashes, 0 wrong files, 0 leftovers.
 """
 from __future__ import annotations
 
@@ -44,15 +46,38 @@ def checkpoint_campaign(cases: int, work: Path) -> dict:
     return {"counts": {f: dict(c) for f, c in counts.items()}, "bad": bad}
 
 
+def gguf_campaign(cases: int, work: Path) -> dict:
+    from gguf_fuzzing import FAMILIES, Loader, run_case
+
+    good_ckpt = make_checkpoint(work / "good" / "Marco-Fuzz-Instruct", Spec(), cache_dir=work / "vocab")[0]
+    good = convert(good_ckpt, preset="q8_0", outdir=work, threads=1).path
+    data, loader = good.read_bytes(), Loader()
+    counts: dict[str, Counter] = {f: Counter() for f in FAMILIES}
+    bad = []
+    try:
+        for i in range(cases):
+            family = FAMILIES[i % len(FAMILIES)]
+            case = run_case(20_000_000 + i, family, good, data, loader, work)
+            counts[family][case.outcome] += 1
+            if case.outcome not in ("refused", "loaded"):
+                bad.append({"seed": case.seed, "family": family, "outcome": case.outcome, "what": case.what,
+                            "detail": case.detail})
+                print(f"seed {case.seed} [{case.outcome}] {case.what}: {case.detail}", file=sys.stderr)
+    finally:
+        loader.close()
+    return {"counts": {f: dict(c) for f, c in counts.items()}, "bad": bad}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["checkpoint"])
+    p.add_argument("kind", choices=["checkpoint", "gguf"])
     p.add_argument("--cases", type=int, default=5000)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="marco-fuzz-") as tmp:
-        result = {"kind": args.kind, "cases": args.cases, **checkpoint_campaign(args.cases, Path(tmp))}
+        campaign = checkpoint_campaign if args.kind == "checkpoint" else gguf_campaign
+        result = {"kind": args.kind, "cases": args.cases, **campaign(args.cases, Path(tmp))}
     result["seconds"] = round(time.perf_counter() - started, 1)
     totals: Counter = Counter()
     for c in result["counts"].values():

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .gguf_info import GGUFInfo
+from .gguf_info import bytes_per_token
 from .loader import check_model, load_model
 
 PROBE_MIB = 256  # per array; three arrays of 256 MiB are 24x this machine class's 32 MiB L3
@@ -74,22 +74,6 @@ class BenchResult:
         return {"path": str(self.path), "size_bytes": self.size_bytes, "bits_per_weight": self.bits_per_weight,
                 "bytes_per_token": self.bytes_per_token, "bandwidth_gbps": self.bandwidth_gbps,
                 "rows": [r.as_dict() for r in self.rows]}
-
-
-def bytes_per_token(info: GGUFInfo) -> int:
-    """Weight bytes one generated token reads: the routed share (expert_used_count / expert_count) of the
-    ffn_*_exps tensors, all of attention, router and norms, the output matrix (token_embd when tied), and
-    one row of token_embd for the embedding lookup."""
-    share, total = info.expert_fraction, 0.0
-    tied = not any(t.name == "output.weight" for t in info.tensors)
-    for t in info.tensors:
-        if t.group == "experts":
-            total += t.n_bytes * share
-        elif t.name == "token_embd.weight":
-            total += t.n_bytes / t.shape[0] + (t.n_bytes if tied else 0)
-        else:
-            total += t.n_bytes
-    return round(total)
 
 
 def memory_bandwidth(*, threads: int = 1, mib: int = PROBE_MIB, reps: int = 5) -> dict[str, float]:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from .convert import ConvertResult, convert
 from .errors import OutputError
+from .files import make_folders, remove_folders
 from .imatrix import ImatrixResult, compute_imatrix
 
 CALIBRATION_PRESET = "q8_0"  # what publishers compute imatrices on: near-lossless, half the size of F16
@@ -53,8 +54,7 @@ def calibrate_convert(source: str | Path, *, text: str | Path | None = None, cal
     if keep is not None and keep.exists() and not force:
         raise OutputError(f"{keep}: already exists", "pass --force to overwrite it, or choose another --keep-imatrix")
     where = Path(outfile).parent if outfile is not None else Path(outdir or Path.cwd())
-    if not where.is_dir():
-        raise OutputError(f"{where}: output folder does not exist", "create it or choose another --outdir")
+    made = make_folders(where)
     scratch = Path(tempfile.mkdtemp(prefix=".marco-calibrate-", dir=where))
     try:
         model = Path(calibration_model) if calibration_model is not None else None
@@ -69,7 +69,10 @@ def calibrate_convert(source: str | Path, *, text: str | Path | None = None, cal
         label = str(keep) if keep is not None else imatrix_path.name
         result = convert(source, outfile=outfile, outdir=outdir, threads=threads, force=force, progress=progress,
                          imatrix=imatrix_path, imatrix_label=label, **convert_options)
-    finally:
+    except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
+        remove_folders(made)  # a folder this call created, left empty
+        raise
+    shutil.rmtree(scratch, ignore_errors=True)
     return CalibrateResult(result, im, str(calibration_model) if calibration_model else f"temporary {CALIBRATION_PRESET.upper()}",
                            keep, time.perf_counter() - started)

@@ -5,8 +5,6 @@ resident set stays at the size of one block whatever the model size.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

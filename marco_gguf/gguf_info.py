@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from gguf import GGUFValueType as V
+
 from .errors import GGUFFileError
+from .gguf_check import check_qwen3moe
 from .qwen3moe import ARCH_NAME
-from .reader import read_header
+from .reader import DAMAGED, read_header
 
 GROUPS = ("embeddings", "attention", "router", "experts", "norms")
 # GGUF tensor base name -> group; source: the qwen3moe tensor list in gguf-py constants.py
@@ -82,16 +86,7 @@ class GGUFInfo:
 
     @property
     def bytes_per_token(self) -> int:
-        """Weight bytes read to generate one token: shared tensors, routed experts, the output matrix
-        (token_embd when tied), and one embedding row when the embeddings are separate."""
-        f, total = self.expert_fraction, 0.0
-        tied = not any(t.name == "output.weight" for t in self.tensors)
-        for t in self.tensors:
-            if t.name == "token_embd.weight" and not tied:
-                total += t.n_bytes / t.shape[0]
-            else:
-                total += t.n_bytes * (f if t.group == "experts" else 1)
-        return round(total)
+        return bytes_per_token(self)
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
         h = self.hparams
@@ -118,6 +113,22 @@ class GGUFInfo:
         }
 
 
+def bytes_per_token(info: GGUFInfo) -> int:
+    """Weight bytes one generated token reads (the one formula `inspect` and `bench` report): the routed share
+    (expert_used_count / expert_count) of the ffn_*_exps tensors, all of attention, router and norms, the output
+    matrix (token_embd when tied), and one row of token_embd for the embedding lookup."""
+    share, total = info.expert_fraction, 0.0
+    tied = not any(t.name == "output.weight" for t in info.tensors)
+    for t in info.tensors:
+        if t.group == "experts":
+            total += t.n_bytes * share
+        elif t.name == "token_embd.weight":
+            total += t.n_bytes / t.shape[0] + (t.n_bytes if tied else 0)
+        else:
+            total += t.n_bytes
+    return round(total)
+
+
 def _tokenizer_summary(fields: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": fields.get("tokenizer.ggml.model"), "pre": fields.get("tokenizer.ggml.pre"),
@@ -128,10 +139,31 @@ def _tokenizer_summary(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_info(path: str | Path) -> GGUFInfo:
-    """Parse a GGUF's header into GGUFInfo (no tensor data is read)."""
+    """Parse a GGUF's header into GGUFInfo, validated (see _read_info); cached while the file is unchanged,
+    since check_model and load_model both read it before a load."""
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFFileError(f"{path}: no such file")
+    st = path.stat()
+    return _cached_info(path.resolve(), st.st_size, st.st_mtime_ns, path)
+
+
+@lru_cache(maxsize=8)
+def _cached_info(resolved: Path, size: int, mtime_ns: int, path: Path) -> GGUFInfo:
+    return _read_info(path)
+
+
+def _read_info(path: Path) -> GGUFInfo:
+    """Parse a GGUF's header into GGUFInfo (no tensor data is read); a qwen3moe file is also checked for
+    everything llama.cpp would abort or fail on while loading it (gguf_check.py)."""
     header = read_header(path)
     fields = header.fields
     arch = fields.get("general.architecture") or "?"
+    if header.types.get("general.architecture", V.STRING) != V.STRING:
+        raise GGUFFileError(f"{path}: key general.architecture is {header.types['general.architecture'].name}, "
+                            "expected STRING", DAMAGED)
+    if arch == ARCH_NAME:
+        check_qwen3moe(path, header, arch)
     prefix = f"{arch}."
     hparams = {k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)}
     tensors = tuple(TensorInfo(t.name, t.shape, t.type.name, t.n_bytes,

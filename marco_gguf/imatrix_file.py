@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 
 from .errors import ImatrixError
-from .export.files import write_atomic
+from .files import write_atomic
 
 KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"
 SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"

@@ -68,8 +68,7 @@ def load_model(path: str | Path, *, n_ctx: int = 2048, threads: int | None = Non
     from llama_cpp import Llama
 
     path = Path(path)
-    if not path.is_file():
-        raise GGUFFileError(f"{path}: no such file")
+    require_qwen3moe(read_info(path))  # llama.cpp aborts the process on some damage: refuse it first
     guard = _without_extra_buffers() if amx_kernels_built() else contextlib.nullcontext()
     try:
         with _quiet_stderr(), guard:
@@ -87,8 +86,7 @@ def load_weights(path: str | Path):
     from llama_cpp._internals import LlamaModel
 
     path = Path(path)
-    if not path.is_file():
-        raise GGUFFileError(f"{path}: no such file")
+    require_qwen3moe(read_info(path))
     params = llama_cpp.llama_model_default_params()
     if amx_kernels_built():
         params.use_extra_bufts = False

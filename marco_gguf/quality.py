@@ -21,7 +21,6 @@ RAM (8 bytes a token).
 from __future__ import annotations
 
 import hashlib
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from . import kld
 from .chunk_logits import ChunkModel
 from .errors import QualityError
 from .gguf_info import read_info, require_qwen3moe
+from .files import check_space
 from .loader import check_model
 from .reader import read_header
 
@@ -194,10 +194,8 @@ def _summary(path: Path, sums: kld.Sums, kld_values: np.ndarray, dp_values: np.n
 def _scratch(rows: int, width: int) -> tuple[Any, np.ndarray]:
     """An unlinked temporary file (gone even if the process is killed) mapped as [rows, width] uint16."""
     need, folder = rows * width * 2, tempfile.gettempdir()
-    free = shutil.disk_usage(folder).free
-    if need > free:
-        raise QualityError(f"{folder}: {need / 1e9:.1f} GB needed for the reference's distributions, "
-                           f"{free / 1e9:.1f} GB free", "use --chunks N, or set TMPDIR to a larger disk")
+    check_space(Path(folder), need, target=folder, purpose=" for the reference's distributions",
+                hint="use --chunks N, or set TMPDIR to a larger disk", error=QualityError)
     f = tempfile.TemporaryFile(prefix="marco-gguf-quality-")
     f.truncate(need)
     return f, np.memmap(f, dtype=np.uint16, mode="r+", shape=(rows, width))

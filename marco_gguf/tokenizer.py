@@ -7,7 +7,6 @@ the very code llama.cpp's converter calls.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 

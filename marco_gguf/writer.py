@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 
 from .errors import OutputError
+from .files import check_space, existing_ancestor, make_folders, publish, remove_folders
 from .quantize import row_size
 
 ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT  # 32
@@ -105,6 +106,7 @@ class GGUFStreamWriter:
         self.total_bytes = len(self.header) + sum(t.nbytes + _pad(t.nbytes) for t in tensors)
         self._state, self._index, self._written = "new", 0, 0
         self._file: Any = None
+        self._made: list[Path] = []
 
     def __enter__(self) -> "GGUFStreamWriter":
         self.open()
@@ -118,6 +120,7 @@ class GGUFStreamWriter:
         self._expect("new")
         check_output(self.path, self.overwrite, self.total_bytes)
         try:
+            self._made = make_folders(self.path.parent)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
             self._file, self._tmp = os.fdopen(fd, "wb", buffering=0), Path(tmp)
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the result normal permissions
@@ -152,11 +155,7 @@ class GGUFStreamWriter:
         try:
             os.fsync(self._file.fileno())
             self._file.close()
-            if self.overwrite:
-                os.replace(self._tmp, self.path)
-            else:
-                os.link(self._tmp, self.path)  # atomic and fails if the target appeared meanwhile
-                os.unlink(self._tmp)
+            publish(self._tmp, self.path, overwrite=self.overwrite)
         except FileExistsError:
             self.abort()
             raise OutputError(f"{self.path}: already exists", "pass --force to overwrite it") from None
@@ -175,6 +174,7 @@ class GGUFStreamWriter:
             tmp.unlink()
         if self._state != "done":
             self._state = "aborted"
+            remove_folders(self._made)
 
     def _raw_write(self, data: Any) -> None:
         try:
@@ -197,15 +197,13 @@ def _umask() -> int:
 
 
 def check_output(path: Path, overwrite: bool, size: int) -> None:
-    """Refuse early: an existing file without overwrite, a missing/unwritable folder, too little space."""
+    """Refuse early: an existing file without overwrite, an unwritable folder, too little space. A missing
+    folder is fine: it is created when writing starts."""
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists", "pass --force to overwrite it, or choose --outfile")
-    folder = path.parent
+    folder = existing_ancestor(path.parent)
     if not folder.is_dir():
-        raise OutputError(f"{folder}: output folder does not exist", "create it or choose another --outdir")
+        raise OutputError(f"{folder}: is a file, not a folder", "choose another --outdir or --outfile")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"{folder}: output folder is not writable", "choose another --outdir")
-    free = shutil.disk_usage(folder).free
-    if free < size:
-        raise OutputError(f"{path}: not enough disk space ({size:,} bytes needed, {free:,} free)",
-                          "free space or choose another --outdir")
+    check_space(folder, size, target=path, hint="free space or choose another --outdir")

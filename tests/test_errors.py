@@ -110,9 +110,31 @@ def test_existing_output_kept_without_force(checkpoint, tmp_path):
     assert convert(checkpoint(SHARDED), outdir=tmp_path, force=True).size_bytes > 1000
 
 
-def test_missing_output_folder(checkpoint, tmp_path):
-    with pytest.raises(OutputError, match="output folder does not exist"):
-        convert(checkpoint(SHARDED), outfile=tmp_path / "nope" / "x.gguf")
+OUTPUT_FOLDERS = [
+    ("-o into folders that do not exist yet", dict(outfile="models/new/x.gguf"), "models/new/x.gguf"),
+    ("--outdir that does not exist yet", dict(outdir="models"), "models/Marco-Test-Instruct-Q8_0.gguf"),
+]
+
+
+@pytest.mark.parametrize("reason,where,made", OUTPUT_FOLDERS, ids=[c[0] for c in OUTPUT_FOLDERS])
+def test_missing_output_folders_are_created(reason, where, made, checkpoint, tmp_path):
+    """Reason: as mlx_lm.convert and `hf download --local-dir` do, a new folder is made rather than refused."""
+    r = convert(checkpoint(SHARDED), **{k: tmp_path / v for k, v in where.items()})
+    assert r.path == tmp_path / made and r.path.is_file()
+
+
+def test_failed_conversion_removes_the_folders_it_made(checkpoint, tmp_path, monkeypatch):
+    import marco_gguf.writer as writer
+    monkeypatch.setattr(writer.GGUFStreamWriter, "commit", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        convert(checkpoint(SHARDED), outfile=tmp_path / "models" / "new" / "x.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_folder_that_is_a_file(checkpoint, tmp_path):
+    (tmp_path / "models").write_text("not a folder")
+    with pytest.raises(OutputError, match="models: is a file, not a folder"):
+        convert(checkpoint(SHARDED), outdir=tmp_path / "models")
 
 
 def test_not_enough_disk_space_refused_before_writing(checkpoint, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ def calib_text(tmp_path_factory) -> Path:
 
 def llama_imatrix(tool, model: Path, text: Path, out: Path, *extra: str) -> Path:
     subprocess.run([str(tool("llama-imatrix")), "-m", str(model), "-f", str(text), "-o", str(out), "-c", str(CTX),
-                    "-b", str(CTX), "-ub", str(CTX), "--chunks", str(CHUNKS), "-t", "2", "--no-ppl", *extra],
+                    "-b", str(CTX), "-ub", str(CTX), "--chunks", str(CHUNKS), "-t", "2", "--no-ppl", "--no-repack", *extra],
                    check=True, capture_output=True)
     return out
 

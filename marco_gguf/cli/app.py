@@ -47,7 +47,7 @@ def convert(
     source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder, or a hub id owner/name (downloaded).")],
     preset: Annotated[str, typer.Option("--preset", help=f"Preset id ({', '.join(builtin_presets())}) or a .toml file.")] = "q8_0",
     outfile: Annotated[Optional[Path], typer.Option("--outfile", "-o", help="Output file.")] = None,
-    outdir: Annotated[Optional[Path], typer.Option("--outdir", help="Output folder; file named <model>-<PRESET>.gguf.")] = None,
+    outdir: Annotated[Optional[Path], typer.Option("--outdir", help="Output folder (created if missing); file named <model>-<PRESET>.gguf.")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Model name (default: the folder's name).")] = None,
     threads: Threads = None,
     tensor_type: Annotated[Optional[list[str]], typer.Option("--tensor-type", help="Override: PATTERN=TYPE (repeatable).")] = None,

@@ -18,7 +18,7 @@ from ..presets import builtin_presets, load_preset
 from ..quality import QualityReport
 from ..reader import read_header
 from .card_quality import load_reports, quality_section
-from .files import write_text_atomic
+from ..files import write_text_atomic
 from .lmstudio import DEFAULT_PUBLISHER, default_model_folder
 from .ollama import NUM_CTX, default_model_name
 from .templates import render_chat

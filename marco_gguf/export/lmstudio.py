@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ExportError
 from ..reader import read_header
-from .files import copy_atomic, link_atomic
+from ..files import copy_atomic, link_atomic
 
 POINTER_FILE = ".lmstudio-home-pointer"  # in the user's home: the path of LM Studio's home
 DEFAULT_PUBLISHER = "marco-gguf"

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ExportError
 from ..reader import read_header
-from .files import write_text_atomic
+from ..files import write_text_atomic
 from .templates import go_template_for
 
 STOPS = (
