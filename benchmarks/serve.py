@@ -12,7 +12,8 @@ The same GGUF, threads and context for both, one server at a time in this one ru
 - per-stream decode rate = (chunks - 1) / (last chunk - first chunk), median.
 
 llama_cpp.server runs with `--interrupt_requests False` (its default cuts off a running stream when
-a new request arrives) and serializes requests; marco-gguf with `--parallel 4` (its default). A
+a new request arrives) and serializes requests; on a CPU with AMX it loads the weights in plain CPU
+buffers as marco-gguf does there (llama.cpp's AMX kernels crash it otherwise); marco-gguf with `--parallel 4` (its default). A
 reference for one stream: `marco_gguf.bench.bench` tg (the `marco-gguf bench` loop) on the same file.
 
     pip install 'llama-cpp-python[server]'      # the other side (fastapi, sse-starlette, ...)
@@ -37,6 +38,16 @@ WORDS = ("mixture experts router token layer cache slot batch context memory ban
          "quantization vocabulary attention gradient").split()
 
 
+RUN_LLAMA_CPP_SERVER = """
+import contextlib, runpy, sys
+from marco_gguf.loader import _without_extra_buffers
+from marco_gguf.machine import amx_kernels_built
+with _without_extra_buffers() if amx_kernels_built() else contextlib.nullcontext():
+    sys.argv = ["llama_cpp.server", *sys.argv[1:]]
+    runpy.run_module("llama_cpp.server", run_name="__main__")
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,9 +58,11 @@ def commands(kind: str, model: Path, port: int, args: argparse.Namespace) -> lis
     if kind == "marco-gguf":
         return [sys.executable, "-m", "marco_gguf", "serve", str(model), "--port", str(port), "--ctx", str(args.ctx),
                 "--threads", str(args.threads), "--parallel", str(args.parallel)]
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port), "--n_ctx",
-            str(args.ctx), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
-            "--interrupt_requests", "False"]
+    server = ["--model", str(model), "--port", str(port), "--n_ctx", str(args.ctx), "--n_threads", str(args.threads),
+              "--n_threads_batch", str(args.threads), "--interrupt_requests", "False"]
+    # On a CPU with AMX, llama.cpp's AMX kernels crash (README, Running): llama_cpp.server segfaults on its
+    # first prompt. Load it as marco-gguf's loader loads weights there, in plain CPU buffers.
+    return [sys.executable, "-c", RUN_LLAMA_CPP_SERVER, *server]
 
 
 def prompt(i: int) -> str:
