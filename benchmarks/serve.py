@@ -130,14 +130,17 @@ def wait_ready(proc: subprocess.Popen, port: int, seconds: float = 600) -> None:
     raise RuntimeError("the server did not become ready")
 
 
-def run_server(kind: str, model: Path, args: argparse.Namespace) -> dict:
+def run_server(kind: str, model: Path, args: argparse.Namespace, save) -> dict:
     import psutil
 
     port = free_port()
     proc = subprocess.Popen(commands(kind, model, port, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    phases: list[dict] = []
     try:
         wait_ready(proc, port)
-        phases = [phase(port, k, args.rounds, args.tokens, 1000 * k) for k in args.streams]
+        for k in args.streams:  # saved after each phase: a slow run on a busy machine keeps what it measured
+            phases.append(phase(port, k, args.rounds, args.tokens, 1000 * k))
+            save(kind, phases)
         rss = psutil.Process(proc.pid).memory_info().rss
     finally:
         proc.send_signal(signal.SIGINT)
@@ -202,10 +205,18 @@ def main() -> None:
     for model in args.models:
         tg = next(r for r in bench(model, n_prompt=0, n_gen=args.tokens, threads=(args.threads,), reps=3).rows
                   if r.test.startswith("tg"))
-        servers = [run_server(kind, model, args) for kind in ("marco-gguf", "llama_cpp.server")]
-        data["models"].append({"model": model.name, "size_gib": model.stat().st_size / 2**30,
-                               "bench_tg": tg.tokens_per_s, "servers": servers})
-        args.results.write_text(json.dumps(data, indent=2) + "\n")
+        entry = {"model": model.name, "size_gib": model.stat().st_size / 2**30, "bench_tg": tg.tokens_per_s,
+                 "servers": []}
+        data["models"].append(entry)
+
+        def save(kind: str, phases: list[dict]) -> None:
+            partial = [s for s in entry["servers"] if s["server"] != kind] + [{"server": kind, "phases": phases}]
+            args.results.write_text(json.dumps({**data, "models": [*data["models"][:-1], {**entry, "servers": partial}]},
+                                               indent=2) + "\n")
+
+        for kind in ("marco-gguf", "llama_cpp.server"):
+            entry["servers"].append(run_server(kind, model, args, save))
+            args.results.write_text(json.dumps(data, indent=2) + "\n")
     print(report(data))
 
 
