@@ -1,7 +1,8 @@
 """marco-gguf: Marco-MoE checkpoints -> GGUF for llama.cpp, Ollama and LM Studio.
 
-Public API: `convert()` and its `ConvertResult`, `synthesize()`, `demo()`, `load_preset()`, `ChatSession`,
-`expert_usage()` (which experts texts use) and `prune()` (keep the N best), and the typed errors in `marco_gguf.errors`; `marco_gguf.bench.bench()` is the benchmark.
+Public API: `convert()` and its `ConvertResult`, `synthesize()`, `demo()`, `load_preset()`, `ChatSession`, `serve()`,
+`expert_usage()` (which experts texts use) and `prune()` (keep the N best), and the typed errors in
+`marco_gguf.errors`; `marco_gguf.bench.bench()` is the benchmark.
 """
 from .convert import ConvertResult, convert
 from .demo import DemoResult, demo
@@ -9,8 +10,10 @@ from .experts import ExpertUsage, expert_usage
 from .presets import Preset, builtin_presets, load_preset
 from .prune import PruneResult, prune
 from .runtime import ChatSession
+from .server import serve
 from .synth import SynthResult, synthesize
 from .version import __version__
 
 __all__ = ["convert", "ConvertResult", "demo", "DemoResult", "synthesize", "SynthResult", "load_preset", "Preset",
-           "builtin_presets", "ChatSession", "expert_usage", "ExpertUsage", "prune", "PruneResult", "__version__"]
+           "builtin_presets", "ChatSession", "expert_usage", "ExpertUsage", "prune", "PruneResult", "serve",
+           "__version__"]

@@ -70,10 +70,12 @@ class ChatTemplate:
         source = metadata.get(TEMPLATE_KEY)
         return cls(source or CHATML_TEMPLATE, from_gguf=bool(source), **specials)
 
-    def render(self, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None,
+               add_generation_prompt: bool = True) -> str:
+        """The prompt text; `tools` (OpenAI function definitions) go to the template as transformers passes them."""
         import jinja2
 
         try:
-            return render_template(self.source, messages, None, add_generation_prompt, **self.special_tokens)
+            return render_template(self.source, messages, tools, add_generation_prompt, **self.special_tokens)
         except jinja2.TemplateError as e:
             raise ChatError(f"the chat template refused this conversation ({e})") from None

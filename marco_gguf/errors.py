@@ -100,3 +100,7 @@ class ExpertsError(MarcoGGUFError):
 
 class PruneError(MarcoGGUFError):
     """Experts cannot be pruned: N out of range, a usage file from another model, an unknown method."""
+
+
+class ServeError(MarcoGGUFError):
+    """The server cannot start: its address is taken or not valid, or the model failed to load."""

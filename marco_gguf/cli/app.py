@@ -20,6 +20,7 @@ from . import imatrix as imatrix_cmd
 from . import inspect as inspect_cmd
 from . import prune as prune_cmd
 from . import quality as quality_cmd
+from . import serve as serve_cmd
 from . import synth as synth_cmd
 from . import ui
 
@@ -140,6 +141,7 @@ app.command()(quality_cmd.quality)
 app.command()(imatrix_cmd.imatrix)
 app.command()(experts_cmd.experts)
 app.command()(prune_cmd.prune)
+app.command()(serve_cmd.serve)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from rich.text import Text
 from ..errors import ChatError, MarcoGGUFError
 from ..runtime import ChatSession, GenerationStats, Reply
 from . import ui
+from .sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP
 
 D = {name: p.default for name, p in inspect.signature(ChatSession).parameters.items()}  # one source of defaults
 HELP = """\
@@ -38,13 +39,13 @@ def chat(
     model: Annotated[Path, typer.Argument(help="A Marco (qwen3moe) GGUF file.")],
     system: Annotated[Optional[str], typer.Option("--system", help="System message.")] = D["system"],
     ctx: Annotated[int, typer.Option("--ctx", min=16, help="Context length in tokens (Marco was fine-tuned at 8192).")] = D["ctx"],
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Threads (default: physical cores).")] = D["threads"],
-    temp: Annotated[float, typer.Option("--temp", min=0.0, help="Temperature (0: greedy).")] = D["temp"],
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = D["top_p"],
-    top_k: Annotated[int, typer.Option("--top-k", min=0, help="0: off.")] = D["top_k"],
-    min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0)] = D["min_p"],
-    repeat_penalty: Annotated[float, typer.Option("--repeat-penalty", min=0.0, help="1.0: off.")] = D["repeat_penalty"],
-    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Sampling seed (default: random).")] = D["seed"],
+    threads: Threads = D["threads"],
+    temp: Temp = D["temp"],
+    top_p: TopP = D["top_p"],
+    top_k: TopK = D["top_k"],
+    min_p: MinP = D["min_p"],
+    repeat_penalty: RepeatPenalty = D["repeat_penalty"],
+    seed: Seed = D["seed"],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Longest reply.")] = D["max_tokens"],
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Ask one question, print the answer, exit.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="With -p: print text and figures as one JSON object.")] = False,

@@ -1,0 +1,101 @@
+"""`serve()`: an OpenAI-compatible HTTP server over the continuous-batching Engine (uvicorn + Starlette).
+
+The socket is bound and the file checked before anything slow, so a taken port or a bad file is one
+typed error; the server then answers at once (GET /health: 503 while loading, 200 when ready) while
+the weights load in a thread. SIGINT/SIGTERM: uvicorn stops accepting, the engine ends every
+in-flight request with a final chunk (finish_reason length), the streams close, exit status 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..progress import Progress, ProgressEvent
+from ..engine import MAX_PARALLEL, Engine, Sampling
+from ..errors import MarcoGGUFError, ServeError
+from ..loader import _quiet_stderr, check_model
+from ..runtime import DEFAULT_CTX
+from .app import ServerState, create_app, model_id
+
+GRACE_S = 30  # longest wait for connections after a stop signal: streams end within one engine step
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port} ({e.strerror or e})",
+                         "choose another --port or --host, or stop the program using it") from None
+    return sock
+
+
+def _uvicorn_server(app, on_exit: Callable[[], None]):
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            # end in-flight requests now (each stream gets its final chunk), off the signal handler
+            threading.Thread(target=on_exit, name="marco-gguf-stop", daemon=True).start()
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn's own re-raises the signal after the graceful shutdown, which makes a clean stop exit
+            # with 130/143; a stop asked for by a signal is a normal end here
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=GRACE_S)
+    return Server(config)
+
+
+def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8080, parallel: int = 4, ctx: int = DEFAULT_CTX,
+          threads: int | None = None, api_key: str | None = None, queue: int = 64, cors: str | None = None,
+          temp: float = 0.7, top_p: float = 0.8, top_k: int = 20, min_p: float = 0.0, repeat_penalty: float = 1.0,
+          seed: int | None = None, max_tokens: int | None = 2048, progress: Progress | None = None) -> None:
+    """Serve `model` until SIGINT/SIGTERM. The sampling options are the defaults of requests that do not
+    set them; `max_tokens` None lets a reply run to the end of the context."""
+    info = check_model(model, ctx=ctx)
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise ServeError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}")
+    sock = _listen(host, port)
+    report = progress or (lambda *_: None)
+    state = ServerState(model_id(info.path), max_tokens=max_tokens,
+                        defaults=Sampling(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p,
+                                          repeat_penalty=repeat_penalty, seed=seed),
+                        load=lambda: Engine(info.path, ctx=ctx, parallel=parallel, threads=threads, queue_size=queue),
+                        on_ready=lambda: report(ProgressEvent(2, 2, "steps", "ready")))
+    server = _uvicorn_server(create_app(state, api_key=api_key, cors=cors), state.stop_engine)
+    state.on_failure = lambda: setattr(server, "should_exit", True)
+    bound_port = sock.getsockname()[1]
+    report(ProgressEvent(1, 2, "steps", f"loading {info.path.name}; listening on "
+                                        f"http://{host if ':' not in host else f'[{host}]'}:{bound_port}"))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        if state.engine is not None:
+            with _quiet_stderr():  # llama.cpp logs the context's teardown to fd 2
+                state.engine.close()
+    if state.failed is not None:
+        if isinstance(state.failed, MarcoGGUFError):
+            raise state.failed
+        raise ServeError(f"{info.path.name}: the model failed to load ({state.failed})") from state.failed
+
+
+__all__ = ["serve", "create_app", "ServerState"]
