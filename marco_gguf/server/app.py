@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -24,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..engine import Engine, Result, Sampling
@@ -33,6 +35,11 @@ from . import openai_api as api
 from .metrics import prometheus_text
 from .tools import ToolCallParser
 
+DEFAULTS_SLOT = '<script id="defaults" type="application/json">{}</script>'
+# the page may talk to this server only, and runs no script it did not bring (inline, its own)
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+            "img-src 'self' blob: data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+OPEN_PATHS = ("/", "/health")  # the page asks for the key itself; the API behind it does not answer without one
 MAX_BODY = 4 * 2**20  # bytes; a full 32k-token conversation is well under 1 MiB of JSON
 log = logging.getLogger("marco_gguf.server")
 
@@ -215,6 +222,22 @@ async def model(request: Request) -> Response:
     return JSONResponse(_model_card(state))
 
 
+@functools.lru_cache(maxsize=1)
+def _page_source() -> str:
+    return (resources.files(__package__) / "static" / "index.html").read_text(encoding="utf-8")
+
+
+async def page(request: Request) -> Response:
+    """The chat page (static/index.html), with this server's sampling defaults filled in."""
+    state: ServerState = request.app.state.marco
+    d = state.defaults
+    defaults = {"model": state.model_id, "temperature": d.temperature, "top_p": d.top_p, "top_k": d.top_k,
+                "max_tokens": state.max_tokens}
+    data = json.dumps(defaults).replace("<", "\\u003c")  # JSON inside <script>: no "</script>" can end it early
+    html = _page_source().replace(DEFAULTS_SLOT, DEFAULTS_SLOT.replace("{}", data))
+    return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
+
+
 async def health(request: Request) -> Response:
     state: ServerState = request.app.state.marco
     if state.engine is None:
@@ -239,7 +262,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if self.key and scope["path"] != "/health" and scope["method"] != "OPTIONS":
+        if self.key and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
             auth = headers.get(b"authorization", b"")
             given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(given, self.key):
@@ -276,7 +299,7 @@ def create_app(state: ServerState, *, api_key: str | None = None, cors: str | No
         if loading is not None:  # a load cannot be interrupted: let it end (serve() closes the engine)
             await loading
 
-    routes = [Route("/health", health), Route("/metrics", metrics), Route("/v1/models", models),
+    routes = [Route("/", page), Route("/health", health), Route("/metrics", metrics), Route("/v1/models", models),
               Route("/v1/models/{model:path}", model), Route("/v1/chat/completions", chat_completions, methods=["POST"]),
               Route("/v1/completions", completions, methods=["POST"])]
     middleware = ([Middleware(CORSMiddleware, allow_origins=[cors], allow_methods=["*"], allow_headers=["*"])]
