@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,6 +38,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="marco-prune-speed-", dir=args.workdir))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still deletes the files (finally)
     try:
         ckpt = synthesize(work / "mini", shape="mini", layers=args.layers).path
         whole = convert(ckpt, preset="q4_k_m", outdir=work, threads=args.threads).path
@@ -45,7 +48,10 @@ def main() -> None:
         expert_usage(whole, [work / "usage.txt"], threads=args.threads, usage=work / "usage.json")
         files = {256: whole} | {n: prune(whole, keep=n, usage=work / "usage.json", outfile=work / f"p{n}.gguf").path
                                 for n in KEEP if n != 256}
-        results = {n: bench(path, threads=args.threads, reps=args.reps).as_dict() for n, path in files.items()}
+        results = {}
+        for n, path in files.items():
+            print(f"bench {n} experts", file=sys.stderr, flush=True)
+            results[n] = bench(path, threads=args.threads, reps=args.reps).as_dict()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     doc = {"machine": machine(), "layers": args.layers, "threads": args.threads, "reps": args.reps, "results": results}
@@ -57,7 +63,7 @@ def table(doc: dict) -> str:
     res = doc["results"]
     speed = {n: {r["test"]: r for r in res[n]["rows"]} for n in res}
     base = speed[256]
-    lines = [f"| experts kept | file size (bytes) | pp512 t/s | vs 256 | tg128 t/s | vs 256 |", "|---|---|---|---|---|---|"]
+    lines = ["| experts kept | file size (bytes) | pp512 t/s | vs 256 | tg128 t/s | vs 256 |", "|---|---|---|---|---|---|"]
     for n in res:
         pp, tg = speed[n]["pp512"], speed[n]["tg128"]
         lines.append(f"| {n} | {res[n]['size_bytes']:,} | {pp['tokens_per_s']:.1f} ± {pp['spread']:.1f} | "
