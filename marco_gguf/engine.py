@@ -83,11 +83,12 @@ class Job:
     a str per piece of text, then the Result. Without a sink, iterate the job for its text pieces."""
 
     def __init__(self, engine: "Engine", prompt: list[int], max_tokens: int, stop: Sequence[str],
-                 sampler, sink: Callable[[object], None] | None) -> None:
+                 sampler, sink: Callable[[str | Result], object] | None) -> None:
         self.id = next(engine._ids)
         self.prompt, self.max_tokens, self.stop, self.sampler = prompt, max_tokens, tuple(s for s in stop if s), sampler
         self.result: Result | None = None
-        self._engine, self._queue = engine, queue.SimpleQueue()
+        self._engine = engine
+        self._queue: queue.SimpleQueue[str | Result] = queue.SimpleQueue()
         self._sink = sink or self._queue.put
         self.cancelled = False
         self.submitted = time.perf_counter()
@@ -113,10 +114,11 @@ class Job:
     def wait(self) -> Result:
         for _ in self:
             pass
+        assert self.result is not None  # the iteration ends with the Result
         return self.result
 
     # called from the engine thread
-    def _emit(self, event: object) -> None:
+    def _emit(self, event: str | Result) -> None:
         try:
             self._sink(event)
         except Exception:  # a consumer that went away must not stop the engine
@@ -147,6 +149,11 @@ class _Slot:
     pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     next: int | None = None                          # sampled, not yet in the KV cache
     last_used: float = 0.0
+
+    def active(self) -> Job:
+        """The job of a busy slot (the engine asks only busy slots for it)."""
+        assert self.job is not None, f"slot {self.seq} is idle"
+        return self.job
 
 
 @dataclass(frozen=True)
@@ -230,7 +237,7 @@ class Engine:
 
     # requests
     def submit(self, prompt: list[int], *, max_tokens: int | None = None, sampling: Sampling = Sampling(),
-               stop: Sequence[str] = (), sink: Callable[[object], None] | None = None) -> Job:
+               stop: Sequence[str] = (), sink: Callable[[str | Result], object] | None = None) -> Job:
         """Queue a request; RequestError if it cannot fit the context or its grammar is invalid,
         ServerBusyError if the queue is full or the engine is stopping."""
         if not prompt:
@@ -332,7 +339,7 @@ class Engine:
         for slot, tokens, output in rows:
             slot.cache += tokens
             if output is not None:
-                self._on_token(slot, lib.llama_sampler_sample(slot.job.sampler, self._ctx, output))
+                self._on_token(slot, lib.llama_sampler_sample(slot.active().sampler, self._ctx, output))
 
     def _make_room(self) -> None:
         """Keep the KV cache within `ctx`: drop idle slots' caches (least recently used first), then end the
@@ -366,7 +373,7 @@ class Engine:
         for slot in self._slots:
             if slot.job and slot.next is not None:
                 add(slot, [slot.next], True)
-        for slot in sorted((s for s in self._slots if s.job and s.pending), key=lambda s: s.job.admitted):
+        for slot in sorted((s for s in self._slots if s.job and s.pending), key=lambda s: s.active().admitted):
             chunk = slot.pending[:self.batch - n]
             if not chunk:
                 break
@@ -376,7 +383,7 @@ class Engine:
         return rows
 
     def _on_token(self, slot: _Slot, token: int) -> None:
-        job, now = slot.job, time.perf_counter()
+        job, now = slot.active(), time.perf_counter()
         if not job.first:
             job.first = now
         job.last = now
@@ -390,7 +397,7 @@ class Engine:
         slot.next = token
 
     def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
-        job, now = slot.job, time.perf_counter()
+        job, now = slot.active(), time.perf_counter()
         if not job._hit:
             job._add_text(job._utf8.decode(b"", final=True))
         job.stop = ()

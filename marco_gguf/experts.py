@@ -71,7 +71,8 @@ class ExpertUsage:
         """All texts as one."""
         t = self.texts
         return TextUsage("+".join(self.labels), ", ".join(x.source for x in t), sum(x.tokens for x in t),
-                         sum(x.counts for x in t), sum(x.weight for x in t), sum(x.reap_sum for x in t))
+                         np.sum([x.counts for x in t], axis=0), np.sum([x.weight for x in t], axis=0),
+                         np.sum([x.reap_sum for x in t], axis=0))
 
     def as_dict(self) -> dict:
         return {"model": self.model.as_dict(), "model_path": self.model_path, "ctx": self.ctx,

@@ -49,17 +49,17 @@ class ImatrixCollector:
             return True
         if op != "MUL_MAT":
             return False
-        src0, src1 = t.src(0), t.src(1)
+        src0, src1 = t.arg(0), t.arg(1)
         if src1.ne[1] < MIN_DENSE_TOKENS or src1.type != GGML_TYPE_F32:
             return False
         return weight_name(src0.name).startswith("blk.")
 
     def take(self, t: Node) -> None:
-        src0, src1 = t.src(0), t.src(1)
+        src0, src1 = t.arg(0), t.arg(1)
         name = weight_name(src0.name)
         x = src1.numpy()  # numpy order: (ne3, ne2, ne1, ne0)
         if t.op == "MUL_MAT_ID":
-            self._take_experts(name, src0, x, t.src(2).numpy())
+            self._take_experts(name, src0, x, t.arg(2).numpy())
         else:
             self._take_dense(name, src0, x)
 

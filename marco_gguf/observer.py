@@ -113,6 +113,12 @@ class Node:
         p = self._t.src[i]
         return Node(p) if p else None
 
+    def arg(self, i: int) -> "Node":
+        """Operand i of an op that always has it (a matrix product's weights, input, routing ids)."""
+        node = self.src(i)
+        assert node is not None, f"{self.name}: no operand {i}"
+        return node
+
     def numpy(self) -> np.ndarray:
         """A copy of the data in numpy order (ne reversed), strides honoured (views are often not contiguous)."""
         dtype = NUMPY_DTYPES.get(self.type)

@@ -94,7 +94,7 @@ def prune_gguf(source: Path, keep: int, kept: list[list[int]], extra: dict[str, 
                 if progress is not None:
                     progress(ProgressEvent(done, writer.total_bytes, "bytes", t.name))
         writer.commit()
-    if imatrix is not None:
+    if imatrix is not None and imatrix_out is not None:
         try:
             write_imatrix(imatrix, imatrix_out)
         except BaseException:

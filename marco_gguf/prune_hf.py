@@ -19,7 +19,7 @@ from typing import Iterator
 from .checkpoint import INDEX_NAME, Checkpoint
 from .errors import OutputError
 from .identity import ModelIdentity
-from .safetensors_format import TensorRef
+from .safetensors_format import TensorRef, encode_header
 
 PER_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(.+)$")
 STACKED = re.compile(r"model\.layers\.(\d+)\.mlp\.(gate\.weight|experts\.gate_up_proj|experts\.down_proj)$")
@@ -39,7 +39,7 @@ def _ranges(ref: TensorRef, rows: list[int] | None, n_experts: int) -> Iterator[
 
 def plan(tensors: dict[str, TensorRef], kept: list[list[int]], n_experts: int) -> list[tuple[str, TensorRef, list[int] | None]]:
     """(new name, source, rows kept along the first axis or None) for every tensor of the pruned checkpoint."""
-    out = []
+    out: list[tuple[str, TensorRef, list[int] | None]] = []
     for name in sorted(tensors):
         ref = tensors[name]
         if m := PER_EXPERT.match(name):
@@ -54,18 +54,11 @@ def plan(tensors: dict[str, TensorRef], kept: list[list[int]], n_experts: int) -
 
 
 def _write_weights(ckpt: Checkpoint, entries: list, n_experts: int, path: Path) -> None:
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, ref, rows in entries:
-        shape = [len(rows), *ref.shape[1:]] if rows is not None else list(ref.shape)
-        size = (ref.n_bytes // n_experts) * len(rows) if rows is not None else ref.n_bytes
-        header[name] = {"dtype": ref.dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # safetensors pads the header to 8 bytes
-    fds = {}
+    head = encode_header([(name, ref.dtype, (len(rows), *ref.shape[1:]) if rows is not None else ref.shape)
+                          for name, ref, rows in entries])
+    fds: dict[Path, int] = {}
     with open(path, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little") + blob)
+        f.write(head)
         for _, ref, rows in entries:
             fd = fds.setdefault(ref.file, os.open(ref.file, os.O_RDONLY))
             for start, length in _ranges(ref, rows, n_experts):

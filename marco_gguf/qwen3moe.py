@@ -211,6 +211,9 @@ def keep_experts(planned: list[PlannedTensor], keep: Sequence[Sequence[int]]) ->
     keeps those experts' pieces (one per expert, in expert order), each router those rows."""
     out = []
     for t in planned:
+        if t.layer is None:  # embeddings, final norm, output
+            out.append(t)
+            continue
         if t.kind in (T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP):
             pieces = tuple(t.pieces[e] for e in keep[t.layer])
         elif t.kind == T.FFN_GATE_INP:

@@ -40,7 +40,7 @@ def write_usage(usage, path: Path) -> Path:
 
 def _array(path: Path, text: dict, key: str, shape: tuple[int, int], dtype: type) -> np.ndarray:
     try:
-        a = np.asarray(text[key], dtype=dtype)
+        a: np.ndarray = np.asarray(text[key], dtype=dtype)
     except (KeyError, TypeError, ValueError):
         raise ExpertsError(f"{path}: text {text.get('label')!r} has no numeric {key!r} table", HINT) from None
     if a.shape != shape or not np.isfinite(a).all() or (a < 0).any():

@@ -66,6 +66,7 @@ class ServerState:
 
     async def start(self) -> None:
         try:
+            assert self.load is not None  # started only when there is a loader (create_app's lifespan)
             self.engine = await asyncio.to_thread(self.load)
             self.on_ready()
         except BaseException as e:  # reported by serve() once the server has stopped
@@ -119,7 +120,7 @@ async def _json_body(request: Request) -> dict:
 # --- generation -----------------------------------------------------------------------------------
 
 def _submit(engine: Engine, gen: api.Generation) -> tuple[Any, asyncio.Queue]:
-    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    loop, events = asyncio.get_running_loop(), asyncio.Queue[str | Result]()
     job = engine.submit(gen.prompt, max_tokens=gen.max_tokens, sampling=gen.sampling, stop=gen.stop,
                         sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
     return job, events

@@ -115,7 +115,7 @@ def parse_chat(data: dict, engine: Engine, defaults: Sampling, default_max: int 
         if grammar is not None:
             raise RequestError("response_format cannot be combined with a required tool call", param="response_format")
         parallel = body.bool("parallel_tool_calls", default=True)
-        grammar = tool_calls.tool_grammar(tools, names if choice == "required" else [choice], parallel)
+        grammar = tool_calls.tool_grammar(tools or [], names if choice == "required" else [choice], parallel)
     try:
         text = engine.template.render(messages, tools=tools if choice != "none" else None)
     except ChatError as e:
