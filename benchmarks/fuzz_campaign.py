@@ -8,6 +8,7 @@ GGUF cases (tests/gguf_fuzzing.py): refused by read_info / loaded and decoded by
 process / refused by llama.cpp / crash (a traceback, or the child killed by an abort). Seeds are printed
 for every bad case so that it can be replayed. The goal is 0 crashes, 0 wrong files, 0 leftovers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def checkpoint_campaign(cases: int, work: Path) -> dict:
         case = run_case(10_000_000 + i, family, good, baseline, work)
         counts[family][case.outcome] += 1
         if case.outcome not in ("refused", "harmless"):
-            bad.append({"seed": case.seed, "family": family, "outcome": case.outcome, "what": case.what,
-                        "detail": case.detail})
+            bad.append(
+                {"seed": case.seed, "family": family, "outcome": case.outcome, "what": case.what, "detail": case.detail}
+            )
             print(f"seed {case.seed} [{case.outcome}] {case.what}: {case.detail}", file=sys.stderr)
         shutil.rmtree(work / f"case-{case.seed}")
     return {"counts": {f: dict(c) for f, c in counts.items()}, "bad": bad}
@@ -60,8 +62,15 @@ def gguf_campaign(cases: int, work: Path) -> dict:
             case = run_case(20_000_000 + i, family, good, data, loader, work)
             counts[family][case.outcome] += 1
             if case.outcome not in ("refused", "loaded"):
-                bad.append({"seed": case.seed, "family": family, "outcome": case.outcome, "what": case.what,
-                            "detail": case.detail})
+                bad.append(
+                    {
+                        "seed": case.seed,
+                        "family": family,
+                        "outcome": case.outcome,
+                        "what": case.what,
+                        "detail": case.detail,
+                    }
+                )
                 print(f"seed {case.seed} [{case.outcome}] {case.what}: {case.detail}", file=sys.stderr)
     finally:
         loader.close()

@@ -7,9 +7,11 @@ disk is sampled from the output folder. Both outputs are checked to be byte-iden
 
     python benchmarks/one_pass_vs_two_step.py --workdir /tmp/bench --layers 2 --reps 3
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -70,17 +72,16 @@ def run(code: str, ckpt: Path, out: Path, threads: int, preset: str = "q4_k_m", 
 
     def sample() -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 peak[0] = max(peak[0], folder_bytes(out.parent))
-            except FileNotFoundError:
-                pass
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     wall = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code + HWM, str(ckpt), str(out), str(threads), preset],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code + HWM, str(ckpt), str(out), str(threads), preset], capture_output=True, text=True
+    )
     wall = time.perf_counter() - wall
     stop.set()
     sampler.join()
@@ -88,16 +89,33 @@ def run(code: str, ckpt: Path, out: Path, threads: int, preset: str = "q4_k_m", 
         raise SystemExit(proc.stderr)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     digest = tensor_digest(out)
-    result = {"wall_s": wall, "peak_rss": lines[-1]["hwm"], "peak_disk": peak[0], "size": out.stat().st_size,
-              "header_bytes": read_header(out).data_offset, "sha256": digest}
+    result = {
+        "wall_s": wall,
+        "peak_rss": lines[-1]["hwm"],
+        "peak_disk": peak[0],
+        "size": out.stat().st_size,
+        "header_bytes": read_header(out).data_offset,
+        "sha256": digest,
+    }
     if not keep:
         shutil.rmtree(out.parent)
     return result
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem = next(int(line.split()[1]) // 2**20 for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    mem = next(
+        int(line.split()[1]) // 2**20
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
     return f"{cpu}, {os.cpu_count()} cores, {mem} GiB RAM, Python {platform.python_version()}"
 
 
@@ -120,11 +138,16 @@ def main() -> None:
         for label, code in (("one pass", ONE_PASS), ("two step", TWO_STEP)):
             r = run(code, ckpt, args.workdir / f"out-{rep}" / "model-Q4_K_M.gguf", args.threads)
             runs[label].append(r)
-            print(f"rep {rep} {label}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB, "
-                  f"peak extra disk {r['peak_disk'] / 2**30:.2f} GiB", flush=True)
+            print(
+                f"rep {rep} {label}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB, "
+                f"peak extra disk {r['peak_disk'] / 2**30:.2f} GiB",
+                flush=True,
+            )
     digests = {r["sha256"] for rs in runs.values() for r in rs}
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("wall_s", "peak_rss", "peak_disk", "size")}
-           for k, v in runs.items()}
+    med = {
+        k: {m: statistics.median(r[m] for r in v) for m in ("wall_s", "peak_rss", "peak_disk", "size")}
+        for k, v in runs.items()
+    }
     ratio = med["one pass"]["wall_s"] / med["two step"]["wall_s"]
     table = [
         "# One-pass Q4_K_M vs BF16 GGUF + llama_model_quantize\n",
@@ -133,8 +156,11 @@ def main() -> None:
         f"(medians). Tensors byte-identical across methods: {'yes' if len(digests) == 1 else 'NO'}.\n",
         "| method | wall time (s) | peak RSS (MiB) | peak extra disk (GiB) | output (GiB) |",
         "|---|---|---|---|---|",
-        *(f"| {k} | {v['wall_s']:.1f} | {v['peak_rss'] / 2**20:.0f} | {v['peak_disk'] / 2**30:.2f} | "
-          f"{v['size'] / 2**30:.2f} |" for k, v in med.items()),
+        *(
+            f"| {k} | {v['wall_s']:.1f} | {v['peak_rss'] / 2**20:.0f} | {v['peak_disk'] / 2**30:.2f} | "
+            f"{v['size'] / 2**30:.2f} |"
+            for k, v in med.items()
+        ),
         f"\nOne pass / two step wall time: **{ratio:.2f}x**.\n",
         "Command: `python benchmarks/one_pass_vs_two_step.py " + " ".join(sys.argv[1:]) + "`\n",
     ]

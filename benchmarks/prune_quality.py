@@ -12,6 +12,7 @@ eval.txt (code no usage run saw). All files are F16: pruning slices the F16 GGUF
 pruning's alone. Writes benchmarks/prune_quality.json, prune_quality.md (pasted into BENCHMARKS.md) and
 prune_quality.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,13 +21,14 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from quality import machine
+
 from marco_gguf import convert
 from marco_gguf.expert_report import build_report
 from marco_gguf.experts import expert_usage
 from marco_gguf.prune import prune
 from marco_gguf.quality import quality
 from marco_gguf.usage_file import write_usage
-from quality import machine
 
 HERE = Path(__file__).parent
 LICENSES = ("Apache-2.0", "GPL-3", "LGPL-3", "MPL-2.0", "Artistic", "BSD", "GFDL-1.3")
@@ -39,27 +41,34 @@ def texts(model: Path, out: Path) -> dict[str, Path]:
     paths["code"].write_text(code[:cut], encoding="utf-8")
     paths["score"].write_text(code[cut:], encoding="utf-8")
     licenses = [Path("/usr/share/common-licenses") / n for n in LICENSES]
-    paths["licenses"].write_text("\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in licenses
-                                             if p.is_file()), encoding="utf-8")
+    paths["licenses"].write_text(
+        "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in licenses if p.is_file()), encoding="utf-8"
+    )
     return paths
 
 
 def table(rows: list[dict], experts: int, overlap: float) -> str:
-    lines = [f"Core-expert overlap of the two usage texts (Jaccard, 50 % of the routing mass, mean over layers): "
-             f"{overlap:.2f}.", "",
-             f"| experts kept (of {experts}) | usage text | method | file size (bytes) | PPL | mean KLD | 99 % KLD | same top p |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Core-expert overlap of the two usage texts (Jaccard, 50 % of the routing mass, mean over layers): "
+        f"{overlap:.2f}.",
+        "",
+        f"| experts kept (of {experts}) | usage text | method | file size (bytes) | PPL | mean KLD | 99 % KLD | same top p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (-r["keep"], r["usage"], r["method"])):
         q = r["quality"]
-        lines.append(f"| {r['keep']} | {r['usage']} | {r['method']} | {q['size_bytes']:,} | "
-                     f"{q['ppl']['value']:.3f} ± {q['ppl']['stderr']:.3f} | {q['kld']['value']:.2e} ± "
-                     f"{q['kld']['stderr']:.1e} | {q['kld_distribution']['99']:.2e} | "
-                     f"{100 * q['same_top_p']['value']:.1f} ± {100 * q['same_top_p']['stderr']:.1f} % |")
+        lines.append(
+            f"| {r['keep']} | {r['usage']} | {r['method']} | {q['size_bytes']:,} | "
+            f"{q['ppl']['value']:.3f} ± {q['ppl']['stderr']:.3f} | {q['kld']['value']:.2e} ± "
+            f"{q['kld']['stderr']:.1e} | {q['kld_distribution']['99']:.2e} | "
+            f"{100 * q['same_top_p']['value']:.1f} ± {100 * q['same_top_p']['stderr']:.1f} % |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], experts: int, per_token: int, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -67,9 +76,14 @@ def plot(rows: list[dict], experts: int, per_token: int, path: Path) -> None:
     for usage, style in (("code", "-"), ("licenses", "--")):
         for method, marker in (("reap", "o"), ("frequency", "s")):
             pts = sorted((r for r in rows if r["usage"] == usage and r["method"] == method), key=lambda r: r["keep"])
-            ax.errorbar([r["keep"] for r in pts], [r["quality"]["kld"]["value"] for r in pts],
-                        yerr=[r["quality"]["kld"]["stderr"] for r in pts], fmt=marker + style, capsize=3,
-                        label=f"{method}, usage on {usage}")
+            ax.errorbar(
+                [r["keep"] for r in pts],
+                [r["quality"]["kld"]["value"] for r in pts],
+                yerr=[r["quality"]["kld"]["stderr"] for r in pts],
+                fmt=marker + style,
+                capsize=3,
+                label=f"{method}, usage on {usage}",
+            )
     ax.set_yscale("log")
     ax.set_xlabel(f"experts kept per layer (of {experts}; {per_token} per token)")
     ax.set_ylabel("mean KL divergence from unpruned (nats/token)")
@@ -93,20 +107,46 @@ def main() -> None:
         out = Path(tmp)
         t = texts(args.model, out)
         ref = convert(args.model, preset="f16", outdir=out, threads=args.threads).path
-        measured = expert_usage(ref, [t["code"], t["licenses"]], labels=["code", "licenses"], ctx=args.ctx_size,
-                                threads=args.threads)
+        measured = expert_usage(
+            ref, [t["code"], t["licenses"]], labels=["code", "licenses"], ctx=args.ctx_size, threads=args.threads
+        )
         usage_files = {}
         for one in measured.texts:  # one usage file per text
             usage_files[one.label] = write_usage(replace(measured, texts=(one,)), out / f"{one.label}.usage.json")
-        made = [(keep, label, method, prune(ref, keep=keep, usage=usage_files[label], method=method,
-                                            outfile=out / f"p{keep}-{label}-{method}.gguf").path)
-                for keep in keeps for label in usage_files for method in ("reap", "frequency")]
-        report = quality([p for *_, p in made], ref=ref, text=t["score"], n_ctx=args.ctx_size, chunks=args.chunks,
-                         threads=args.threads).as_dict()
+        made = [
+            (
+                keep,
+                label,
+                method,
+                prune(
+                    ref,
+                    keep=keep,
+                    usage=usage_files[label],
+                    method=method,
+                    outfile=out / f"p{keep}-{label}-{method}.gguf",
+                ).path,
+            )
+            for keep in keeps
+            for label in usage_files
+            for method in ("reap", "frequency")
+        ]
+        report = quality(
+            [p for *_, p in made],
+            ref=ref,
+            text=t["score"],
+            n_ctx=args.ctx_size,
+            chunks=args.chunks,
+            threads=args.threads,
+        ).as_dict()
     rows = [{"keep": k, "usage": u, "method": m, "quality": q} for (k, u, m, _), q in zip(made, report["results"])]
     overlap = build_report(measured).similarity[0][1]
-    doc = {"machine": machine(), "usage_tokens": {x.label: x.tokens for x in measured.texts}, "overlap": overlap,
-           "report": {k: v for k, v in report.items() if k != "results"}, "rows": rows}
+    doc = {
+        "machine": machine(),
+        "usage_tokens": {x.label: x.tokens for x in measured.texts},
+        "overlap": overlap,
+        "report": {k: v for k, v in report.items() if k != "results"},
+        "rows": rows,
+    }
     (HERE / "prune_quality.json").write_text(json.dumps(doc, indent=1) + "\n")
     (HERE / "prune_quality.md").write_text(table(rows, measured.model.experts, overlap))
     plot(rows, measured.model.experts, measured.model.experts_per_token, HERE / "prune_quality.png")

@@ -9,6 +9,7 @@ warm-up) on every file in one run, so the ratios against the unpruned file are s
 not depend on the weights' values, only on shapes, types and which experts are routed to. Everything is
 deleted afterwards. Writes benchmarks/prune_speed.json and prints the markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from quality import machine
+
 from marco_gguf import convert, synthesize
 from marco_gguf.bench import bench
 from marco_gguf.experts import expert_usage
 from marco_gguf.imatrix import read_text
 from marco_gguf.prune import prune
-from quality import machine
 
 HERE = Path(__file__).parent
 KEEP = (256, 192, 128, 96)
@@ -46,8 +48,11 @@ def main() -> None:
         text, _ = read_text(None)
         (work / "usage.txt").write_text(text[:12000], encoding="utf-8")
         expert_usage(whole, [work / "usage.txt"], threads=args.threads, usage=work / "usage.json")
-        files = {256: whole} | {n: prune(whole, keep=n, usage=work / "usage.json", outfile=work / f"p{n}.gguf").path
-                                for n in KEEP if n != 256}
+        files = {256: whole} | {
+            n: prune(whole, keep=n, usage=work / "usage.json", outfile=work / f"p{n}.gguf").path
+            for n in KEEP
+            if n != 256
+        }
         results = {}
         for n, path in files.items():
             print(f"bench {n} experts", file=sys.stderr, flush=True)
@@ -63,12 +68,17 @@ def table(doc: dict) -> str:
     res = doc["results"]
     speed = {n: {r["test"]: r for r in res[n]["rows"]} for n in res}
     base = speed[256]
-    lines = ["| experts kept | file size (bytes) | pp512 t/s | vs 256 | tg128 t/s | vs 256 |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| experts kept | file size (bytes) | pp512 t/s | vs 256 | tg128 t/s | vs 256 |",
+        "|---|---|---|---|---|---|",
+    ]
     for n in res:
         pp, tg = speed[n]["pp512"], speed[n]["tg128"]
-        lines.append(f"| {n} | {res[n]['size_bytes']:,} | {pp['tokens_per_s']:.1f} ± {pp['spread']:.1f} | "
-                     f"{pp['tokens_per_s'] / base['pp512']['tokens_per_s']:.2f} | {tg['tokens_per_s']:.1f} ± "
-                     f"{tg['spread']:.1f} | {tg['tokens_per_s'] / base['tg128']['tokens_per_s']:.2f} |")
+        lines.append(
+            f"| {n} | {res[n]['size_bytes']:,} | {pp['tokens_per_s']:.1f} ± {pp['spread']:.1f} | "
+            f"{pp['tokens_per_s'] / base['pp512']['tokens_per_s']:.2f} | {tg['tokens_per_s']:.1f} ± "
+            f"{tg['spread']:.1f} | {tg['tokens_per_s'] / base['tg128']['tokens_per_s']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

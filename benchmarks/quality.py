@@ -10,6 +10,7 @@ benchmarks/quality_kld.png (mean KLD against bits/weight). The imatrix presets o
 slot in by adding their ids to PRESETS; `--imatrix FILE` is passed to convert for them and marks
 the rows (the column stays "no" until convert accepts it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,30 +38,44 @@ def _convert(model: Path, preset: str, out: Path, imatrix: Path | None):
 def machine() -> str:
     import llama_cpp
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"{cpu}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}, "
-            f"llama-cpp-python {llama_cpp.__version__}")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return (
+        f"{cpu}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}, "
+        f"llama-cpp-python {llama_cpp.__version__}"
+    )
 
 
 def table(rows: list[dict], report: dict) -> str:
-    lines = [f"Text: `{Path(report['text']).name}` ({report['text_tokens']:,} tokens; {report['scored_tokens']:,} scored: "
-             f"the second half of {report['chunks']} chunks of {report['n_ctx']}). Reference: F16, PPL "
-             f"{report['ref_ppl']['value']:.4f} ± {report['ref_ppl']['stderr']:.4f}.", "",
-             "| preset | imatrix | file size (bytes) | bits/weight | PPL | ln(PPL/PPL(F16)) | mean KLD | 99 % KLD | same top p |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Text: `{Path(report['text']).name}` ({report['text_tokens']:,} tokens; {report['scored_tokens']:,} scored: "
+        f"the second half of {report['chunks']} chunks of {report['n_ctx']}). Reference: F16, PPL "
+        f"{report['ref_ppl']['value']:.4f} ± {report['ref_ppl']['stderr']:.4f}.",
+        "",
+        "| preset | imatrix | file size (bytes) | bits/weight | PPL | ln(PPL/PPL(F16)) | mean KLD | 99 % KLD | same top p |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         q = r["quality"]
-        lines.append(f"| {r['preset']} | {'yes' if r['imatrix'] else 'no'} | {q['size_bytes']:,} | "
-                     f"{q['bits_per_weight']:.2f} | {q['ppl']['value']:.4f} ± {q['ppl']['stderr']:.4f} | "
-                     f"{q['ln_ppl_ratio']['value']:.5f} ± {q['ln_ppl_ratio']['stderr']:.5f} | "
-                     f"{q['kld']['value']:.6f} ± {q['kld']['stderr']:.6f} | {q['kld_distribution']['99']:.5f} | "
-                     f"{100 * q['same_top_p']['value']:.2f} ± {100 * q['same_top_p']['stderr']:.2f} % |")
+        lines.append(
+            f"| {r['preset']} | {'yes' if r['imatrix'] else 'no'} | {q['size_bytes']:,} | "
+            f"{q['bits_per_weight']:.2f} | {q['ppl']['value']:.4f} ± {q['ppl']['stderr']:.4f} | "
+            f"{q['ln_ppl_ratio']['value']:.5f} ± {q['ln_ppl_ratio']['stderr']:.5f} | "
+            f"{q['kld']['value']:.6f} ± {q['kld']['stderr']:.6f} | {q['kld_distribution']['99']:.5f} | "
+            f"{100 * q['same_top_p']['value']:.2f} ± {100 * q['same_top_p']['stderr']:.2f} % |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -96,11 +111,22 @@ def main() -> None:
         out = Path(tmp)
         ref, _ = _convert(args.model, REFERENCE, out, None)
         made = [(p, *_convert(args.model, p, out, args.imatrix)) for p in PRESETS]
-        report = quality([c.path for _, c, _ in made], ref=ref.path, text=args.model / "eval.txt",
-                         n_ctx=args.ctx_size, chunks=args.chunks, threads=args.threads).as_dict()
+        report = quality(
+            [c.path for _, c, _ in made],
+            ref=ref.path,
+            text=args.model / "eval.txt",
+            n_ctx=args.ctx_size,
+            chunks=args.chunks,
+            threads=args.threads,
+        ).as_dict()
     rows = [{"preset": p, "imatrix": im, "quality": q} for (p, _, im), q in zip(made, report["results"])]
     train = json.loads((args.model / "train_log.json").read_text())
-    doc = {"machine": machine(), "training": {k: v for k, v in train.items() if k != "log"}, "report": report, "rows": rows}
+    doc = {
+        "machine": machine(),
+        "training": {k: v for k, v in train.items() if k != "log"},
+        "report": report,
+        "rows": rows,
+    }
     (HERE / "quality.json").write_text(json.dumps(doc, indent=1) + "\n")
     (HERE / "quality.md").write_text(table(rows, report))
     plot(rows, HERE / "quality_kld.png")

@@ -26,6 +26,7 @@ well over 5 ms. Results go to --results (benchmarks/runtime_overhead.md).
 
     python benchmarks/runtime_overhead.py --workdir /tmp/marco-overhead
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,10 +59,16 @@ def machine() -> str:
 
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines())}
-    ram = next(int(line.split()[1]) / 2**20 for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    return (f"{field.get('Model name', '?')} (lscpu), {physical_cores()} physical cores ({os.cpu_count()} logical), "
-            f"{ram:.0f} GiB RAM; Linux {platform.release()}, Python {platform.python_version()}, "
-            f"llama-cpp-python {llama_cpp.__version__}")
+    ram = next(
+        int(line.split()[1]) / 2**20
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return (
+        f"{field.get('Model name', '?')} (lscpu), {physical_cores()} physical cores ({os.cpu_count()} logical), "
+        f"{ram:.0f} GiB RAM; Linux {platform.release()}, Python {platform.python_version()}, "
+        f"llama-cpp-python {llama_cpp.__version__}"
+    )
 
 
 def raw_decode(ctx, tokens: list[int]) -> None:
@@ -98,7 +105,7 @@ def chat_vs_raw(session, raw, sampler) -> tuple[int, float, float]:
     chat_s = time.perf_counter() - started
     prompt = reply.prompt
     lib.llama_memory_clear(lib.llama_get_memory(raw.ctx), True)  # the state chat starts from: all but the last
-    arr = (lib.llama_token * len(prompt))(*prompt)                # prompt token cached (the previous turn's)
+    arr = (lib.llama_token * len(prompt))(*prompt)  # prompt token cached (the previous turn's)
     assert lib.llama_decode(raw.ctx, lib.llama_batch_get_one(arr, len(prompt) - 1)) == 0
     lib.llama_sampler_reset(sampler)
     raw_s, done, pieces, token = 0.0, len(prompt) - 1, iter(reply), prompt[-1]
@@ -129,7 +136,7 @@ def bench_vs_raw(llm, tokens: list[int], chunk: int = 8) -> tuple[float, float]:
     runners, seconds = {"bench": lambda part: time_generation(llm, part), "raw": raw}, {"bench": 0.0, "raw": 0.0}
     for n, i in enumerate(range(0, len(tokens), chunk)):
         for name in ("bench", "raw") if n % 2 else ("raw", "bench"):  # alternate who goes first
-            seconds[name] += runners[name](tokens[i:i + chunk])
+            seconds[name] += runners[name](tokens[i : i + chunk])
     return seconds["bench"], seconds["raw"]
 
 
@@ -154,8 +161,14 @@ def python_layer(model: Path, ctx: int) -> dict[str, float]:
     from marco_gguf.loader import load_model
     from marco_gguf.runtime import ChatSession
 
-    out: dict[str, list[float]] = {"chat": [], "raw decode+sample": [], "bench tg": [], "raw decode": [], "send": [],
-                                   "send, 20 turns of history": []}
+    out: dict[str, list[float]] = {
+        "chat": [],
+        "raw decode+sample": [],
+        "bench tg": [],
+        "raw decode": [],
+        "send": [],
+        "send, 20 turns of history": [],
+    }
     with ChatSession(model, ctx=ctx, threads=1, seed=0, max_tokens=STUB_TOKENS) as s:
         raw = load_model(model, n_ctx=ctx, threads=1)
         with c_work_stubbed():
@@ -203,8 +216,8 @@ def main() -> None:
 
     from marco_gguf.bench import bytes_per_token
     from marco_gguf.gguf_info import read_info
-    from marco_gguf.machine import amx_kernels_built
     from marco_gguf.loader import load_model
+    from marco_gguf.machine import amx_kernels_built
     from marco_gguf.runtime import ChatSession, sampler_chain
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -213,8 +226,9 @@ def main() -> None:
     for threads in args.threads:
         session = ChatSession(model, ctx=args.ctx, threads=threads, seed=args.seed, max_tokens=args.tokens)
         raw = load_model(model, n_ctx=args.ctx, threads=threads)
-        sampler = sampler_chain(raw.n_vocab(), temp=0.7, top_p=0.8, top_k=20, min_p=0.0, repeat_penalty=1.0,
-                                seed=args.seed)  # chat's default chain, a copy of its own
+        sampler = sampler_chain(
+            raw.n_vocab(), temp=0.7, top_p=0.8, top_k=20, min_p=0.0, repeat_penalty=1.0, seed=args.seed
+        )  # chat's default chain, a copy of its own
         chat_vs_raw(session, raw, sampler)  # warm-up of both contexts
         tokens = [(i * 7919) % raw.n_vocab() for i in range(args.tokens)]
         bench_vs_raw(raw, tokens[:8])
@@ -223,8 +237,11 @@ def main() -> None:
             steps, chat_s, raw_s = chat_vs_raw(session, raw, sampler)
             bench_s, gen_s = bench_vs_raw(raw, tokens)
             rows.append(((steps, chat_s, raw_s), (len(tokens), bench_s, gen_s)))
-            print(f"{threads} thread(s), rep {rep + 1}/{args.reps}: chat {steps / chat_s:.2f} vs raw {steps / raw_s:.2f} "
-                  f"tok/s; bench tg {len(tokens) / bench_s:.2f} vs raw {len(tokens) / gen_s:.2f} tok/s", flush=True)
+            print(
+                f"{threads} thread(s), rep {rep + 1}/{args.reps}: chat {steps / chat_s:.2f} vs raw {steps / raw_s:.2f} "
+                f"tok/s; bench tg {len(tokens) / bench_s:.2f} vs raw {len(tokens) / gen_s:.2f} tok/s",
+                flush=True,
+            )
         results[threads] = rows
         lib.llama_sampler_free(sampler)
         raw.close()
@@ -261,10 +278,12 @@ def main() -> None:
     for threads, rows in results.items():
         for i, name in enumerate(("chat vs raw decode+sample", "bench tg vs raw decode")):
             runs = [r[i] for r in rows]  # (steps, marco-gguf seconds, raw seconds)
-            lines.append(f"| {threads} | {name} | {statistics.median(r[0] / r[1] for r in runs):.2f} | "
-                         f"{statistics.median(r[0] / r[2] for r in runs):.2f} | "
-                         f"{sum(r[2] for r in runs) / sum(r[1] for r in runs):.3f} | "
-                         f"{', '.join(f'{r[2] / r[1]:.3f}' for r in runs)} |")
+            lines.append(
+                f"| {threads} | {name} | {statistics.median(r[0] / r[1] for r in runs):.2f} | "
+                f"{statistics.median(r[0] / r[2] for r in runs):.2f} | "
+                f"{sum(r[2] for r in runs) / sum(r[1] for r in runs):.3f} | "
+                f"{', '.join(f'{r[2] / r[1]:.3f}' for r in runs)} |"
+            )
         step_ms[threads] = statistics.median(r[0][2] / r[0][0] for r in rows) * 1000
     extra = py["chat"] - py["raw decode+sample"] + py["send"] / args.tokens
     lines += [

@@ -19,6 +19,7 @@ reference for one stream: `marco_gguf.bench.bench` tg (the `marco-gguf bench` lo
     pip install 'llama-cpp-python[server]'      # the other side (fastapi, sse-starlette, ...)
     python benchmarks/serve.py Marco-Nano-Synth-Q4_K_M.gguf --results benchmarks/serve.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,24 @@ import threading
 import time
 from pathlib import Path
 
-WORDS = ("mixture experts router token layer cache slot batch context memory bandwidth thread "
-         "quantization vocabulary attention gradient").split()
+WORDS = [
+    "mixture",
+    "experts",
+    "router",
+    "token",
+    "layer",
+    "cache",
+    "slot",
+    "batch",
+    "context",
+    "memory",
+    "bandwidth",
+    "thread",
+    "quantization",
+    "vocabulary",
+    "attention",
+    "gradient",
+]
 
 
 RUN_LLAMA_CPP_SERVER = """
@@ -56,10 +73,35 @@ def free_port() -> int:
 
 def commands(kind: str, model: Path, port: int, args: argparse.Namespace) -> list[str]:
     if kind == "marco-gguf":
-        return [sys.executable, "-m", "marco_gguf", "serve", str(model), "--port", str(port), "--ctx", str(args.ctx),
-                "--threads", str(args.threads), "--parallel", str(args.parallel)]
-    server = ["--model", str(model), "--port", str(port), "--n_ctx", str(args.ctx), "--n_threads", str(args.threads),
-              "--n_threads_batch", str(args.threads), "--interrupt_requests", "False"]
+        return [
+            sys.executable,
+            "-m",
+            "marco_gguf",
+            "serve",
+            str(model),
+            "--port",
+            str(port),
+            "--ctx",
+            str(args.ctx),
+            "--threads",
+            str(args.threads),
+            "--parallel",
+            str(args.parallel),
+        ]
+    server = [
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(args.ctx),
+        "--n_threads",
+        str(args.threads),
+        "--n_threads_batch",
+        str(args.threads),
+        "--interrupt_requests",
+        "False",
+    ]
     # On a CPU with AMX, llama.cpp's AMX kernels crash (README, Running): llama_cpp.server segfaults on its
     # first prompt. Load it as marco-gguf's loader loads weights there, in plain CPU buffers.
     return [sys.executable, "-c", RUN_LLAMA_CPP_SERVER, *server]
@@ -73,8 +115,13 @@ def prompt(i: int) -> str:
 def stream(port: int, i: int, tokens: int) -> dict:
     """One streaming chat request: send time, chunk times."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    body = {"model": "m", "messages": [{"role": "user", "content": prompt(i)}], "max_tokens": tokens,
-            "temperature": 0, "stream": True}
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": prompt(i)}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+    }
     sent = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
     r = conn.getresponse()
@@ -111,10 +158,16 @@ def phase(port: int, clients: int, rounds: int, tokens: int, base: int) -> dict:
     ttft = sorted(r["times"][0] - r["sent"] for r in results if r["times"])
     rates = [(len(r["times"]) - 1) / (r["times"][-1] - r["times"][0]) for r in results if len(r["times"]) > 1]
     n = sum(len(r["times"]) for r in results)
-    return {"clients": clients, "requests": len(results), "tokens": n, "seconds": end - start,
-            "aggregate_tokens_per_s": n / (end - start), "ttft_median_s": statistics.median(ttft),
-            "ttft_p95_s": ttft[min(len(ttft) - 1, int(0.95 * len(ttft) + 0.999) - 1)],
-            "stream_tokens_per_s_median": statistics.median(rates)}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "tokens": n,
+        "seconds": end - start,
+        "aggregate_tokens_per_s": n / (end - start),
+        "ttft_median_s": statistics.median(ttft),
+        "ttft_p95_s": ttft[min(len(ttft) - 1, int(0.95 * len(ttft) + 0.999) - 1)],
+        "stream_tokens_per_s_median": statistics.median(rates),
+    }
 
 
 def wait_ready(proc: subprocess.Popen, port: int, seconds: float = 600) -> None:
@@ -155,28 +208,39 @@ def run_server(kind: str, model: Path, args: argparse.Namespace, save) -> dict:
 def machine() -> str:
     from runtime_overhead import machine as described  # this folder is on sys.path when run as a script
 
-    return f"{described()}; load average at start {os.getloadavg()[0]:.1f} (a machine shared with other engineers' jobs)"
+    return (
+        f"{described()}; load average at start {os.getloadavg()[0]:.1f} (a machine shared with other engineers' jobs)"
+    )
 
 
 def report(data: dict) -> str:
     lines = [f"Machine: {data['machine']}. Settings: {data['settings']}.", ""]
     for m in data["models"]:
         ours, theirs = (next(s for s in m["servers"] if s["server"] == k) for k in ("marco-gguf", "llama_cpp.server"))
-        lines += [f"**{m['model']}** ({m['size_gib']:.2f} GiB; `marco-gguf bench` tg{data['tokens']} at "
-                  f"{data['threads']} threads: {m['bench_tg']:.1f} tokens/s; server RSS after the run: marco-gguf "
-                  f"{ours['rss_bytes'] / 2**30:.2f} GiB, llama_cpp.server {theirs['rss_bytes'] / 2**30:.2f} GiB)", "",
-                  "| streams | aggregate t/s: marco-gguf | llama_cpp.server | ratio | TTFT median / p95 (s): marco-gguf "
-                  "| llama_cpp.server | per-stream t/s (median): marco-gguf | llama_cpp.server |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"**{m['model']}** ({m['size_gib']:.2f} GiB; `marco-gguf bench` tg{data['tokens']} at "
+            f"{data['threads']} threads: {m['bench_tg']:.1f} tokens/s; server RSS after the run: marco-gguf "
+            f"{ours['rss_bytes'] / 2**30:.2f} GiB, llama_cpp.server {theirs['rss_bytes'] / 2**30:.2f} GiB)",
+            "",
+            "| streams | aggregate t/s: marco-gguf | llama_cpp.server | ratio | TTFT median / p95 (s): marco-gguf "
+            "| llama_cpp.server | per-stream t/s (median): marco-gguf | llama_cpp.server |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for a, b in zip(ours["phases"], theirs["phases"]):
-            lines.append(f"| {a['clients']} | {a['aggregate_tokens_per_s']:.1f} | {b['aggregate_tokens_per_s']:.1f} | "
-                         f"{a['aggregate_tokens_per_s'] / b['aggregate_tokens_per_s']:.2f}x | "
-                         f"{a['ttft_median_s']:.2f} / {a['ttft_p95_s']:.2f} | {b['ttft_median_s']:.2f} / "
-                         f"{b['ttft_p95_s']:.2f} | {a['stream_tokens_per_s_median']:.1f} | "
-                         f"{b['stream_tokens_per_s_median']:.1f} |")
+            lines.append(
+                f"| {a['clients']} | {a['aggregate_tokens_per_s']:.1f} | {b['aggregate_tokens_per_s']:.1f} | "
+                f"{a['aggregate_tokens_per_s'] / b['aggregate_tokens_per_s']:.2f}x | "
+                f"{a['ttft_median_s']:.2f} / {a['ttft_p95_s']:.2f} | {b['ttft_median_s']:.2f} / "
+                f"{b['ttft_p95_s']:.2f} | {a['stream_tokens_per_s_median']:.1f} | "
+                f"{b['stream_tokens_per_s_median']:.1f} |"
+            )
         one = ours["phases"][0]["stream_tokens_per_s_median"]
-        lines += ["", f"One stream: marco-gguf's per-stream decode rate is {one / m['bench_tg']:.0%} of "
-                      f"`marco-gguf bench` tg on the same file.", ""]
+        lines += [
+            "",
+            f"One stream: marco-gguf's per-stream decode rate is {one / m['bench_tg']:.0%} of "
+            f"`marco-gguf bench` tg on the same file.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -198,21 +262,33 @@ def main() -> None:
         return
     from marco_gguf.bench import bench
 
-    data = {"machine": machine(), "tokens": args.tokens, "threads": args.threads,
-            "settings": f"{args.rounds} requests per client, max_tokens {args.tokens}, prompts of ~100 tokens, greedy, "
-                        f"--ctx {args.ctx}, {args.threads} threads, marco-gguf --parallel {args.parallel}",
-            "models": []}
+    data = {
+        "machine": machine(),
+        "tokens": args.tokens,
+        "threads": args.threads,
+        "settings": f"{args.rounds} requests per client, max_tokens {args.tokens}, prompts of ~100 tokens, greedy, "
+        f"--ctx {args.ctx}, {args.threads} threads, marco-gguf --parallel {args.parallel}",
+        "models": [],
+    }
     for model in args.models:
-        tg = next(r for r in bench(model, n_prompt=0, n_gen=args.tokens, threads=(args.threads,), reps=3).rows
-                  if r.test.startswith("tg"))
-        entry = {"model": model.name, "size_gib": model.stat().st_size / 2**30, "bench_tg": tg.tokens_per_s,
-                 "servers": []}
+        tg = next(
+            r
+            for r in bench(model, n_prompt=0, n_gen=args.tokens, threads=(args.threads,), reps=3).rows
+            if r.test.startswith("tg")
+        )
+        entry = {
+            "model": model.name,
+            "size_gib": model.stat().st_size / 2**30,
+            "bench_tg": tg.tokens_per_s,
+            "servers": [],
+        }
         data["models"].append(entry)
 
-        def save(kind: str, phases: list[dict]) -> None:
+        def save(kind: str, phases: list[dict], entry: dict = entry) -> None:
             partial = [s for s in entry["servers"] if s["server"] != kind] + [{"server": kind, "phases": phases}]
-            args.results.write_text(json.dumps({**data, "models": [*data["models"][:-1], {**entry, "servers": partial}]},
-                                               indent=2) + "\n")
+            args.results.write_text(
+                json.dumps({**data, "models": [*data["models"][:-1], {**entry, "servers": partial}]}, indent=2) + "\n"
+            )
 
         for kind in ("marco-gguf", "llama_cpp.server"):
             entry["servers"].append(run_server(kind, model, args, save))

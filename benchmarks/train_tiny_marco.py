@@ -29,6 +29,7 @@ benchmarks/quality.py needs a model that has learned something. This trains tran
 Writes the checkpoint (save_pretrained, BF16 as Marco's release, plus tokenizer files), eval.txt
 and train_log.json (steps, tokens, losses) into --out. Needs the test extra (torch, transformers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,22 +48,38 @@ from marco_gguf.qwen_vocab import write_tokenizer_files
 
 STDLIB = Path("/usr/lib/python3.11")
 LICENSES = Path("/usr/share/common-licenses")
-EVAL_EVERY = 16          # 1 in 16 stdlib files (by path hash) is evaluation text
-SEQ, BATCH = 512, 2      # tokens per sequence (as quality.py's -c 512 scores), sequences per step
+EVAL_EVERY = 16  # 1 in 16 stdlib files (by path hash) is evaluation text
+SEQ, BATCH = 512, 2  # tokens per sequence (as quality.py's -c 512 scores), sequences per step
 PEAK_LR, WARMUP = 3e-3, 0.03  # warm-up as a fraction of the time budget
-NEGATIVES = 4096         # sampled ids from outside the training text's tokens, per step
-MODEL = dict(            # Marco's structure, small: see the module docstring
-    hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=128,
-    num_experts=64, num_experts_per_tok=8, moe_intermediate_size=256, intermediate_size=768,
-    norm_topk_prob=True, tie_word_embeddings=True, vocab_size=151936, max_position_embeddings=4096,
-    rms_norm_eps=1e-6, rope_theta=1000000.0, output_router_logits=True, router_aux_loss_coef=0.01,
+NEGATIVES = 4096  # sampled ids from outside the training text's tokens, per step
+MODEL = dict(  # Marco's structure, small: see the module docstring
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=128,
+    num_experts=64,
+    num_experts_per_tok=8,
+    moe_intermediate_size=256,
+    intermediate_size=768,
+    norm_topk_prob=True,
+    tie_word_embeddings=True,
+    vocab_size=151936,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    output_router_logits=True,
+    router_aux_loss_coef=0.01,
 )
 
 
 def corpus_files() -> tuple[list[Path], list[Path]]:
     """(training files, evaluation files): stdlib split by path hash; the licenses are training text."""
-    stdlib = sorted(p for p in STDLIB.rglob("*.py")
-                    if not {"test", "tests", "idle_test", "site-packages", "dist-packages"} & set(p.parts))
+    stdlib = sorted(
+        p
+        for p in STDLIB.rglob("*.py")
+        if not {"test", "tests", "idle_test", "site-packages", "dist-packages"} & set(p.parts)
+    )
     held_out = [p for p in stdlib if zlib.crc32(str(p.relative_to(STDLIB)).encode()) % EVAL_EVERY == 0]
     train = [p for p in stdlib if p not in set(held_out)] + sorted(p for p in LICENSES.iterdir() if p.is_file())
     return train, held_out
@@ -109,7 +126,7 @@ class SampledSoftmax:
         h = out.last_hidden_state[:, :-1].reshape(-1, out.last_hidden_state.shape[-1])
         neg = self.rest[torch.randint(0, len(self.rest), (NEGATIVES,), generator=self.gen)]
         logits = h @ model.lm_head.weight[torch.cat([self.seen, neg])].T
-        logits[:, len(self.seen):] += self.correction
+        logits[:, len(self.seen) :] += self.correction
         loss = torch.nn.functional.cross_entropy(logits, self.index[batch[:, 1:].reshape(-1)])
         cfg = model.config
         aux = load_balancing_loss_func(out.router_logits, cfg.num_experts, cfg.num_experts_per_tok)
@@ -137,8 +154,11 @@ def train(out: Path, minutes: float, seed: int) -> dict:
     model = Qwen3MoeForCausalLM(cfg).train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=PEAK_LR, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=PEAK_LR,
+        betas=(0.9, 0.95),
+    )
     budget, start, log = minutes * 60, time.monotonic(), []
     gen = torch.Generator().manual_seed(seed)
     objective, step = SampledSoftmax(data, cfg.vocab_size, gen), 0
@@ -146,7 +166,7 @@ def train(out: Path, minutes: float, seed: int) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(elapsed / budget)
         starts = torch.randint(0, len(data) - SEQ - 1, (BATCH,), generator=gen)
-        batch = torch.stack([data[s:s + SEQ] for s in starts])
+        batch = torch.stack([data[s : s + SEQ] for s in starts])
         total, loss = objective(model, batch)
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -157,14 +177,26 @@ def train(out: Path, minutes: float, seed: int) -> dict:
             log.append({"step": step, "seconds": round(elapsed, 1), "loss": round(loss.item(), 4)})
             print(f"step {step} {elapsed:.0f}s loss {loss.item():.3f}", flush=True)
     model.eval()
-    probe = torch.stack([held_out[i * SEQ:(i + 1) * SEQ] for i in range(4)])  # the eval text's first 4 x SEQ tokens
+    probe = torch.stack([held_out[i * SEQ : (i + 1) * SEQ] for i in range(4)])  # the eval text's first 4 x SEQ tokens
     eval_loss = full_softmax_loss(model, probe)
     model.to(torch.bfloat16).save_pretrained(out)
-    summary = {"eval_loss_full_softmax": round(eval_loss, 4), "softmax_ids": len(objective.seen) + NEGATIVES,
-               "steps": step, "tokens_seen": step * BATCH * SEQ, "train_tokens": len(data),
-               "eval_chars": len(eval_text), "seconds": round(time.monotonic() - start, 1),
-               "train_files": len(train_files), "eval_files": len(eval_files), "torch_threads": 1,
-               "model": MODEL, "seq": SEQ, "batch": BATCH, "peak_lr": PEAK_LR, "log": log}
+    summary = {
+        "eval_loss_full_softmax": round(eval_loss, 4),
+        "softmax_ids": len(objective.seen) + NEGATIVES,
+        "steps": step,
+        "tokens_seen": step * BATCH * SEQ,
+        "train_tokens": len(data),
+        "eval_chars": len(eval_text),
+        "seconds": round(time.monotonic() - start, 1),
+        "train_files": len(train_files),
+        "eval_files": len(eval_files),
+        "torch_threads": 1,
+        "model": MODEL,
+        "seq": SEQ,
+        "batch": BATCH,
+        "peak_lr": PEAK_LR,
+        "log": log,
+    }
     (out / "train_log.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -176,8 +208,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     s = train(args.out.expanduser(), args.minutes, args.seed)
-    print(f"trained {s['steps']} steps ({s['tokens_seen']:,} tokens of {s['train_tokens']:,}) in {s['seconds']} s; "
-          f"last loss {s['log'][-1]['loss'] if s['log'] else '?'}; saved to {args.out}")
+    print(
+        f"trained {s['steps']} steps ({s['tokens_seen']:,} tokens of {s['train_tokens']:,}) in {s['seconds']} s; "
+        f"last loss {s['log'][-1]['loss'] if s['log'] else '?'}; saved to {args.out}"
+    )
 
 
 if __name__ == "__main__":

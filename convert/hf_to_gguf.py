@@ -5,6 +5,7 @@
 
 Same library call as `marco-gguf convert`; prints a one-line summary (or JSON with --json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout without installing
 
-from marco_gguf import convert  # noqa: E402
-from marco_gguf.errors import MarcoGGUFError  # noqa: E402
+from marco_gguf import convert
+from marco_gguf.errors import MarcoGGUFError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
-        print(f"wrote {result.path} ({result.size_bytes:,} bytes, {result.bits_per_weight:.2f} bits/weight, "
-              f"{result.n_tensors} tensors, {result.seconds:.1f} s)")
+        print(
+            f"wrote {result.path} ({result.size_bytes:,} bytes, {result.bits_per_weight:.2f} bits/weight, "
+            f"{result.n_tensors} tensors, {result.seconds:.1f} s)"
+        )
     return 0
 
 

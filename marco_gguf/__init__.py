@@ -4,6 +4,7 @@ Public API: `convert()` and its `ConvertResult`, `synthesize()`, `demo()`, `load
 `expert_usage()` (which experts texts use) and `prune()` (keep the N best), and the typed errors in
 `marco_gguf.errors`; `marco_gguf.bench.bench()` is the benchmark.
 """
+
 from .convert import ConvertResult, convert
 from .demo import DemoResult, demo
 from .experts import ExpertUsage, expert_usage
@@ -14,6 +15,21 @@ from .server import serve
 from .synth import SynthResult, synthesize
 from .version import __version__
 
-__all__ = ["convert", "ConvertResult", "demo", "DemoResult", "synthesize", "SynthResult", "load_preset", "Preset",
-           "builtin_presets", "ChatSession", "expert_usage", "ExpertUsage", "prune", "PruneResult", "serve",
-           "__version__"]
+__all__ = [
+    "ChatSession",
+    "ConvertResult",
+    "DemoResult",
+    "ExpertUsage",
+    "Preset",
+    "PruneResult",
+    "SynthResult",
+    "__version__",
+    "builtin_presets",
+    "convert",
+    "demo",
+    "expert_usage",
+    "load_preset",
+    "prune",
+    "serve",
+    "synthesize",
+]

@@ -1,4 +1,5 @@
 """`python -m marco_gguf` = the `marco-gguf` command."""
+
 from .cli.app import main
 
 main()

@@ -6,6 +6,7 @@ batches of n_batch, one llama_decode per batch) or `tg` (random tokens one llama
 no sampling). Generation on a CPU is bound by memory bandwidth: every token reads the active
 weights once, so bandwidth / bytes-per-token is the speed a perfect implementation would reach.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,15 +14,15 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .gguf_info import bytes_per_token
-from .progress import Progress, ProgressEvent
 from .loader import check_model, load_model
+from .progress import Progress, ProgressEvent
 
 PROBE_MIB = 256  # per array; three arrays of 256 MiB are 24x this machine class's 32 MiB L3
 
@@ -34,9 +35,9 @@ class BenchRow:
     size_bytes: int
     bits_per_weight: float
     threads: int
-    test: str                         # llama-bench's names: pp512 = 512-token prompt, tg128 = 128 generated tokens
-    samples: tuple[float, ...]        # tokens/s of each repetition
-    bandwidth_gbps: float             # measured with the same number of threads
+    test: str  # llama-bench's names: pp512 = 512-token prompt, tg128 = 128 generated tokens
+    samples: tuple[float, ...]  # tokens/s of each repetition
+    bandwidth_gbps: float  # measured with the same number of threads
     roofline_tokens_per_s: float | None = None  # tg only: bandwidth / bytes read per generated token
 
     @property
@@ -53,8 +54,13 @@ class BenchRow:
         return self.tokens_per_s / self.roofline_tokens_per_s if self.roofline_tokens_per_s else None
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "samples": list(self.samples), "tokens_per_s": self.tokens_per_s,
-                "spread": self.spread, "roofline_fraction": self.roofline_fraction}
+        return {
+            **asdict(self),
+            "samples": list(self.samples),
+            "tokens_per_s": self.tokens_per_s,
+            "spread": self.spread,
+            "roofline_fraction": self.roofline_fraction,
+        }
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class BenchResult:
     path: Path
     size_bytes: int
     bits_per_weight: float
-    bytes_per_token: int              # weight bytes read per generated token
+    bytes_per_token: int  # weight bytes read per generated token
     bandwidth_gbps: dict[int, float]  # threads -> GB/s (10^9 bytes/s)
     rows: tuple[BenchRow, ...] = field(default=())
 
@@ -72,9 +78,14 @@ class BenchResult:
         return iter(self.rows)
 
     def as_dict(self) -> dict:
-        return {"path": str(self.path), "size_bytes": self.size_bytes, "bits_per_weight": self.bits_per_weight,
-                "bytes_per_token": self.bytes_per_token, "bandwidth_gbps": self.bandwidth_gbps,
-                "rows": [r.as_dict() for r in self.rows]}
+        return {
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "bits_per_weight": self.bits_per_weight,
+            "bytes_per_token": self.bytes_per_token,
+            "bandwidth_gbps": self.bandwidth_gbps,
+            "rows": [r.as_dict() for r in self.rows],
+        }
 
 
 def memory_bandwidth(*, threads: int = 1, mib: int = PROBE_MIB, reps: int = 5) -> dict[str, float]:
@@ -86,8 +97,10 @@ def memory_bandwidth(*, threads: int = 1, mib: int = PROBE_MIB, reps: int = 5) -
     cuts = np.linspace(0, n, threads + 1).astype(int)
     slices = [slice(cuts[i], cuts[i + 1]) for i in range(threads)]
     kernels = {"copy": (2, lambda s: np.copyto(b[s], a[s])), "add": (3, lambda s: np.add(a[s], b[s], out=c[s]))}
-    return {name: streams * n * 8 / min(_timed_parallel(kernel, slices, reps)) / 1e9
-            for name, (streams, kernel) in kernels.items()}
+    return {
+        name: streams * n * 8 / min(_timed_parallel(kernel, slices, reps)) / 1e9
+        for name, (streams, kernel) in kernels.items()
+    }
 
 
 def _timed_parallel(kernel: Callable[[slice], object], slices: list[slice], reps: int) -> list[float]:
@@ -111,7 +124,7 @@ def _timed_parallel(kernel: Callable[[slice], object], slices: list[slice], reps
                 stamps[k][r] = (t, time.perf_counter())
         except threading.BrokenBarrierError:
             pass  # another worker failed; its error is the one to report
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+        except BaseException as e:
             errors.append(e)
             go.abort()  # release the others instead of leaving them waiting forever
 
@@ -139,7 +152,7 @@ def time_prompt(llm, tokens: Sequence[int]) -> float:
     lib.llama_memory_clear(lib.llama_get_memory(llm.ctx), False)
     started = time.perf_counter()
     for i in range(0, len(tokens), llm.n_batch):
-        _decode(lib, llm.ctx, tokens[i:i + llm.n_batch])
+        _decode(lib, llm.ctx, tokens[i : i + llm.n_batch])
     lib.llama_synchronize(llm.ctx)
     return time.perf_counter() - started
 
@@ -168,11 +181,13 @@ def _stepper(progress: Progress | None, total: int) -> Callable[[str], None]:
         if progress:
             progress(ProgressEvent(done[0], total, "steps", what))
         done[0] += 1
+
     return step
 
 
-def _samples(llm, name: str, n: int, timer, threads: int, reps: int, rng: random.Random,
-             step: Callable[[str], None]) -> tuple[float, ...]:
+def _samples(
+    llm, name: str, n: int, timer, threads: int, reps: int, rng: random.Random, step: Callable[[str], None]
+) -> tuple[float, ...]:
     """tokens/s of `reps` runs of one test after a warm-up, each on fresh random tokens."""
     vocab = llm.n_vocab()
     step(f"{name}, {threads} thread(s), warm-up")
@@ -184,8 +199,15 @@ def _samples(llm, name: str, n: int, timer, threads: int, reps: int, rng: random
     return tuple(samples)
 
 
-def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: int | Sequence[int] = (1, 2),
-          reps: int = 5, progress: Progress | None = None) -> BenchResult:
+def bench(
+    model: str | Path,
+    *,
+    n_prompt: int = 512,
+    n_gen: int = 128,
+    threads: int | Sequence[int] = (1, 2),
+    reps: int = 5,
+    progress: Progress | None = None,
+) -> BenchResult:
     """pp{n_prompt} and tg{n_gen} at each thread count, `reps` times after one warm-up, plus bandwidth and roofline."""
     import llama_cpp as lib
 
@@ -196,8 +218,11 @@ def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: 
     per_token = bytes_per_token(info)
     rng = random.Random(0)
     llm = load_model(model, n_ctx=max(n_prompt + n_gen, 16), threads=max(threads))
-    tests = [(name, n, timer) for name, n, timer in ((f"pp{n_prompt}", n_prompt, time_prompt),
-                                                     (f"tg{n_gen}", n_gen, time_generation)) if n > 0]
+    tests = [
+        (name, n, timer)
+        for name, n, timer in ((f"pp{n_prompt}", n_prompt, time_prompt), (f"tg{n_gen}", n_gen, time_generation))
+        if n > 0
+    ]
     rows, bandwidth = [], {}
     step = _stepper(progress, len(threads) * (2 + len(tests) * (1 + reps)))
     try:
@@ -205,13 +230,26 @@ def bench(model: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: 
             step(f"memory bandwidth, {t} thread(s)")
             before = max(memory_bandwidth(threads=t).values())
             lib.llama_set_n_threads(llm.ctx, t, t)
-            measured = [(name, _samples(llm, name, n, timer, t, reps, rng, step), timer is time_generation)
-                        for name, n, timer in tests]
+            measured = [
+                (name, _samples(llm, name, n, timer, t, reps, rng, step), timer is time_generation)
+                for name, n, timer in tests
+            ]
             # a shared host's bandwidth changes from one second to the next: the roofline takes the better probe
             step(f"memory bandwidth, {t} thread(s), again")
             bandwidth[t] = max(before, *memory_bandwidth(threads=t).values())
-            rows += [BenchRow(info.path.name, info.file_size, info.bits_per_weight, t, name, samples, bandwidth[t],
-                              bandwidth[t] * 1e9 / per_token if is_gen else None) for name, samples, is_gen in measured]
+            rows += [
+                BenchRow(
+                    info.path.name,
+                    info.file_size,
+                    info.bits_per_weight,
+                    t,
+                    name,
+                    samples,
+                    bandwidth[t],
+                    bandwidth[t] * 1e9 / per_token if is_gen else None,
+                )
+                for name, samples, is_gen in measured
+            ]
     finally:
         llm.close()
     return BenchResult(info.path, info.file_size, info.bits_per_weight, per_token, bandwidth, tuple(rows))

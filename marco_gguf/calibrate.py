@@ -5,6 +5,7 @@ folder beside the output, so they are on the disk that has room for it; the fold
 error and Ctrl-C alike. The final file is written by `convert()` with the imatrix, so it is named and
 marked as an importance-matrix quant (`<model>-i1-Q4_K_M.gguf`, `quantize.imatrix.*` keys).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -23,25 +24,39 @@ from .progress import Progress
 CALIBRATION_PRESET = "q8_0"  # what publishers compute imatrices on: near-lossless, half the size of F16
 
 
-
 @dataclass(frozen=True)
 class CalibrateResult:
     conversion: ConvertResult
     imatrix: ImatrixResult
-    calibration_model: str   # the GGUF the imatrix was computed on ("temporary Q8_0" when made here)
+    calibration_model: str  # the GGUF the imatrix was computed on ("temporary Q8_0" when made here)
     kept_imatrix: Path | None
     seconds: float
 
     def as_dict(self) -> dict:
-        return {"conversion": self.conversion.as_dict(), "imatrix": self.imatrix.as_dict(),
-                "calibration_model": self.calibration_model,
-                "kept_imatrix": str(self.kept_imatrix) if self.kept_imatrix else None, "seconds": self.seconds}
+        return {
+            "conversion": self.conversion.as_dict(),
+            "imatrix": self.imatrix.as_dict(),
+            "calibration_model": self.calibration_model,
+            "kept_imatrix": str(self.kept_imatrix) if self.kept_imatrix else None,
+            "seconds": self.seconds,
+        }
 
 
-def calibrate_convert(source: str | Path, *, text: str | Path | None = None, calibration_model: str | Path | None = None,
-                      keep_imatrix: str | Path | None = None, ctx: int = 512, chunks: int | None = None,
-                      threads: int | None = None, outfile: str | Path | None = None, outdir: str | Path | None = None,
-                      force: bool = False, progress: Progress | None = None, **convert_options: Any) -> CalibrateResult:
+def calibrate_convert(
+    source: str | Path,
+    *,
+    text: str | Path | None = None,
+    calibration_model: str | Path | None = None,
+    keep_imatrix: str | Path | None = None,
+    ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+    outfile: str | Path | None = None,
+    outdir: str | Path | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    **convert_options: Any,
+) -> CalibrateResult:
     """Convert `source` with an importance matrix computed here over `text` (default: the built-in text)."""
     started = time.perf_counter()
     keep = Path(keep_imatrix) if keep_imatrix is not None else None
@@ -53,20 +68,47 @@ def calibrate_convert(source: str | Path, *, text: str | Path | None = None, cal
     try:
         model = Path(calibration_model) if calibration_model is not None else None
         if model is None:
-            model = convert(source, preset=CALIBRATION_PRESET, outfile=scratch / "calibration-Q8_0.gguf",
-                            threads=threads, progress=progress,
-                            **{k: v for k, v in convert_options.items() if k in ("revision", "name")}).path
+            model = convert(
+                source,
+                preset=CALIBRATION_PRESET,
+                outfile=scratch / "calibration-Q8_0.gguf",
+                threads=threads,
+                progress=progress,
+                **{k: v for k, v in convert_options.items() if k in ("revision", "name")},
+            ).path
         stem = Path(str(source).rstrip("/")).name or "model"
         imatrix_path = keep if keep is not None else scratch / f"{stem}.imatrix.gguf"
-        im = compute_imatrix(model, text=text, outfile=imatrix_path, ctx=ctx, chunks=chunks, threads=threads,
-                             force=force, progress=progress)
+        im = compute_imatrix(
+            model,
+            text=text,
+            outfile=imatrix_path,
+            ctx=ctx,
+            chunks=chunks,
+            threads=threads,
+            force=force,
+            progress=progress,
+        )
         label = str(keep) if keep is not None else imatrix_path.name
-        result = convert(source, outfile=outfile, outdir=outdir, threads=threads, force=force, progress=progress,
-                         imatrix=imatrix_path, imatrix_label=label, **convert_options)
+        result = convert(
+            source,
+            outfile=outfile,
+            outdir=outdir,
+            threads=threads,
+            force=force,
+            progress=progress,
+            imatrix=imatrix_path,
+            imatrix_label=label,
+            **convert_options,
+        )
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         remove_folders(made)  # a folder this call created, left empty
         raise
     shutil.rmtree(scratch, ignore_errors=True)
-    return CalibrateResult(result, im, str(calibration_model) if calibration_model else f"temporary {CALIBRATION_PRESET.upper()}",
-                           keep, time.perf_counter() - started)
+    return CalibrateResult(
+        result,
+        im,
+        str(calibration_model) if calibration_model else f"temporary {CALIBRATION_PRESET.upper()}",
+        keep,
+        time.perf_counter() - started,
+    )

@@ -6,12 +6,14 @@ transformers' `apply_chat_template` compiles the template in an immutable sandbo
 `add_generation_prompt` and the tokenizer's special tokens. llama-cpp-python's Jinja2ChatFormatter
 does the same; so does this module, so the prompt text (and hence the tokens) equal HF's.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import ChatError
 from .qwen3moe import CHATML as CHATML_TEMPLATE
@@ -29,8 +31,9 @@ def compile_template(source: str) -> Any:
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
+    def tojson(
+        x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+    ) -> str:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
@@ -40,13 +43,22 @@ def compile_template(source: str) -> Any:
     return env.from_string(source)
 
 
-def render_template(source: str, messages: Sequence[dict], tools: Sequence[dict] | None = None,
-                    add_generation_prompt: bool = True, **special_tokens: str) -> str:
+def render_template(
+    source: str,
+    messages: Sequence[dict],
+    tools: Sequence[dict] | None = None,
+    add_generation_prompt: bool = True,
+    **special_tokens: str,
+) -> str:
     """The prompt text `source` gives for `messages`, with the variables transformers passes (a
     jinja2.TemplateError when the template refuses the conversation)."""
-    return compile_template(source).render(messages=[dict(m) for m in messages], tools=list(tools) if tools else None,
-                                           documents=None, add_generation_prompt=add_generation_prompt,
-                                           **special_tokens)
+    return compile_template(source).render(
+        messages=[dict(m) for m in messages],
+        tools=list(tools) if tools else None,
+        documents=None,
+        add_generation_prompt=add_generation_prompt,
+        **special_tokens,
+    )
 
 
 class ChatTemplate:
@@ -63,15 +75,19 @@ class ChatTemplate:
             raise ChatError(f"the GGUF's chat template is not valid Jinja ({e})") from None
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str], token_text) -> "ChatTemplate":
+    def from_metadata(cls, metadata: dict[str, str], token_text) -> ChatTemplate:
         """From llama-cpp-python's `Llama.metadata`; ChatML (Marco's format) when the GGUF has no template."""
-        specials = {name: token_text(int(metadata[f"tokenizer.ggml.{name}_id"]))
-                    for name in ("bos_token", "eos_token") if f"tokenizer.ggml.{name}_id" in metadata}
+        specials = {
+            name: token_text(int(metadata[f"tokenizer.ggml.{name}_id"]))
+            for name in ("bos_token", "eos_token")
+            if f"tokenizer.ggml.{name}_id" in metadata
+        }
         source = metadata.get(TEMPLATE_KEY)
         return cls(source or CHATML_TEMPLATE, from_gguf=bool(source), **specials)
 
-    def render(self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None,
-               add_generation_prompt: bool = True) -> str:
+    def render(
+        self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None, add_generation_prompt: bool = True
+    ) -> str:
         """The prompt text; `tools` (OpenAI function definitions) go to the template as transformers passes them."""
         import jinja2
 

@@ -3,12 +3,14 @@
 Tensors are read row-block by row-block with `os.preadv` into fresh buffers (not mmap), so the
 resident set stays at the size of one block whatever the model size.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +87,8 @@ def _refuse_unrepresentable(f: Fields) -> None:
     if dense or step != 1:
         raise UnsupportedModelError(
             f"{f.path}: dense layers (mlp_only_layers={dense}, decoder_sparse_step={step}) are not supported; "
-            "every layer must be MoE", "llama.cpp's qwen3moe expects experts in every layer",
+            "every layer must be MoE",
+            "llama.cpp's qwen3moe expects experts in every layer",
         )
     for key in ("attention_bias", "qkv_bias"):
         if f.bool(key, default=False):
@@ -117,8 +120,12 @@ def load_config(folder: Path) -> MarcoConfig:
     Keys llama.cpp's qwen3moe does not use (dtype, initializer_range, use_cache, router_aux_loss_coef,
     output_router_logits, sliding_window, ...) are not read, so they cannot fail a conversion."""
     path = folder / "config.json"
-    top = Fields(load_json_object(path, CheckpointError, "SOURCE must be a Hugging Face checkpoint folder"),
-                 path, CheckpointError, HINT)
+    top = Fields(
+        load_json_object(path, CheckpointError, "SOURCE must be a Hugging Face checkpoint folder"),
+        path,
+        CheckpointError,
+        HINT,
+    )
     raw = {**top.data, **top.obj("text_config", default={})}
     f = Fields(raw, path, CheckpointError, HINT)
     _refuse_unrepresentable(f)
@@ -152,8 +159,12 @@ def load_config(folder: Path) -> MarcoConfig:
 
 def _weight_map(index: Path, folder: Path) -> dict[str, str]:
     """The index's tensor -> shard map: an object of plain shard file names in this folder."""
-    f = Fields(load_json_object(index, CheckpointError, "download the index again"), index, CheckpointError,
-               "download model.safetensors.index.json again")
+    f = Fields(
+        load_json_object(index, CheckpointError, "download the index again"),
+        index,
+        CheckpointError,
+        "download model.safetensors.index.json again",
+    )
     weight_map = f.obj("weight_map")
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
@@ -169,14 +180,18 @@ def _shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
             count = sum(1 for v in weight_map.values() if v == missing[0])
-            raise CheckpointError(f"{folder / missing[0]}: missing shard ({count} tensors listed in {INDEX_NAME})"
-                                  + (f"; also missing: {', '.join(missing[1:])}" if missing[1:] else ""),
-                                  "download the missing shard(s) into the checkpoint folder")
+            raise CheckpointError(
+                f"{folder / missing[0]}: missing shard ({count} tensors listed in {INDEX_NAME})"
+                + (f"; also missing: {', '.join(missing[1:])}" if missing[1:] else ""),
+                "download the missing shard(s) into the checkpoint folder",
+            )
         return [folder / f for f in files], weight_map
     if (folder / SINGLE_NAME).is_file():
         return [folder / SINGLE_NAME], None
-    raise CheckpointError(f"{folder}: no {SINGLE_NAME} or {INDEX_NAME}",
-                          "SOURCE must hold safetensors weights (pytorch_model.bin is not supported)")
+    raise CheckpointError(
+        f"{folder}: no {SINGLE_NAME} or {INDEX_NAME}",
+        "SOURCE must hold safetensors weights (pytorch_model.bin is not supported)",
+    )
 
 
 def index_tensors(folder: Path) -> dict[str, TensorRef]:
@@ -186,15 +201,21 @@ def index_tensors(folder: Path) -> dict[str, TensorRef]:
     for file in files:
         for name, ref in read_safetensors_header(file).items():
             if name in refs:
-                raise CheckpointError(f"{file}: holds tensor {name}, which {refs[name].file.name} holds too",
-                                      "shards from different downloads are mixed: download them again")
+                raise CheckpointError(
+                    f"{file}: holds tensor {name}, which {refs[name].file.name} holds too",
+                    "shards from different downloads are mixed: download them again",
+                )
             if weight_map is not None and weight_map.get(name) != file.name:
-                raise CheckpointError(f"{file}: holds tensor {name}, which {INDEX_NAME} places in {weight_map.get(name)}",
-                                      "the index and shards are from different downloads: download them again")
+                raise CheckpointError(
+                    f"{file}: holds tensor {name}, which {INDEX_NAME} places in {weight_map.get(name)}",
+                    "the index and shards are from different downloads: download them again",
+                )
             refs[name] = ref
     if weight_map is not None and (absent := sorted(set(weight_map) - set(refs))):
-        raise CheckpointError(f"{folder / weight_map[absent[0]]}: lacks {len(absent)} tensor(s) its index lists, "
-                              f"e.g. {absent[0]}", "download this shard again")
+        raise CheckpointError(
+            f"{folder / weight_map[absent[0]]}: lacks {len(absent)} tensor(s) its index lists, e.g. {absent[0]}",
+            "download this shard again",
+        )
     return refs
 
 
@@ -210,7 +231,7 @@ class Checkpoint:
         # opened up front so reader threads share them without locking (preadv is positional)
         self._fds = {f: os.open(f, os.O_RDONLY) for f in sorted({r.file for r in self.tensors.values()})}
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -230,6 +251,8 @@ class Checkpoint:
         offset = ref.offset + start * ref.row_len * itemsize
         got = os.preadv(self._fds[ref.file], [buf.data.cast("B")], offset)
         if got != buf.nbytes:
-            raise CheckpointError(f"{ref.file}: truncated while reading {name} (got {got} of {buf.nbytes} bytes)",
-                                  "download this shard again")
+            raise CheckpointError(
+                f"{ref.file}: truncated while reading {name} (got {got} of {buf.nbytes} bytes)",
+                "download this shard again",
+            )
         return to_float32(buf, ref.dtype)

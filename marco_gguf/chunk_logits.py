@@ -6,11 +6,12 @@ only at the positions that are scored. The logits are yielded as NumPy views of 
 output buffer, one decode call (at most n_batch positions) at a time: nothing is copied and
 nothing outlives the next call.
 """
+
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -32,9 +33,11 @@ class ChunkModel:
         self.add_bos, self.bos = bool(lib.llama_vocab_get_add_bos(vocab)), lib.llama_vocab_bos(vocab)
         if lib.llama_vocab_get_add_eos(vocab):  # llama-perplexity asserts against it: every chunk would end in EOS
             self.close()
-            raise GGUFFileError(f"{self.path}: its tokenizer appends an end-of-sequence token to every text "
-                                "(tokenizer.ggml.add_eos_token), which perplexity cannot score",
-                                "set add_eos_token false in the GGUF metadata")
+            raise GGUFFileError(
+                f"{self.path}: its tokenizer appends an end-of-sequence token to every text "
+                "(tokenizer.ggml.add_eos_token), which perplexity cannot score",
+                "set add_eos_token false in the GGUF metadata",
+            )
         self.n_batch = self.llm.n_batch
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
 
@@ -62,8 +65,9 @@ class ChunkModel:
                 raise GGUFFileError(f"{self.path}: llama.cpp failed to evaluate a chunk at position {start}")
             if n_out:
                 ptr = lib.llama_get_logits(ctx)
-                yield np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
-                                            shape=(n_out, self.n_vocab))
+                yield np.ctypeslib.as_array(
+                    ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_out, self.n_vocab)
+                )
 
     def close(self) -> None:
         """Free the batch and the model (idempotent)."""
@@ -74,7 +78,7 @@ class ChunkModel:
             self.llm.close()
             self.llm = None
 
-    def __enter__(self) -> "ChunkModel":
+    def __enter__(self) -> ChunkModel:
         return self
 
     def __exit__(self, *exc) -> None:

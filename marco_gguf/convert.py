@@ -4,15 +4,17 @@ Work is cut into blocks (one expert, or a few MiB of rows of a large tensor); a 
 reads, widens to float32 and quantizes blocks while the main thread writes finished blocks in
 order, keeping at most a fixed number in flight, so memory does not grow with model size.
 """
+
 from __future__ import annotations
 
 import os
 import time
 from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from gguf import MODEL_TENSOR as T
@@ -37,7 +39,6 @@ from .writer import GGUFStreamWriter, TensorSpec
 BLOCK_BYTES = 8 << 20  # float32 bytes per work block: large enough to amortise calls, small for memory
 
 
-
 @dataclass(frozen=True)
 class ConvertResult:
     """What a conversion produced, with its own measurements."""
@@ -53,9 +54,9 @@ class ConvertResult:
     tied_embeddings: bool
     tokenizer: dict = field(default_factory=dict)
     tensor_types: dict = field(default_factory=dict)  # GGML type name -> number of tensors
-    hub_repo: str | None = None    # owner/name when SOURCE was a hub id
+    hub_repo: str | None = None  # owner/name when SOURCE was a hub id
     hub_commit: str | None = None  # the commit it was converted from
-    imatrix: str | None = None     # the importance matrix the tensors were quantized with
+    imatrix: str | None = None  # the importance matrix the tensors were quantized with
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -70,8 +71,9 @@ def default_threads() -> int:
 IMATRIX_MARK = "i1"  # publishers' mark for importance-matrix quants: Marco-Mini-Instruct-i1-Q4_K_M.gguf
 
 
-def output_path(source: Path, preset: Preset, *, outfile: Path | None, outdir: Path | None, name: str | None,
-                imatrix: bool = False) -> Path:
+def output_path(
+    source: Path, preset: Preset, *, outfile: Path | None, outdir: Path | None, name: str | None, imatrix: bool = False
+) -> Path:
     """`--outfile`, else `<outdir or cwd>/<name or folder name>[-i1]-<PRESET>.gguf` (publisher convention)."""
     if outfile is not None:
         if outdir is not None:
@@ -90,8 +92,9 @@ def row_blocks(t: PlannedTensor) -> Iterator[tuple[str, int, int]]:
             yield piece.source, piece.start + r, min(rows_per_block, piece.count - r)
 
 
-def quantize_block(qtype, rows: np.ndarray, first_row: int, rows_per_matrix: int,
-                   importance: np.ndarray | None) -> np.ndarray:
+def quantize_block(
+    qtype, rows: np.ndarray, first_row: int, rows_per_matrix: int, importance: np.ndarray | None
+) -> np.ndarray:
     """Quantize rows starting at global row `first_row` of a tensor, each stacked matrix (expert) with its own
     slice of the importance vector, as llama-quant.cpp's llama_tensor_quantize_impl does."""
     if importance is None:
@@ -100,13 +103,20 @@ def quantize_block(qtype, rows: np.ndarray, first_row: int, rows_per_matrix: int
     while r < len(rows):
         g = first_row + r
         e, n = g // rows_per_matrix, min(len(rows) - r, rows_per_matrix - g % rows_per_matrix)
-        parts.append(quantize_rows(qtype, rows[r:r + n], importance[e * ne0:(e + 1) * ne0]))
+        parts.append(quantize_rows(qtype, rows[r : r + n], importance[e * ne0 : (e + 1) * ne0]))
         r += n
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _stream(ckpt: Checkpoint, planned: list[PlannedTensor], specs: list[TensorSpec], writer: GGUFStreamWriter,
-            threads: int, progress: Progress | None, importance: Importance | None = None) -> None:
+def _stream(
+    ckpt: Checkpoint,
+    planned: list[PlannedTensor],
+    specs: list[TensorSpec],
+    writer: GGUFStreamWriter,
+    threads: int,
+    progress: Progress | None,
+    importance: Importance | None = None,
+) -> None:
     def work(spec: TensorSpec, t: PlannedTensor, first: int, source: str, start: int, count: int) -> np.ndarray:
         vec = importance.for_tensor(t.name) if importance is not None else None
         return quantize_block(spec.type, ckpt.read_rows(source, start, count), first, t.n_rows // experts_of(t), vec)
@@ -139,12 +149,23 @@ def _drain_one(pending: deque, writer: GGUFStreamWriter, done: int, progress: Pr
     return done
 
 
-def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile: str | Path | None = None,
-            outdir: str | Path | None = None, name: str | None = None, threads: int | None = None,
-            force: bool = False, tensor_types: Sequence[str] = (), progress: Progress | None = None,
-            revision: str | None = None, imatrix: str | Path | None = None,
-            imatrix_label: str | None = None, experts: Sequence[Sequence[int]] | None = None,
-            metadata: Mapping[str, Any] | None = None) -> ConvertResult:
+def convert(
+    source: str | Path,
+    *,
+    preset: str | Path | Preset = "q8_0",
+    outfile: str | Path | None = None,
+    outdir: str | Path | None = None,
+    name: str | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    tensor_types: Sequence[str] = (),
+    progress: Progress | None = None,
+    revision: str | None = None,
+    imatrix: str | Path | None = None,
+    imatrix_label: str | None = None,
+    experts: Sequence[Sequence[int]] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> ConvertResult:
     """Convert a Marco (qwen3_moe) checkpoint folder, or a hub id `owner/name` (at `revision`), to GGUF;
     with `imatrix` (a GGUF or legacy .dat importance matrix) the quantizers weight by it, as llama-quantize's
     (`imatrix_label` is recorded as quantize.imatrix.file instead of the path, for temporary files).
@@ -164,20 +185,38 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
         planned = keep_experts(planned, experts) if experts is not None else planned
         tied = not any(t.kind == T.OUTPUT for t in planned)
         importance = load_importance(imatrix, planned) if imatrix is not None else None
-        specs = [TensorSpec(t.name, t.shape, chosen.tensor_type(
-                    t, n_layers=c.n_layers, tied=tied, n_experts=c.n_experts, n_gqa=c.n_heads // c.n_kv_heads,
-                    imatrix=importance is not None, overrides=overrides))
-                 for t in planned]
+        specs = [
+            TensorSpec(
+                t.name,
+                t.shape,
+                chosen.tensor_type(
+                    t,
+                    n_layers=c.n_layers,
+                    tied=tied,
+                    n_experts=c.n_experts,
+                    n_gqa=c.n_heads // c.n_kv_heads,
+                    imatrix=importance is not None,
+                    overrides=overrides,
+                ),
+            )
+            for t in planned
+        ]
         check_required(chosen, specs, importance)
         kept = replace(c, n_experts=len(experts[0])) if experts is not None else c
-        kv, tok_summary = build_metadata(ckpt.folder, kept, planned, file_type=chosen.file_type, name=name,
-                                         repo_id=hub.repo_id if hub else None)
+        kv, tok_summary = build_metadata(
+            ckpt.folder, kept, planned, file_type=chosen.file_type, name=name, repo_id=hub.repo_id if hub else None
+        )
         if importance is not None:
             add_imatrix_keys(kv, importance, imatrix_label or str(imatrix))
         kv = {**kv, **(metadata or {})}
-        path = output_path(ckpt.folder, chosen, outfile=Path(outfile) if outfile else None,
-                           outdir=Path(outdir) if outdir else None, name=name or (hub.name if hub else None),
-                           imatrix=importance is not None)
+        path = output_path(
+            ckpt.folder,
+            chosen,
+            outfile=Path(outfile) if outfile else None,
+            outdir=Path(outdir) if outdir else None,
+            name=name or (hub.name if hub else None),
+            imatrix=importance is not None,
+        )
         for q in {s.type for s in specs}:
             prepare(q)
         with GGUFStreamWriter(path, kv, specs, overwrite=force) as writer:
@@ -188,6 +227,19 @@ def convert(source: str | Path, *, preset: str | Path | Preset = "q8_0", outfile
     types: dict[str, int] = {}
     for s in specs:
         types[s.type.name] = types.get(s.type.name, 0) + 1
-    return ConvertResult(path, chosen.id, chosen.file_type.name, path.stat().st_size, len(specs), params,
-                         8 * data_bytes / params, time.perf_counter() - started, tied, tok_summary, types,
-                         hub.repo_id if hub else None, hub.commit if hub else None, (imatrix_label or str(imatrix)) if imatrix else None)
+    return ConvertResult(
+        path,
+        chosen.id,
+        chosen.file_type.name,
+        path.stat().st_size,
+        len(specs),
+        params,
+        8 * data_bytes / params,
+        time.perf_counter() - started,
+        tied,
+        tok_summary,
+        types,
+        hub.repo_id if hub else None,
+        hub.commit if hub else None,
+        (imatrix_label or str(imatrix)) if imatrix else None,
+    )

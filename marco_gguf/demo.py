@@ -4,6 +4,7 @@ Synthesizes a tiny RANDOM-WEIGHT Marco-shaped checkpoint, converts it, loads the
 llama-cpp-python and generates a few tokens. The text is noise; the point is that every stage
 (checkpoint layout, conversion, loading, generation) works on this machine, and how fast.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -25,8 +26,14 @@ class DemoResult:
     stats: GenerationStats
 
 
-def demo(*, workdir: str | Path | None = None, preset: str = "q8_0", max_tokens: int = 24, threads: int | None = None,
-         progress=None) -> DemoResult:
+def demo(
+    *,
+    workdir: str | Path | None = None,
+    preset: str = "q8_0",
+    max_tokens: int = 24,
+    threads: int | None = None,
+    progress=None,
+) -> DemoResult:
     """Synthesize, convert and run a tiny random-weight Marco; files go to `workdir` (default: a temp dir)."""
     with tempfile.TemporaryDirectory(prefix="marco-gguf-demo-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)

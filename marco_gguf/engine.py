@@ -9,6 +9,7 @@ whose KV cache holds its longest prefix; only the rest of its prompt is evaluate
 (`llama_memory_seq_rm` drops the tail that differs). A cancelled request frees its slot at the next
 step. The raw llama_cpp calls of the feature live here.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -18,9 +19,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from .chat_template import ChatTemplate
 from .errors import RequestError, ServerBusyError
@@ -28,7 +29,7 @@ from .loader import _quiet_stderr, check_model, load_weights
 from .machine import physical_cores
 from .runtime import DEFAULT_CTX, END_OF_TURN, _common_prefix, _nfc, _rate, sampler_chain
 
-MAX_PARALLEL = 64   # llama.cpp's LLAMA_MAX_SEQ is 256; more slots than this only splits a CPU's bandwidth thinner
+MAX_PARALLEL = 64  # llama.cpp's LLAMA_MAX_SEQ is 256; more slots than this only splits a CPU's bandwidth thinner
 DEFAULT_BATCH = 512  # llama.cpp's default n_batch: the most tokens one llama_decode carries
 
 
@@ -51,17 +52,22 @@ class Sampling:
 class Timings:
     """llama-server's `timings` object (server-common.cpp, server_slot_stats::to_json), same field names."""
 
-    cache_n: int          # prompt tokens reused from the slot's KV cache
-    prompt_n: int         # prompt tokens evaluated
+    cache_n: int  # prompt tokens reused from the slot's KV cache
+    prompt_n: int  # prompt tokens evaluated
     prompt_ms: float
-    predicted_n: int      # tokens generated
-    predicted_ms: float   # from the first generated token to the last
+    predicted_n: int  # tokens generated
+    predicted_ms: float  # from the first generated token to the last
 
     def as_dict(self) -> dict:
         per = lambda n, ms: (ms / n if n else 0.0, _rate(n, ms / 1000))  # noqa: E731
         (ppt, pps), (gpt, gps) = per(self.prompt_n, self.prompt_ms), per(self.predicted_n, self.predicted_ms)
-        return {**asdict(self), "prompt_per_token_ms": ppt, "prompt_per_second": pps,
-                "predicted_per_token_ms": gpt, "predicted_per_second": gps}
+        return {
+            **asdict(self),
+            "prompt_per_token_ms": ppt,
+            "prompt_per_second": pps,
+            "predicted_per_token_ms": gpt,
+            "predicted_per_second": gps,
+        }
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,15 @@ class Job:
     """A submitted request. Events go to `sink` (from the engine thread: keep it quick and non-blocking):
     a str per piece of text, then the Result. Without a sink, iterate the job for its text pieces."""
 
-    def __init__(self, engine: "Engine", prompt: list[int], max_tokens: int, stop: Sequence[str],
-                 sampler, sink: Callable[[str | Result], object] | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        prompt: list[int],
+        max_tokens: int,
+        stop: Sequence[str],
+        sampler,
+        sink: Callable[[str | Result], object] | None,
+    ) -> None:
         self.id = next(engine._ids)
         self.prompt, self.max_tokens, self.stop, self.sampler = prompt, max_tokens, tuple(s for s in stop if s), sampler
         self.result: Result | None = None
@@ -97,7 +110,7 @@ class Job:
         self.cached = 0
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self._text, self._sent = "", 0  # text generated, and how much of it went out (the rest may start a stop)
-        self._hit = False               # a stop string ended the text
+        self._hit = False  # a stop string ended the text
 
     def cancel(self) -> None:
         """Stop generating: the slot is freed at the engine's next step (safe from any thread)."""
@@ -129,14 +142,21 @@ class Job:
         self._text += piece
         hits = [i for i in (self._text.find(s, max(0, self._sent - len(s))) for s in self.stop) if i >= 0]
         if hits:
-            self._text, self._hit = self._text[:min(hits)], True
+            self._text, self._hit = self._text[: min(hits)], True
             end = len(self._text)
         else:  # hold back a tail that is the start of a stop string (llama-server does the same)
-            held = max((n for s in self.stop for n in range(min(len(s) - 1, len(self._text)), 0, -1)
-                        if self._text.endswith(s[:n])), default=0)
+            held = max(
+                (
+                    n
+                    for s in self.stop
+                    for n in range(min(len(s) - 1, len(self._text)), 0, -1)
+                    if self._text.endswith(s[:n])
+                ),
+                default=0,
+            )
             end = len(self._text) - held
         if end > self._sent:
-            self._emit(self._text[self._sent:end])
+            self._emit(self._text[self._sent : end])
             self._sent = end
         return bool(hits)
 
@@ -147,7 +167,7 @@ class _Slot:
     cache: list[int] = field(default_factory=list)  # exactly the tokens of this sequence in the KV cache
     job: Job | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
-    next: int | None = None                          # sampled, not yet in the KV cache
+    next: int | None = None  # sampled, not yet in the KV cache
     last_used: float = 0.0
 
     def active(self) -> Job:
@@ -179,8 +199,16 @@ class EngineMetrics:
 class Engine:
     """`parallel` generation slots over one llama.cpp context of `ctx` tokens, driven by one thread."""
 
-    def __init__(self, model: str | Path, *, ctx: int = DEFAULT_CTX, parallel: int = 4, threads: int | None = None,
-                 queue_size: int = 64, batch: int = DEFAULT_BATCH) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        ctx: int = DEFAULT_CTX,
+        parallel: int = 4,
+        threads: int | None = None,
+        queue_size: int = 64,
+        batch: int = DEFAULT_BATCH,
+    ) -> None:
         import llama_cpp as lib
 
         if not 1 <= parallel <= MAX_PARALLEL:
@@ -216,8 +244,10 @@ class Engine:
         with _quiet_stderr():  # llama.cpp logs the context's construction to fd 2
             ctx = lib.llama_init_from_model(self.model.model, p)
         if not ctx:
-            raise RequestError(f"llama.cpp could not create a context of {self.ctx:,} tokens x {self.parallel} slots",
-                               "lower --ctx or --parallel")
+            raise RequestError(
+                f"llama.cpp could not create a context of {self.ctx:,} tokens x {self.parallel} slots",
+                "lower --ctx or --parallel",
+            )
         return ctx
 
     # tokens <-> text
@@ -236,15 +266,25 @@ class Engine:
         return self._buf.raw[:n]
 
     # requests
-    def submit(self, prompt: list[int], *, max_tokens: int | None = None, sampling: Sampling = Sampling(),
-               stop: Sequence[str] = (), sink: Callable[[str | Result], object] | None = None) -> Job:
+    def submit(
+        self,
+        prompt: list[int],
+        *,
+        max_tokens: int | None = None,
+        sampling: Sampling = Sampling(),
+        stop: Sequence[str] = (),
+        sink: Callable[[str | Result], object] | None = None,
+    ) -> Job:
         """Queue a request; RequestError if it cannot fit the context or its grammar is invalid,
         ServerBusyError if the queue is full or the engine is stopping."""
         if not prompt:
             raise RequestError("the prompt is empty", param="prompt")
         if len(prompt) >= self.ctx:
-            raise RequestError(f"the prompt is {len(prompt):,} tokens, the context holds {self.ctx:,} (--ctx)",
-                               "shorten the prompt or start the server with a larger --ctx", param="messages")
+            raise RequestError(
+                f"the prompt is {len(prompt):,} tokens, the context holds {self.ctx:,} (--ctx)",
+                "shorten the prompt or start the server with a larger --ctx",
+                param="messages",
+            )
         room = self.ctx - len(prompt)
         max_tokens = room if max_tokens is None else min(max_tokens, room)
         sampler = self._sampler(sampling)
@@ -252,8 +292,12 @@ class Engine:
         with self._cv:
             if self._stopping or len(self._waiting) >= self.queue_size:
                 self._lib.llama_sampler_free(sampler)
-                raise ServerBusyError("the server is stopping" if self._stopping else
-                                      f"the queue is full ({self.queue_size} requests waiting)", "retry later")
+                raise ServerBusyError(
+                    "the server is stopping"
+                    if self._stopping
+                    else f"the queue is full ({self.queue_size} requests waiting)",
+                    "retry later",
+                )
             self._waiting.append(job)
             self._counts["requests"] += 1
             self._cv.notify()
@@ -266,19 +310,37 @@ class Engine:
             grammar = lib.llama_sampler_init_grammar(self._vocab, s.grammar.encode("utf-8"), b"root")
             if not grammar:
                 raise RequestError("the grammar for this request is not valid GBNF", param="response_format")
-        return sampler_chain(self.n_vocab, temp=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
-                             repeat_penalty=s.repeat_penalty, presence_penalty=s.presence_penalty,
-                             frequency_penalty=s.frequency_penalty, seed=s.seed, grammar=grammar)
+        return sampler_chain(
+            self.n_vocab,
+            temp=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            min_p=s.min_p,
+            repeat_penalty=s.repeat_penalty,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            seed=s.seed,
+            grammar=grammar,
+        )
 
     def metrics(self) -> EngineMetrics:
         c, sec = self._counts, self._seconds
         return EngineMetrics(
-            requests_total=c["requests"], requests_cancelled_total=c["cancelled"], prompt_tokens_total=c["prompt"],
-            prompt_tokens_cached_total=c["cached"], prompt_seconds_total=sec["prompt"],
-            tokens_predicted_total=c["predicted"], tokens_predicted_seconds_total=sec["predicted"],
-            n_decode_total=c["decode"], busy_slots=sum(s.job is not None for s in self._slots), slots=self.parallel,
-            queued=len(self._waiting), queue_size=self.queue_size,
-            kv_cache_tokens=sum(len(s.cache) for s in self._slots), kv_cache_size=self.ctx)
+            requests_total=c["requests"],
+            requests_cancelled_total=c["cancelled"],
+            prompt_tokens_total=c["prompt"],
+            prompt_tokens_cached_total=c["cached"],
+            prompt_seconds_total=sec["prompt"],
+            tokens_predicted_total=c["predicted"],
+            tokens_predicted_seconds_total=sec["predicted"],
+            n_decode_total=c["decode"],
+            busy_slots=sum(s.job is not None for s in self._slots),
+            slots=self.parallel,
+            queued=len(self._waiting),
+            queue_size=self.queue_size,
+            kv_cache_tokens=sum(len(s.cache) for s in self._slots),
+            kv_cache_size=self.ctx,
+        )
 
     def _wake(self) -> None:
         with self._cv:
@@ -344,9 +406,12 @@ class Engine:
     def _make_room(self) -> None:
         """Keep the KV cache within `ctx`: drop idle slots' caches (least recently used first), then end the
         generating request with the longest cache."""
+
         def need() -> int:
             return sum(len(s.cache) for s in self._slots) + sum(
-                1 if s.next is not None else min(len(s.pending), self.batch) for s in self._slots if s.job)
+                1 if s.next is not None else min(len(s.pending), self.batch) for s in self._slots if s.job
+            )
+
         idle = sorted((s for s in self._slots if s.job is None and s.cache), key=lambda s: s.last_used)
         while need() > self.ctx and idle:
             slot = idle.pop(0)
@@ -374,10 +439,10 @@ class Engine:
             if slot.job and slot.next is not None:
                 add(slot, [slot.next], True)
         for slot in sorted((s for s in self._slots if s.job and s.pending), key=lambda s: s.active().admitted):
-            chunk = slot.pending[:self.batch - n]
+            chunk = slot.pending[: self.batch - n]
             if not chunk:
                 break
-            slot.pending = slot.pending[len(chunk):]
+            slot.pending = slot.pending[len(chunk) :]
             add(slot, chunk, not slot.pending)
         b.n_tokens = n
         return rows
@@ -403,12 +468,22 @@ class Engine:
         job.stop = ()
         job._add_text("")  # send any text held back for a stop string that never came
         prompt_ms = ((job.first or now) - job.admitted) * 1000 if job.admitted else 0.0
-        timings = Timings(cache_n=job.cached, prompt_n=len(job.prompt) - job.cached if job.admitted else 0,
-                          prompt_ms=prompt_ms, predicted_n=len(job.tokens),
-                          predicted_ms=(job.last - job.first) * 1000 if job.first else 0.0)
-        job.result = Result(text=job._text, tokens=tuple(job.tokens), finish_reason=reason,
-                            prompt_tokens=len(job.prompt), timings=timings,
-                            time_to_first_token_s=(job.first - job.submitted) if job.first else 0.0, error=error)
+        timings = Timings(
+            cache_n=job.cached,
+            prompt_n=len(job.prompt) - job.cached if job.admitted else 0,
+            prompt_ms=prompt_ms,
+            predicted_n=len(job.tokens),
+            predicted_ms=(job.last - job.first) * 1000 if job.first else 0.0,
+        )
+        job.result = Result(
+            text=job._text,
+            tokens=tuple(job.tokens),
+            finish_reason=reason,
+            prompt_tokens=len(job.prompt),
+            timings=timings,
+            time_to_first_token_s=(job.first - job.submitted) if job.first else 0.0,
+            error=error,
+        )
         self._lib.llama_sampler_free(job.sampler)
         job.sampler = None
         c = self._counts
@@ -438,7 +513,7 @@ class Engine:
         self._ctx = None
         self.model.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -2,6 +2,7 @@
 
 The CLI turns these into one red line and exit code 1; library callers can catch them by type.
 """
+
 from __future__ import annotations
 
 

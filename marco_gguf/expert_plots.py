@@ -2,6 +2,7 @@
 
 matplotlib is optional (`pip install 'marco-gguf[plots]'`): checked before any model is run.
 """
+
 from __future__ import annotations
 
 import math

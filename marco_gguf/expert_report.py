@@ -7,6 +7,7 @@ each text's "core" experts in a layer are the fewest carrying `core_mass` of its
 similarity of two texts is the Jaccard overlap |A ∩ B| / |A ∪ B| of their core sets, averaged over
 layers, and a text's specific experts are its core experts in no other text's core set.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ class LayerFigures:
     experts_for_mass: dict[str, int]  # "50" / "90" / "99" -> experts carrying that share of the mass
     entropy_bits: float
     never_used: list[int]
-    specific: list[int]               # core experts of this text only (empty with one text)
+    specific: list[int]  # core experts of this text only (empty with one text)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def entropy_bits(weight: np.ndarray) -> float:
 
 
 def core_set(weight: np.ndarray, mass: float) -> set[int]:
-    return set(ranked(weight)[:experts_for_mass(weight, mass)].tolist())
+    return set(ranked(weight)[: experts_for_mass(weight, mass)].tolist())
 
 
 def jaccard(a: set[int], b: set[int]) -> float:
@@ -99,10 +100,17 @@ def build_report(usage, core_mass: float = CORE_MASS) -> UsageReport:
         for layer in range(layers):
             others = set().union(*(cores[j][layer] for j in range(len(texts)) if j != i))
             w = t.weight[layer]
-            rows.append(LayerFigures(
-                layer, {f"{round(100 * m)}": experts_for_mass(w, m) for m in MASS_LEVELS}, entropy_bits(w),
-                np.flatnonzero(t.counts[layer] == 0).tolist(),
-                sorted(cores[i][layer] - others) if len(texts) > 1 else []))
+            rows.append(
+                LayerFigures(
+                    layer,
+                    {f"{round(100 * m)}": experts_for_mass(w, m) for m in MASS_LEVELS},
+                    entropy_bits(w),
+                    np.flatnonzero(t.counts[layer] == 0).tolist(),
+                    sorted(cores[i][layer] - others) if len(texts) > 1 else [],
+                )
+            )
         figures.append(TextFigures(t.label, t.tokens, rows))
-    similarity = [[float(np.mean([jaccard(a[layer], b[layer]) for layer in range(layers)])) for b in cores] for a in cores]
+    similarity = [
+        [float(np.mean([jaccard(a[layer], b[layer]) for layer in range(layers)])) for b in cores] for a in cores
+    ]
     return UsageReport(usage.model.experts, usage.model.experts_per_token, core_mass, figures, similarity)

@@ -10,21 +10,22 @@ weight x ||expert output||, whose mean over the expert's tokens is REAP's salien
 Each text is tokenized with the model's special tokens (as imatrix does) and cut into chunks of `ctx`
 tokens, the remainder being one shorter chunk, each evaluated from an empty KV cache.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .progress import Progress
 from .errors import ExpertsError
 from .identity import ModelIdentity, gguf_identity
 from .imatrix import read_text
 from .observer import GraphObserver, Node, ObservedModel, layer_of
+from .progress import Progress
 
 TOPK, WEIGHTS, DOWN = "ffn_moe_topk", "ffn_moe_weights_norm", "ffn_moe_down"
 
@@ -36,8 +37,8 @@ class TextUsage:
     label: str
     source: str
     tokens: int
-    counts: np.ndarray    # int64 [layers, experts]: tokens routed to the expert
-    weight: np.ndarray    # float64 [layers, experts]: summed gate weight (the routing mass)
+    counts: np.ndarray  # int64 [layers, experts]: tokens routed to the expert
+    weight: np.ndarray  # float64 [layers, experts]: summed gate weight (the routing mass)
     reap_sum: np.ndarray  # float64 [layers, experts]: summed gate weight x ||expert output||
     routing: np.ndarray | None = field(default=None, repr=False)  # int32 [layers, tokens, k], with keep_routing
     chunks: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)  # the token ids evaluated
@@ -48,8 +49,14 @@ class TextUsage:
         return np.divide(self.reap_sum, self.counts, out=np.zeros_like(self.reap_sum), where=self.counts > 0)
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "source": self.source, "tokens": self.tokens, "counts": self.counts.tolist(),
-                "weight": self.weight.tolist(), "reap_sum": self.reap_sum.tolist()}
+        return {
+            "label": self.label,
+            "source": self.source,
+            "tokens": self.tokens,
+            "counts": self.counts.tolist(),
+            "weight": self.weight.tolist(),
+            "reap_sum": self.reap_sum.tolist(),
+        }
 
 
 @dataclass(frozen=True)
@@ -70,13 +77,24 @@ class ExpertUsage:
     def combined(self) -> TextUsage:
         """All texts as one."""
         t = self.texts
-        return TextUsage("+".join(self.labels), ", ".join(x.source for x in t), sum(x.tokens for x in t),
-                         np.sum([x.counts for x in t], axis=0), np.sum([x.weight for x in t], axis=0),
-                         np.sum([x.reap_sum for x in t], axis=0))
+        return TextUsage(
+            "+".join(self.labels),
+            ", ".join(x.source for x in t),
+            sum(x.tokens for x in t),
+            np.sum([x.counts for x in t], axis=0),
+            np.sum([x.weight for x in t], axis=0),
+            np.sum([x.reap_sum for x in t], axis=0),
+        )
 
     def as_dict(self) -> dict:
-        return {"model": self.model.as_dict(), "model_path": self.model_path, "ctx": self.ctx,
-                "seconds": self.seconds, "tokens_per_s": self.tokens_per_s, "texts": [t.as_dict() for t in self.texts]}
+        return {
+            "model": self.model.as_dict(),
+            "model_path": self.model_path,
+            "ctx": self.ctx,
+            "seconds": self.seconds,
+            "tokens_per_s": self.tokens_per_s,
+            "texts": [t.as_dict() for t in self.texts],
+        }
 
 
 class RoutingCollector:
@@ -115,8 +133,10 @@ class RoutingCollector:
     def _add(self, layer: int, name: str, down: np.ndarray) -> None:
         ids, w = self._ids.pop(layer, None), self._w.pop(layer, None)
         if ids is None or w is None or ids.shape != w.shape:
-            raise ExpertsError(f"{name}: llama.cpp's graph did not show {TOPK}-{layer} and {WEIGHTS}-{layer} before it",
-                               "this llama.cpp build names its MoE tensors differently from the one marco-gguf was tested with")
+            raise ExpertsError(
+                f"{name}: llama.cpp's graph did not show {TOPK}-{layer} and {WEIGHTS}-{layer} before it",
+                "this llama.cpp build names its MoE tensors differently from the one marco-gguf was tested with",
+            )
         norms = np.linalg.norm(down.reshape(ids.shape[0], ids.shape[1], -1).astype(np.float64), axis=-1)
         flat = ids.reshape(-1)
         self.counts[layer] += np.bincount(flat, minlength=self.experts)
@@ -129,8 +149,11 @@ class RoutingCollector:
         per_layer = self.counts.sum(axis=1)
         if (per_layer != tokens * k).any():
             layer = int(np.argmax(per_layer != tokens * k))
-            raise ExpertsError(f"layer {layer}: llama.cpp routed {per_layer[layer]:,} token slots, expected {tokens:,} "
-                               f"tokens x {k} experts", "this llama.cpp build's graph differs from the tested one")
+            raise ExpertsError(
+                f"layer {layer}: llama.cpp routed {per_layer[layer]:,} token slots, expected {tokens:,} "
+                f"tokens x {k} experts",
+                "this llama.cpp build's graph differs from the tested one",
+            )
         routing = np.stack([np.concatenate(r) for r in self.routing]) if self.keep_routing else None
         return TextUsage(self.label, source, tokens, self.counts, self.weight, self.reap_sum, routing, chunks)
 
@@ -147,13 +170,22 @@ def text_labels(texts: Sequence[str | Path | None], labels: Sequence[str] | None
 
 
 def _chunks(tokens: list[int], ctx: int) -> list[list[int]]:
-    return [tokens[i:i + ctx] for i in range(0, len(tokens), ctx)]
+    return [tokens[i : i + ctx] for i in range(0, len(tokens), ctx)]
 
 
-def expert_usage(model: str | Path, texts: Sequence[str | Path | None] = (None,), *,
-                 labels: Sequence[str] | None = None, ctx: int = 512, threads: int | None = None,
-                 usage: str | Path | None = None, plot: str | Path | None = None, keep_routing: bool = False,
-                 kv_f32: bool = False, progress: Progress | None = None) -> ExpertUsage:
+def expert_usage(
+    model: str | Path,
+    texts: Sequence[str | Path | None] = (None,),
+    *,
+    labels: Sequence[str] | None = None,
+    ctx: int = 512,
+    threads: int | None = None,
+    usage: str | Path | None = None,
+    plot: str | Path | None = None,
+    keep_routing: bool = False,
+    kv_f32: bool = False,
+    progress: Progress | None = None,
+) -> ExpertUsage:
     """Routing statistics of `model` (a qwen3moe GGUF) over each text (a file; None: the built-in text),
     saved for `prune` to `usage` and drawn to `plot` (PNG) when given. `keep_routing` keeps every token's
     top-k experts (for tests); `kv_f32` uses an F32 KV cache (for exact comparisons)."""
@@ -174,8 +206,9 @@ def expert_usage(model: str | Path, texts: Sequence[str | Path | None] = (None,)
     bodies = [read_text(t, ExpertsError, "the text") for t in texts]
     k, collector = identity.experts_per_token, RoutingCollector(identity.layers, identity.experts, keep_routing)
     results, seconds = [], 0.0
-    with ObservedModel(model, GraphObserver(collector.wants, collector.take), n_ctx=ctx, threads=threads,
-                       kv_f32=kv_f32) as m:
+    with ObservedModel(
+        model, GraphObserver(collector.wants, collector.take), n_ctx=ctx, threads=threads, kv_f32=kv_f32
+    ) as m:
         tokenized = [m.tokenize(body) for body, _ in bodies]
         chunked = [_chunks(tokens, ctx) for tokens in tokenized]
         total, done = sum(len(c) for c in chunked), 0
@@ -185,10 +218,13 @@ def expert_usage(model: str | Path, texts: Sequence[str | Path | None] = (None,)
             collector.start(name)
             seconds += m.run_chunks(chunks, _shifted(progress, done, total), what=name)
             done += len(chunks)
-            results.append(collector.finish(source, len(tokens), k, tuple(map(tuple, chunks)) if keep_routing else None))
+            results.append(
+                collector.finish(source, len(tokens), k, tuple(map(tuple, chunks)) if keep_routing else None)
+            )
     n_tokens = sum(len(t) for t in tokenized)
-    result = ExpertUsage(identity, str(model), ctx, tuple(results), time.perf_counter() - started,
-                         n_tokens / seconds if seconds else 0.0)
+    result = ExpertUsage(
+        identity, str(model), ctx, tuple(results), time.perf_counter() - started, n_tokens / seconds if seconds else 0.0
+    )
     if usage is not None:
         write_usage(result, Path(usage))
     if plot is not None:

@@ -5,14 +5,15 @@ The streaming GGUF writer (writer.py) keeps its own temp file open across many w
 and checks space through these functions. qwen_vocab.py keeps a private copy of `write_atomic`: it must
 run on the standard library alone, loaded by path (its test does that).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import MarcoGGUFError, OutputError
 
@@ -82,8 +83,15 @@ def remove_folders(made: list[Path]) -> None:
             f.rmdir()
 
 
-def check_space(folder: Path, needed: int, *, target: Path | str, purpose: str = "", hint: str,
-                error: type[MarcoGGUFError] = OutputError) -> None:
+def check_space(
+    folder: Path,
+    needed: int,
+    *,
+    target: Path | str,
+    purpose: str = "",
+    hint: str,
+    error: type[MarcoGGUFError] = OutputError,
+) -> None:
     """Refuse before writing when `folder` (or the ancestor it will be made in) has less than `needed` bytes free."""
     free = shutil.disk_usage(existing_ancestor(Path(folder))).free
     if free < needed:

@@ -8,6 +8,7 @@ exactly), src/llama-model.cpp load_hparams (asserts on layer and expert counts, 
 src/models/qwen3moe.cpp (required keys, the tensor table, head-size asserts in the graph),
 src/llama-vocab.cpp load (token list, types, scores, merges; GGML_ASSERT that tokens are unique).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,34 +23,56 @@ from .errors import GGUFFileError
 from .qwen3moe import TOKENIZER_MODEL, TOKENIZER_PRE
 from .reader import DAMAGED, Header
 
-LLAMA_MAX_LAYERS = 512    # src/llama-hparams.h
+LLAMA_MAX_LAYERS = 512  # src/llama-hparams.h
 LLAMA_MAX_EXPERTS = 1024  # src/llama-hparams.h
 # rope scaling names llama.cpp knows (llama_rope_scaling_type_from_string); another one is a GGML_ASSERT
 ROPE_SCALING = ("none", "linear", "yarn", "longrope")
 
 # qwen3moe.<key> -> (type llama.cpp reads it as, required); source: load_hparams + qwen3moe.cpp load_arch_hparams
 HPARAM_TYPES: dict[str, tuple[V, bool]] = {
-    "context_length": (V.UINT32, True), "embedding_length": (V.UINT32, True), "block_count": (V.UINT32, True),
-    "feed_forward_length": (V.UINT32, False), "attention.head_count": (V.UINT32, True),
-    "attention.head_count_kv": (V.UINT32, False), "expert_count": (V.UINT32, True),
-    "expert_used_count": (V.UINT32, True), "expert_feed_forward_length": (V.UINT32, False),
-    "expert_group_count": (V.UINT32, False), "expert_group_used_count": (V.UINT32, False),
-    "nextn_predict_layers": (V.UINT32, False), "attention.layer_norm_rms_epsilon": (V.FLOAT32, True),
-    "attention.key_length": (V.UINT32, False), "attention.value_length": (V.UINT32, False),
-    "rope.dimension_count": (V.UINT32, False), "rope.freq_base": (V.FLOAT32, False),
-    "rope.scaling.type": (V.STRING, False), "rope.scaling.factor": (V.FLOAT32, False),
-    "rope.scaling.original_context_length": (V.UINT32, False), "rope.scaling.finetuned": (V.BOOL, False),
+    "context_length": (V.UINT32, True),
+    "embedding_length": (V.UINT32, True),
+    "block_count": (V.UINT32, True),
+    "feed_forward_length": (V.UINT32, False),
+    "attention.head_count": (V.UINT32, True),
+    "attention.head_count_kv": (V.UINT32, False),
+    "expert_count": (V.UINT32, True),
+    "expert_used_count": (V.UINT32, True),
+    "expert_feed_forward_length": (V.UINT32, False),
+    "expert_group_count": (V.UINT32, False),
+    "expert_group_used_count": (V.UINT32, False),
+    "nextn_predict_layers": (V.UINT32, False),
+    "attention.layer_norm_rms_epsilon": (V.FLOAT32, True),
+    "attention.key_length": (V.UINT32, False),
+    "attention.value_length": (V.UINT32, False),
+    "rope.dimension_count": (V.UINT32, False),
+    "rope.freq_base": (V.FLOAT32, False),
+    "rope.scaling.type": (V.STRING, False),
+    "rope.scaling.factor": (V.FLOAT32, False),
+    "rope.scaling.original_context_length": (V.UINT32, False),
+    "rope.scaling.finetuned": (V.BOOL, False),
 }
 # tokenizer.ggml.<key> -> type; source: llama-vocab.cpp load (special ids are read as uint32)
 TOKENIZER_TYPES: dict[str, V] = {
-    "model": V.STRING, "pre": V.STRING, "tokens": V.ARRAY, "token_type": V.ARRAY, "merges": V.ARRAY,
-    "scores": V.ARRAY, "add_bos_token": V.BOOL, "add_eos_token": V.BOOL, "add_sep_token": V.BOOL,
+    "model": V.STRING,
+    "pre": V.STRING,
+    "tokens": V.ARRAY,
+    "token_type": V.ARRAY,
+    "merges": V.ARRAY,
+    "scores": V.ARRAY,
+    "add_bos_token": V.BOOL,
+    "add_eos_token": V.BOOL,
+    "add_sep_token": V.BOOL,
     **{f"{k}_token_id": V.UINT32 for k in ("bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "mask")},
 }
 # other keys llama.cpp or our runtime reads, with their types; source: llama-model-loader.cpp, llama-vocab.cpp
-GENERAL_TYPES: dict[str, V] = {"general.architecture": V.STRING, "general.name": V.STRING,
-                               "general.file_type": V.UINT32, "general.quantization_version": V.UINT32,
-                               TEMPLATE_KEY: V.STRING}
+GENERAL_TYPES: dict[str, V] = {
+    "general.architecture": V.STRING,
+    "general.name": V.STRING,
+    "general.file_type": V.UINT32,
+    "general.quantization_version": V.UINT32,
+    TEMPLATE_KEY: V.STRING,
+}
 # matrix types ggml's CPU backend multiplies (and gets rows of); Q8_1/Q8_K are only dot-product partners
 MATRIX_TYPES = frozenset(q for q in Q if q.name not in ("Q8_1", "Q8_K", "I8", "I16", "I32", "I64", "F64"))
 VECTOR_TYPES = frozenset({Q.F32})  # norms: every converter and quantizer keeps them F32
@@ -77,12 +100,19 @@ class _Check:
 
 def _hparams(c: _Check, arch: str) -> dict[str, Any]:
     hp = {k: c.typed(f"{arch}.{k}", t, req) for k, (t, req) in HPARAM_TYPES.items()}
-    for k, lo, hi in (("block_count", 1, LLAMA_MAX_LAYERS), ("expert_count", 1, LLAMA_MAX_EXPERTS),
-                      ("expert_used_count", 1, hp["expert_count"]), ("embedding_length", 1, None),
-                      ("attention.head_count", 1, None), ("context_length", 1, None)):
+    for k, lo, hi in (
+        ("block_count", 1, LLAMA_MAX_LAYERS),
+        ("expert_count", 1, LLAMA_MAX_EXPERTS),
+        ("expert_used_count", 1, hp["expert_count"]),
+        ("embedding_length", 1, None),
+        ("attention.head_count", 1, None),
+        ("context_length", 1, None),
+    ):
         if hp[k] < lo or (hi is not None and hp[k] > hi):
-            c.fail(f"{arch}.{k} is {hp[k]}, llama.cpp needs {lo}..{hi if hi is not None else 'any'}"
-                   + (f" ({arch}.expert_count)" if k == "expert_used_count" else ""))
+            c.fail(
+                f"{arch}.{k} is {hp[k]}, llama.cpp needs {lo}..{hi if hi is not None else 'any'}"
+                + (f" ({arch}.expert_count)" if k == "expert_used_count" else "")
+            )
     if (hp["expert_group_count"] or 0) >= hp["expert_count"] or (hp["nextn_predict_layers"] or 0) > hp["block_count"]:
         c.fail(f"{arch}.expert_group_count or nextn_predict_layers out of range (llama.cpp asserts on them)")
     for k in ("attention.layer_norm_rms_epsilon", "rope.freq_base"):
@@ -103,15 +133,24 @@ def _geometry(c: _Check, arch: str, hp: dict[str, Any]) -> dict[str, int]:
     if n_head_kv < 1 or n_head % n_head_kv:
         c.fail(f"{arch}.attention.head_count_kv is {n_head_kv}: it must divide head_count {n_head}")
     if not head_k == head_v == n_rot or head_k < 2 or head_k % 2:
-        c.fail(f"{arch}: key_length {head_k}, value_length {head_v} and rope.dimension_count {n_rot} must be one "
-               "even head size (llama.cpp's qwen3moe graph asserts it)")
+        c.fail(
+            f"{arch}: key_length {head_k}, value_length {head_v} and rope.dimension_count {n_rot} must be one "
+            "even head size (llama.cpp's qwen3moe graph asserts it)"
+        )
     ff = hp["expert_feed_forward_length"]
     if ff is None:
         ff = (hp["feed_forward_length"] or 0) // hp["expert_used_count"]
     if ff < 1:
         c.fail(f"{arch}.expert_feed_forward_length is missing or 0: the expert matrices have no size")
-    return {"n_embd": n_embd, "q": n_head * head_k, "kv": n_head_kv * head_k, "head": head_k, "ff": ff,
-            "experts": hp["expert_count"], "layers": hp["block_count"]}
+    return {
+        "n_embd": n_embd,
+        "q": n_head * head_k,
+        "kv": n_head_kv * head_k,
+        "head": head_k,
+        "ff": ff,
+        "experts": hp["expert_count"],
+        "layers": hp["block_count"],
+    }
 
 
 def expected_tensors(g: dict[str, int], n_vocab: int) -> dict[str, tuple[tuple[int, ...], frozenset[Q]]]:
@@ -119,12 +158,25 @@ def expected_tensors(g: dict[str, int], n_vocab: int) -> dict[str, tuple[tuple[i
     E, H, F, M, V_ = g["experts"], g["n_embd"], g["ff"], MATRIX_TYPES, VECTOR_TYPES
     out = {"token_embd.weight": ((n_vocab, H), M), "output_norm.weight": ((H,), V_)}
     for i in range(g["layers"]):
-        out.update({f"blk.{i}.{k}.weight": v for k, v in {
-            "attn_norm": ((H,), V_), "attn_q": ((g["q"], H), M), "attn_k": ((g["kv"], H), M),
-            "attn_v": ((g["kv"], H), M), "attn_output": ((H, g["q"]), M), "attn_k_norm": ((g["head"],), V_),
-            "attn_q_norm": ((g["head"],), V_), "ffn_norm": ((H,), V_), "ffn_gate_inp": ((E, H), M),
-            "ffn_gate_exps": ((E, F, H), M), "ffn_up_exps": ((E, F, H), M), "ffn_down_exps": ((E, H, F), M),
-        }.items()})
+        out.update(
+            {
+                f"blk.{i}.{k}.weight": v
+                for k, v in {
+                    "attn_norm": ((H,), V_),
+                    "attn_q": ((g["q"], H), M),
+                    "attn_k": ((g["kv"], H), M),
+                    "attn_v": ((g["kv"], H), M),
+                    "attn_output": ((H, g["q"]), M),
+                    "attn_k_norm": ((g["head"],), V_),
+                    "attn_q_norm": ((g["head"],), V_),
+                    "ffn_norm": ((H,), V_),
+                    "ffn_gate_inp": ((E, H), M),
+                    "ffn_gate_exps": ((E, F, H), M),
+                    "ffn_up_exps": ((E, F, H), M),
+                    "ffn_down_exps": ((E, H, F), M),
+                }.items()
+            }
+        )
     return out
 
 
@@ -141,8 +193,10 @@ def _tensors(c: _Check, g: dict[str, int], n_vocab: int) -> None:
         elif t.shape != shape:
             c.fail(f"tensor {name!r} has shape {list(t.shape)}, the qwen3moe.* keys imply {list(shape)}")
         elif t.type not in types:
-            c.fail(f"tensor {name!r} has type {t.type.name}, which llama.cpp cannot use there "
-                   f"(expected {'F32' if types == VECTOR_TYPES else 'a matrix type'})")
+            c.fail(
+                f"tensor {name!r} has type {t.type.name}, which llama.cpp cannot use there "
+                f"(expected {'F32' if types == VECTOR_TYPES else 'a matrix type'})"
+            )
 
 
 def _tokens(c: _Check) -> int:

@@ -3,6 +3,7 @@
 Shared by `inspect`, `verify`, `chat` (RAM check) and `bench` (roofline). Only the header is
 parsed; tensor data is never touched here.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,14 +85,25 @@ class GGUFInfo:
 
     def as_dict(self, n_ctx: int = DEFAULT_CTX) -> dict[str, Any]:
         return {
-            "path": str(self.path), "file_size": self.file_size, "architecture": self.architecture, "name": self.name,
-            "file_type": self.file_type, "hparams": self.hparams, "tokenizer": self.tokenizer,
-            "has_chat_template": self.has_chat_template, "parameters": self.n_parameters,
-            "bits_per_weight": self.bits_per_weight, "groups": self.group_totals(),
-            "active_parameters": self.active_parameters, "bytes_per_token": self.bytes_per_token,
-            "ctx": n_ctx, "ram_needed": self.ram_needed(n_ctx),
-            "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.type, "bytes": t.n_bytes, "group": t.group}
-                        for t in self.tensors],
+            "path": str(self.path),
+            "file_size": self.file_size,
+            "architecture": self.architecture,
+            "name": self.name,
+            "file_type": self.file_type,
+            "hparams": self.hparams,
+            "tokenizer": self.tokenizer,
+            "has_chat_template": self.has_chat_template,
+            "parameters": self.n_parameters,
+            "bits_per_weight": self.bits_per_weight,
+            "groups": self.group_totals(),
+            "active_parameters": self.active_parameters,
+            "bytes_per_token": self.bytes_per_token,
+            "ctx": n_ctx,
+            "ram_needed": self.ram_needed(n_ctx),
+            "tensors": [
+                {"name": t.name, "shape": list(t.shape), "type": t.type, "bytes": t.n_bytes, "group": t.group}
+                for t in self.tensors
+            ],
         }
 
 
@@ -102,10 +114,14 @@ def bytes_per_token(info: GGUFInfo) -> int:
 
 def _tokenizer_summary(fields: dict[str, Any]) -> dict[str, Any]:
     return {
-        "model": fields.get("tokenizer.ggml.model"), "pre": fields.get("tokenizer.ggml.pre"),
-        "tokens": len(fields.get("tokenizer.ggml.tokens", ())), "merges": len(fields.get("tokenizer.ggml.merges", ())),
-        **{k: fields.get(f"tokenizer.ggml.{k}") for k in
-           ("bos_token_id", "eos_token_id", "padding_token_id", "add_bos_token", "add_eos_token")},
+        "model": fields.get("tokenizer.ggml.model"),
+        "pre": fields.get("tokenizer.ggml.pre"),
+        "tokens": len(fields.get("tokenizer.ggml.tokens", ())),
+        "merges": len(fields.get("tokenizer.ggml.merges", ())),
+        **{
+            k: fields.get(f"tokenizer.ggml.{k}")
+            for k in ("bos_token_id", "eos_token_id", "padding_token_id", "add_bos_token", "add_eos_token")
+        },
     }
 
 
@@ -131,22 +147,30 @@ def _read_info(path: Path) -> GGUFInfo:
     fields = header.fields
     arch = fields.get("general.architecture") or "?"
     if header.types.get("general.architecture", V.STRING) != V.STRING:
-        raise GGUFFileError(f"{path}: key general.architecture is {header.types['general.architecture'].name}, "
-                            "expected STRING", DAMAGED)
+        raise GGUFFileError(
+            f"{path}: key general.architecture is {header.types['general.architecture'].name}, expected STRING", DAMAGED
+        )
     if arch == ARCH_NAME:
         check_qwen3moe(path, header, arch)
     prefix = f"{arch}."
-    hparams = {k[len(prefix):]: v for k, v in fields.items() if k.startswith(prefix)}
-    tensors = tuple(TensorInfo(t.name, t.shape, t.type.name, t.n_bytes,
-                               spec.group_of(t.name))
-                    for t in header.tensors)
-    return GGUFInfo(Path(path), Path(path).stat().st_size, arch, fields.get("general.name"),
-                    fields.get("general.file_type"), hparams, _tokenizer_summary(fields),
-                    "tokenizer.chat_template" in fields, tensors)
+    hparams = {k[len(prefix) :]: v for k, v in fields.items() if k.startswith(prefix)}
+    tensors = tuple(TensorInfo(t.name, t.shape, t.type.name, t.n_bytes, spec.group_of(t.name)) for t in header.tensors)
+    return GGUFInfo(
+        Path(path),
+        Path(path).stat().st_size,
+        arch,
+        fields.get("general.name"),
+        fields.get("general.file_type"),
+        hparams,
+        _tokenizer_summary(fields),
+        "tokenizer.chat_template" in fields,
+        tensors,
+    )
 
 
 def require_qwen3moe(info: GGUFInfo) -> None:
     if info.architecture != ARCH_NAME:
-        raise GGUFFileError(f"{info.path}: architecture {info.architecture!r} is not {ARCH_NAME}",
-                            "marco-gguf runs Marco (qwen3moe) GGUFs only")
-
+        raise GGUFFileError(
+            f"{info.path}: architecture {info.architecture!r} is not {ARCH_NAME}",
+            "marco-gguf runs Marco (qwen3moe) GGUFs only",
+        )

@@ -4,6 +4,7 @@ huggingface_hub does the real work (resumable downloads, its own progress bars, 
 layout under HF_HOME, HF_TOKEN for gated repos, HF_HUB_OFFLINE); this module decides when SOURCE is
 a hub id, which files to ask for, and turns its exceptions into one clear HubError.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,15 +17,15 @@ HUB_URL = "https://huggingface.co"
 
 # What convert() reads, and nothing else (a repo may also hold GGUFs, PyTorch .bin copies, images).
 ALLOW_PATTERNS = (
-    "config.json",                   # hyperparameters
-    "generation_config.json",        # sampling defaults (general.sampling.*)
-    "*.safetensors",                 # weights
+    "config.json",  # hyperparameters
+    "generation_config.json",  # sampling defaults (general.sampling.*)
+    "*.safetensors",  # weights
     "model.safetensors.index.json",  # which shard holds which tensor
-    "tokenizer.json",                # vocabulary and merges
-    "tokenizer_config.json",         # special tokens, the chat template
-    "chat_template.jinja",           # newer transformers keep the template here ...
-    "chat_template.json",            # ... or here
-    "README.md",                     # model card front-matter: license, languages, base_model
+    "tokenizer.json",  # vocabulary and merges
+    "tokenizer_config.json",  # special tokens, the chat template
+    "chat_template.jinja",  # newer transformers keep the template here ...
+    "chat_template.json",  # ... or here
+    "README.md",  # model card front-matter: license, languages, base_model
     "LICENSE*",
 )
 
@@ -70,31 +71,45 @@ def download(repo_id: str, *, revision: str | None = None) -> HubSnapshot:
     try:
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(ALLOW_PATTERNS))
     except hf.RevisionNotFoundError:
-        raise HubError(f"{repo_id}: revision {revision!r} not found on the hub",
-                       "pass a branch, tag or commit that exists (see the repo's 'Files and versions')") from None
+        raise HubError(
+            f"{repo_id}: revision {revision!r} not found on the hub",
+            "pass a branch, tag or commit that exists (see the repo's 'Files and versions')",
+        ) from None
     except hf.GatedRepoError:
-        raise HubError(f"{repo_id} is gated: its license must be accepted before downloading",
-                       f"accept it on {HUB_URL}/{repo_id}, then set HF_TOKEN (or run `hf auth login`)") from None
+        raise HubError(
+            f"{repo_id} is gated: its license must be accepted before downloading",
+            f"accept it on {HUB_URL}/{repo_id}, then set HF_TOKEN (or run `hf auth login`)",
+        ) from None
     except hf.RepositoryNotFoundError:
-        raise HubError(f"{repo_id} is not a local folder, nor a model repository on the hub (or it is private)",
-                       "check the spelling; for a private repo set HF_TOKEN") from None
+        raise HubError(
+            f"{repo_id} is not a local folder, nor a model repository on the hub (or it is private)",
+            "check the spelling; for a private repo set HF_TOKEN",
+        ) from None
     except hf.LocalEntryNotFoundError as e:
         incomplete = getattr(hf, "IncompleteSnapshotError", None)  # huggingface_hub >= 1.x
         if incomplete is not None and isinstance(e, incomplete):
-            raise HubError(f"{repo_id}{at}: the cached copy in {cache} is incomplete and the hub cannot be reached",
-                           "download it again with network access (the download resumes)") from None
+            raise HubError(
+                f"{repo_id}{at}: the cached copy in {cache} is incomplete and the hub cannot be reached",
+                "download it again with network access (the download resumes)",
+            ) from None
         if constants.HF_HUB_OFFLINE:
-            raise HubError(f"{repo_id}{at} is not a local folder and is not in the Hugging Face cache ({cache}), "
-                           "and HF_HUB_OFFLINE is set",
-                           "unset HF_HUB_OFFLINE to download it, or pass the path of a local copy") from None
-        raise HubError(f"{repo_id}{at} is not a local folder, the hub cannot be reached, and it is not in the "
-                       f"Hugging Face cache ({cache})",
-                       "check the network connection, or pass the path of a local copy") from None
+            raise HubError(
+                f"{repo_id}{at} is not a local folder and is not in the Hugging Face cache ({cache}), "
+                "and HF_HUB_OFFLINE is set",
+                "unset HF_HUB_OFFLINE to download it, or pass the path of a local copy",
+            ) from None
+        raise HubError(
+            f"{repo_id}{at} is not a local folder, the hub cannot be reached, and it is not in the "
+            f"Hugging Face cache ({cache})",
+            "check the network connection, or pass the path of a local copy",
+        ) from None
     except hf.HfHubHTTPError as e:
         raise HubError(f"{repo_id}: the hub refused the download ({e})", "try again later") from None
     except OSError as e:  # disk full, unwritable HF_HOME
-        raise HubError(f"{repo_id}: could not store the download in {cache} ({e})",
-                       "free space there, or point HF_HOME at another disk") from None
+        raise HubError(
+            f"{repo_id}: could not store the download in {cache} ({e})",
+            "free space there, or point HF_HOME at another disk",
+        ) from None
     snapshot = Path(folder)
     return HubSnapshot(repo_id, snapshot.name, snapshot)
 
@@ -104,6 +119,8 @@ def resolve_source(source: str | Path, *, revision: str | None = None) -> HubSna
     if is_hub_id(source):
         return download(str(source), revision=revision)
     if revision is not None:
-        raise HubError(f"revision {revision!r} applies to hub ids only, but {source} is a local path",
-                       "drop --revision, or give SOURCE as owner/name")
+        raise HubError(
+            f"revision {revision!r} applies to hub ids only, but {source} is a local path",
+            "drop --revision, or give SOURCE as owner/name",
+        )
     return None

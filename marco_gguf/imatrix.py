@@ -8,6 +8,7 @@ plain MUL_MAT only when it sees >= 16 tokens of F32 input and its weight is a `b
 tokens added, cut into chunks of `ctx` tokens, each evaluated from an empty KV cache with logits for
 every token (so the last layer computes every row); with add_bos the first token of each chunk is BOS.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,11 +24,10 @@ from .imatrix_file import Entry, Imatrix, write_imatrix
 from .observer import GraphObserver, Node, ObservedModel
 from .progress import Progress
 
-MIN_DENSE_TOKENS = 16   # imatrix.cpp: "why are small batches ignored (<16 tokens)?"
+MIN_DENSE_TOKENS = 16  # imatrix.cpp: "why are small batches ignored (<16 tokens)?"
 GGML_TYPE_F32 = 0
 DEFAULT_TEXT = "calibration/calibration.txt"  # shipped in the wheel, see calibration/README.md
 DEFAULT_DATASET = "marco-gguf:calibration.txt"
-
 
 
 def weight_name(name: str) -> str:
@@ -112,7 +112,7 @@ class ImatrixResult:
     path: Path | None
     model: Path
     dataset: str
-    n_tokens: int           # tokens the text gave
+    n_tokens: int  # tokens the text gave
     chunks: int
     ctx: int
     n_entries: int
@@ -125,8 +125,9 @@ class ImatrixResult:
         return {**d, "path": str(self.path) if self.path else None, "model": str(self.model)}
 
 
-def read_text(path: str | Path | None, error: type[MarcoGGUFError] = ImatrixError,
-              what: str = "the calibration text") -> tuple[str, str]:
+def read_text(
+    path: str | Path | None, error: type[MarcoGGUFError] = ImatrixError, what: str = "the calibration text"
+) -> tuple[str, str]:
     """(text, dataset name): the file's UTF-8 text, or the built-in calibration text. One trailing newline is
     dropped, as llama.cpp's `-f` does. Failures raise `error` (the caller's command's error type)."""
     if path is None:
@@ -139,36 +140,51 @@ def read_text(path: str | Path | None, error: type[MarcoGGUFError] = ImatrixErro
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise error(f"{dataset}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start:,} of "
-                    f"{len(raw):,})", "convert it to UTF-8, e.g. iconv -t UTF-8") from None
+        raise error(
+            f"{dataset}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start:,} of {len(raw):,})",
+            "convert it to UTF-8, e.g. iconv -t UTF-8",
+        ) from None
     return text.removesuffix("\n"), dataset
 
 
-def compute_imatrix(model: str | Path, *, text: str | Path | None = None, outfile: str | Path | None = None,
-                    ctx: int = 512, chunks: int | None = None, threads: int | None = None, force: bool = False,
-                    progress: Progress | None = None, kv_f32: bool = False) -> ImatrixResult:
+def compute_imatrix(
+    model: str | Path,
+    *,
+    text: str | Path | None = None,
+    outfile: str | Path | None = None,
+    ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    kv_f32: bool = False,
+) -> ImatrixResult:
     """Importance matrix of `model` (a qwen3moe GGUF) over `text` (a file; default: the built-in text),
     written to `outfile` in llama.cpp's GGUF imatrix format when given (`kv_f32`: an F32 KV cache)."""
     started = time.perf_counter()
     model = Path(model)
     require_qwen3moe(read_info(model))
     if ctx < MIN_DENSE_TOKENS:
-        raise ImatrixError(f"-c {ctx}: a chunk needs at least {MIN_DENSE_TOKENS} tokens",
-                           "use the default of 512 or more")
+        raise ImatrixError(
+            f"-c {ctx}: a chunk needs at least {MIN_DENSE_TOKENS} tokens", "use the default of 512 or more"
+        )
     out = Path(outfile) if outfile is not None else None
     if out is not None and out.exists() and not force:
         raise ImatrixError(f"{out}: already exists", "pass --force to overwrite it")
     body, dataset = read_text(text)
     collector = ImatrixCollector()
-    with ObservedModel(model, GraphObserver(collector.wants, collector.take), n_ctx=ctx, threads=threads,
-                       kv_f32=kv_f32) as m:
+    with ObservedModel(
+        model, GraphObserver(collector.wants, collector.take), n_ctx=ctx, threads=threads, kv_f32=kv_f32
+    ) as m:
         tokens = m.tokenize(body)
         available = len(tokens) // ctx
         if available < 1:
-            raise ImatrixError(f"{dataset}: {len(tokens):,} tokens, fewer than one chunk of -c {ctx}",
-                               f"give a longer text (at least {ctx:,} tokens) or a smaller -c")
+            raise ImatrixError(
+                f"{dataset}: {len(tokens):,} tokens, fewer than one chunk of -c {ctx}",
+                f"give a longer text (at least {ctx:,} tokens) or a smaller -c",
+            )
         n_chunks = min(chunks, available) if chunks else available
-        batches = [tokens[i * ctx:(i + 1) * ctx] for i in range(n_chunks)]
+        batches = [tokens[i * ctx : (i + 1) * ctx] for i in range(n_chunks)]
         if m.add_bos:
             for chunk in batches:
                 chunk[0] = m.bos
@@ -177,5 +193,15 @@ def compute_imatrix(model: str | Path, *, text: str | Path | None = None, outfil
     imatrix = Imatrix(collector.entries, [dataset], max_count // ctx, ctx)
     if out is not None:
         write_imatrix(imatrix, out)
-    return ImatrixResult(out, model, dataset, len(tokens), n_chunks, ctx, len(imatrix.entries),
-                         time.perf_counter() - started, n_chunks * ctx / run_seconds if run_seconds else 0.0, imatrix)
+    return ImatrixResult(
+        out,
+        model,
+        dataset,
+        len(tokens),
+        n_chunks,
+        ctx,
+        len(imatrix.entries),
+        time.perf_counter() - started,
+        n_chunks * ctx / run_seconds if run_seconds else 0.0,
+        imatrix,
+    )

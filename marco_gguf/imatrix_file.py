@@ -7,6 +7,7 @@ Legacy .dat (save_imatrix_legacy): int32 entry count, then per entry name, ncall
 (sum / count) * ncall; then optionally the chunk count and the dataset name.
 Normalisation for quantizing follows tools/quantize/quantize.cpp load_imatrix.
 """
+
 from __future__ import annotations
 
 import struct
@@ -27,7 +28,7 @@ SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"
 class Entry:
     """One weight's statistics: flat sums (n_mat * ne0, matrix-major) and one count per matrix."""
 
-    sums: np.ndarray    # float32, or float64 while collecting
+    sums: np.ndarray  # float32, or float64 while collecting
     counts: np.ndarray  # int64
 
     @property
@@ -98,7 +99,9 @@ def write_imatrix(imatrix: Imatrix, path: str | Path) -> Path:
     try:
         write_atomic(path, make)
     except OSError as e:
-        raise ImatrixError(f"{path}: cannot write the imatrix ({e.strerror})", "check the folder and free space") from None
+        raise ImatrixError(
+            f"{path}: cannot write the imatrix ({e.strerror})", "check the folder and free space"
+        ) from None
     return path
 
 
@@ -117,28 +120,43 @@ def read_imatrix(path: str | Path) -> Imatrix:
 def _read_gguf(path: Path) -> Imatrix:
     try:
         reader = gguf.GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError/IndexError/struct errors on damaged files
-        raise ImatrixError(f"{path}: truncated or damaged GGUF imatrix ({type(e).__name__}: {e})",
-                           "make it again with `marco-gguf imatrix`") from None
+    except Exception as e:
+        raise ImatrixError(
+            f"{path}: truncated or damaged GGUF imatrix ({type(e).__name__}: {e})",
+            "make it again with `marco-gguf imatrix`",
+        ) from None
     fields = {k: f.contents() for k, f in reader.fields.items()}
-    if fields.get("general.type") not in (None, "imatrix") or not any(t.name.endswith(SUM_SUFFIX) for t in reader.tensors):
-        raise ImatrixError(f"{path}: not an imatrix (general.type {fields.get('general.type')!r}, "
-                           f"{len(reader.tensors)} tensors, none named *{SUM_SUFFIX})", "give the .imatrix.gguf file")
+    if fields.get("general.type") not in (None, "imatrix") or not any(
+        t.name.endswith(SUM_SUFFIX) for t in reader.tensors
+    ):
+        raise ImatrixError(
+            f"{path}: not an imatrix (general.type {fields.get('general.type')!r}, "
+            f"{len(reader.tensors)} tensors, none named *{SUM_SUFFIX})",
+            "give the .imatrix.gguf file",
+        )
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for t in reader.tensors:
         for suffix in (SUM_SUFFIX, COUNT_SUFFIX):
             if t.name.endswith(suffix):
                 if t.tensor_type != gguf.GGMLQuantizationType.F32:
                     raise ImatrixError(f"{path}: {t.name} is {t.tensor_type.name}, llama.cpp's format is F32")
-                pairs.setdefault(t.name.removesuffix(suffix), {})[suffix] = np.array(t.data, dtype=np.float32).reshape(-1)
+                pairs.setdefault(t.name.removesuffix(suffix), {})[suffix] = np.array(t.data, dtype=np.float32).reshape(
+                    -1
+                )
     entries = {}
     for name, p in pairs.items():
         if len(p) != 2:
             raise ImatrixError(f"{path}: {name} has {'sums' if SUM_SUFFIX in p else 'counts'} but not the other")
         entries[name] = Entry(p[SUM_SUFFIX], np.rint(p[COUNT_SUFFIX]).astype(np.int64))
     datasets = fields.get(KEY_DATASETS) or []
-    return Imatrix(entries, list(datasets), int(fields.get(KEY_CHUNK_COUNT) or 0), int(fields.get(KEY_CHUNK_SIZE) or 0),
-                   legacy=False, has_metadata=all(k in fields for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE)))
+    return Imatrix(
+        entries,
+        list(datasets),
+        int(fields.get(KEY_CHUNK_COUNT) or 0),
+        int(fields.get(KEY_CHUNK_SIZE) or 0),
+        legacy=False,
+        has_metadata=all(k in fields for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE)),
+    )
 
 
 class _Cursor:
@@ -147,9 +165,12 @@ class _Cursor:
 
     def take(self, n: int, what: str) -> bytes:
         if self.pos + n > len(self.data):
-            raise ImatrixError(f"{self.path}: truncated imatrix: {what} needs {n} bytes at offset {self.pos}, "
-                               f"the file has {len(self.data)}", "make it again or download it again")
-        out = self.data[self.pos:self.pos + n]
+            raise ImatrixError(
+                f"{self.path}: truncated imatrix: {what} needs {n} bytes at offset {self.pos}, "
+                f"the file has {len(self.data)}",
+                "make it again or download it again",
+            )
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -161,8 +182,10 @@ def _read_legacy(path: Path) -> Imatrix:
     cur = _Cursor(path, path.read_bytes())
     n_entries = cur.i32("the entry count")
     if n_entries < 1 or n_entries > len(cur.data) // 12:
-        raise ImatrixError(f"{path}: neither a GGUF nor a legacy .dat imatrix (entry count {n_entries})",
-                           "give a file written by llama-imatrix or marco-gguf imatrix")
+        raise ImatrixError(
+            f"{path}: neither a GGUF nor a legacy .dat imatrix (entry count {n_entries})",
+            "give a file written by llama-imatrix or marco-gguf imatrix",
+        )
     entries = {}
     for i in range(n_entries):
         n = cur.i32(f"entry {i + 1}'s name length")

@@ -7,11 +7,13 @@ an entry of the wrong size is an error (llama.cpp lets only token_embd pass with
 llama-quantize, entries naming tensors the model does not have are an error too: such a file was made
 for another model. The `quantize.imatrix.*` keys are the ones llama-quantize adds as KV overrides.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, MutableMapping, Sequence
+from typing import Any
 
 import gguf
 import numpy as np
@@ -50,13 +52,19 @@ def load_importance(path: str | Path, planned: Sequence[PlannedTensor]) -> Impor
     path = Path(path)
     imatrix = read_imatrix(path)
     if not imatrix.legacy and not imatrix.has_metadata:
-        raise ImatrixError(f"{path}: missing imatrix metadata (imatrix.datasets, chunk_count, chunk_size)",
-                           "llama-quantize refuses such a file too; make it again")
+        raise ImatrixError(
+            f"{path}: missing imatrix metadata (imatrix.datasets, chunk_count, chunk_size)",
+            "llama-quantize refuses such a file too; make it again",
+        )
     by_name = {t.name: t for t in planned}
     foreign = sorted(n for n in imatrix.entries if n not in by_name)
     if foreign:
-        raise ImatrixError(f"{path}: imatrix entry {foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1
-                           else "") + " name no tensor of this model: it was made for another model", HINT)
+        raise ImatrixError(
+            f"{path}: imatrix entry {foreign[0]}"
+            + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+            + " name no tensor of this model: it was made for another model",
+            HINT,
+        )
     vectors = {}
     for name in imatrix.entries:
         t, vec = by_name[name], imatrix.importance(name)
@@ -65,8 +73,11 @@ def load_importance(path: str | Path, planned: Sequence[PlannedTensor]) -> Impor
         if len(vec) != want:
             if name == "token_embd.weight":  # llama-quant.cpp: "tok_embd should be ignored in this case"
                 continue
-            raise ImatrixError(f"{path}: {name} has {len(vec):,} importance values, the tensor needs {want:,} "
-                               f"({t.row_len} x {experts_of(t)}): the imatrix was made for another model", HINT)
+            raise ImatrixError(
+                f"{path}: {name} has {len(vec):,} importance values, the tensor needs {want:,} "
+                f"({t.row_len} x {experts_of(t)}): the imatrix was made for another model",
+                HINT,
+            )
         if not np.isfinite(vec).all():
             raise ImatrixError(f"{path}: {name} holds non-finite values", HINT)
         vectors[name] = vec
@@ -78,10 +89,15 @@ def check_required(preset: Preset, specs: Sequence[TensorSpec], importance: Impo
     for s in specs:
         if preset.requires_imatrix(s.name, s.type) and (importance is None or importance.for_tensor(s.name) is None):
             if importance is None:
-                raise ImatrixError(f"preset {preset.id}: {s.name} is {s.type.name}, which needs an importance matrix",
-                                   "pass --imatrix FILE (from `marco-gguf imatrix`) or use --calibrate")
-            raise ImatrixError(f"{importance.path}: no importance data for {s.name}, which {preset.id} makes "
-                               f"{s.type.name} (a very low-bit type that needs it)", HINT)
+                raise ImatrixError(
+                    f"preset {preset.id}: {s.name} is {s.type.name}, which needs an importance matrix",
+                    "pass --imatrix FILE (from `marco-gguf imatrix`) or use --calibrate",
+                )
+            raise ImatrixError(
+                f"{importance.path}: no importance data for {s.name}, which {preset.id} makes "
+                f"{s.type.name} (a very low-bit type that needs it)",
+                HINT,
+            )
 
 
 def _clip(text: str) -> str:

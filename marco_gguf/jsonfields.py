@@ -4,6 +4,7 @@ Each getter checks one key's type and range and, when it is wrong, raises the ca
 with the file, the key, what was found and what was expected: a damaged or hand-edited file becomes
 one clear line instead of a TypeError three calls later. JSON booleans are not integers here.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ INT32_MAX = 2**31 - 1  # GGUF stores these hyperparameters as uint32; llama.cpp 
 FLOAT32_MAX = 3.4028234663852886e38  # GGUF stores float hyperparameters as float32
 
 
-def load_json_object(path: Path, error: type[MarcoGGUFError], missing_hint: str,
-                     missing: str = "not found") -> dict[str, Any]:
+def load_json_object(
+    path: Path, error: type[MarcoGGUFError], missing_hint: str, missing: str = "not found"
+) -> dict[str, Any]:
     """A JSON file whose top level must be an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -34,8 +36,15 @@ def load_json_object(path: Path, error: type[MarcoGGUFError], missing_hint: str,
 
 
 def _kind(v: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-             dict: "an object", type(None): "null"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }
     return names.get(type(v), type(v).__name__)
 
 
@@ -49,8 +58,9 @@ _Str = str  # inside Fields, `str` names its method (annotations there use this)
 class Fields:
     """Typed access to one JSON object read from `path`; `where` prefixes keys (e.g. "model.")."""
 
-    def __init__(self, data: dict[str, Any], path: Path, error: type[MarcoGGUFError], hint: str,
-                 where: str = "") -> None:
+    def __init__(
+        self, data: dict[str, Any], path: Path, error: type[MarcoGGUFError], hint: str, where: str = ""
+    ) -> None:
         self.data, self.path, self.error, self.hint, self.where = data, path, error, hint, where
 
     def fail(self, key: str, found: Any, expected: str) -> MarcoGGUFError:
@@ -71,15 +81,20 @@ class Fields:
             raise self.fail(key, v, f"an integer from {lo:,} to {hi:,}")
         return v
 
-    def number(self, key: str, *, lo: float = 0.0, hi: float = FLOAT32_MAX, default: Any = _MISSING,
-               exclusive_lo: bool = True) -> Any:
+    def number(
+        self, key: str, *, lo: float = 0.0, hi: float = FLOAT32_MAX, default: Any = _MISSING, exclusive_lo: bool = True
+    ) -> Any:
         v = self._get(key, default)
         if v is default:
             return v
-        ok = (is_int(v) or isinstance(v, float)) and math.isfinite(v) and (v > lo if exclusive_lo else v >= lo) and v <= hi
+        ok = (
+            (is_int(v) or isinstance(v, float))
+            and math.isfinite(v)
+            and (v > lo if exclusive_lo else v >= lo)
+            and v <= hi
+        )
         if not ok:
-            raise self.fail(key, v, f"a finite number {'above' if exclusive_lo else 'from'} {lo:g}"
-                            + f" up to {hi:g}")
+            raise self.fail(key, v, f"a finite number {'above' if exclusive_lo else 'from'} {lo:g}" + f" up to {hi:g}")
         return float(v)
 
     def bool(self, key: str, *, default: Any = _MISSING) -> Any:
@@ -106,7 +121,7 @@ class Fields:
             raise self.fail(key, v, f"a list of {_PLURAL[item]}")
         return v
 
-    def sub(self, key: _Str) -> "Fields":
+    def sub(self, key: _Str) -> Fields:
         """The nested object at `key` (an empty one when absent)."""
         return Fields(self.obj(key, default={}), self.path, self.error, self.hint, f"{self.where}{key}.")
 

@@ -7,15 +7,16 @@ The KL divergence counts the tokens whose reference log-probability is above -16
 does, so the figures are the ones llama-perplexity prints. Element-wise math is float32 and sums
 are float64, as in the C++; rows are processed in blocks so temporaries stay small.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-LOG_PROB_RANGE = np.float32(16.0)   # nats kept below the top token (llama.cpp's log_softmax for the base file)
-LEVELS = np.float32(65535.0)        # uint16 grid
-BLOCK_ROWS = 16                     # rows of logits per NumPy step: ~10 MB temporaries at a 151,936 vocabulary
+LOG_PROB_RANGE = np.float32(16.0)  # nats kept below the top token (llama.cpp's log_softmax for the base file)
+LEVELS = np.float32(65535.0)  # uint16 grid
+BLOCK_ROWS = 16  # rows of logits per NumPy step: ~10 MB temporaries at a 151,936 vocabulary
 # percentiles llama-perplexity prints, as fractions (KLD; the Δp list adds the quartiles)
 KLD_PERCENTILES = (0.999, 0.99, 0.95, 0.90, 0.10, 0.05, 0.01, 0.001)
 DP_PERCENTILES = (0.999, 0.99, 0.95, 0.90, 0.75, 0.25, 0.10, 0.05, 0.01, 0.001)
@@ -36,18 +37,18 @@ def reference_rows(logits: np.ndarray, targets: np.ndarray, out: np.ndarray) -> 
     nll = np.empty(len(logits), dtype=np.float32)
     n_vocab = logits.shape[1]
     for s in range(0, len(logits), BLOCK_ROWS):
-        x = logits[s:s + BLOCK_ROWS]
+        x = logits[s : s + BLOCK_ROWS]
         mx, mn = x.max(axis=1), x.min(axis=1)
         mn = np.maximum(mn, mx - LOG_PROB_RANGE)
         lse = _log_sum_exp(x, mx)
         scale = (mx - mn) / LEVELS
-        head = out[s:s + len(x), :4].view(np.float32)
+        head = out[s : s + len(x), :4].view(np.float32)
         head[:, 0], head[:, 1] = scale, mn - mx - lse
         inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale != 0)
         q = np.rint(inv[:, None] * (x - mn[:, None])).astype(np.int64) & 0xFFFF  # nearest_int, as uint16
         q[x <= mn[:, None]] = 0
-        out[s:s + len(x), 4:4 + n_vocab] = q
-        nll[s:s + len(x)] = mx + lse - x[np.arange(len(x)), targets[s:s + len(x)]]
+        out[s : s + len(x), 4 : 4 + n_vocab] = q
+        nll[s : s + len(x)] = mx + lse - x[np.arange(len(x)), targets[s : s + len(x)]]
     return nll
 
 
@@ -69,13 +70,20 @@ class Sums:
     same_top: int = 0
 
 
-def score_rows(logits: np.ndarray, ref: np.ndarray, nll_ref: np.ndarray, targets: np.ndarray, sums: Sums,
-               kld_out: np.ndarray, dp_out: np.ndarray) -> None:
+def score_rows(
+    logits: np.ndarray,
+    ref: np.ndarray,
+    nll_ref: np.ndarray,
+    targets: np.ndarray,
+    sums: Sums,
+    kld_out: np.ndarray,
+    dp_out: np.ndarray,
+) -> None:
     """Per-token KL(ref || model), Δp = p(target) - p_ref(target) and top-1 agreement for logits [rows, V]."""
     n_vocab = logits.shape[1]
     for s in range(0, len(logits), BLOCK_ROWS):
-        x, rows = logits[s:s + BLOCK_ROWS], slice(s, s + min(BLOCK_ROWS, len(logits) - s))
-        q = ref[rows, 4:4 + n_vocab]
+        x, rows = logits[s : s + BLOCK_ROWS], slice(s, s + min(BLOCK_ROWS, len(logits) - s))
+        q = ref[rows, 4 : 4 + n_vocab]
         head = ref[rows, :4].view(np.float32)
         mx = x.max(axis=1)
         lse_mx = mx + _log_sum_exp(x, mx)
@@ -90,7 +98,7 @@ def score_rows(logits: np.ndarray, ref: np.ndarray, nll_ref: np.ndarray, targets
         sums.nll_ref, sums.nll_ref2 = sums.nll_ref + ref64.sum(), sums.nll_ref2 + (ref64 * ref64).sum()
         sums.nll_nll_ref += (nll64 * ref64).sum()
         sums.kld, sums.kld2 = sums.kld + kld.sum(), sums.kld2 + (kld * kld).sum()
-        sums.dp, sums.dp2, sums.dp4 = sums.dp + dp.sum(), sums.dp2 + (dp * dp).sum(), sums.dp4 + (dp ** 4).sum()
+        sums.dp, sums.dp2, sums.dp4 = sums.dp + dp.sum(), sums.dp2 + (dp * dp).sum(), sums.dp4 + (dp**4).sum()
         sums.same_top += int((x.argmax(axis=1) == q.argmax(axis=1)).sum())
         kld_out[rows], dp_out[rows] = kld, dp
 

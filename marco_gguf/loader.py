@@ -1,14 +1,16 @@
 """Loading a Marco GGUF into llama-cpp-python: checks before loading (architecture, RAM), then a quiet load."""
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import GGUFFileError, InsufficientMemoryError
 from .gguf_info import GGUFInfo, read_info, require_qwen3moe
 from .machine import amx_kernels_built, available_memory
+
 
 def check_model(path: str | Path, *, ctx: int, available: int | None = None) -> GGUFInfo:
     """Before loading: a readable qwen3moe GGUF whose weights + KV cache for `ctx` fit in available RAM."""
@@ -20,7 +22,9 @@ def check_model(path: str | Path, *, ctx: int, available: int | None = None) -> 
         raise InsufficientMemoryError(
             f"{info.path.name}: not enough RAM for --ctx {ctx}: needs about {gib(need['total'])} (weights "
             f"{gib(need['weights'])} + KV cache {gib(need['kv_cache'])} + compute {gib(need['compute'])}), "
-            f"{gib(free)} available", "use a smaller --ctx or a smaller quantization, or close other programs")
+            f"{gib(free)} available",
+            "use a smaller --ctx or a smaller quantization, or close other programs",
+        )
     return info
 
 
@@ -59,8 +63,14 @@ def _without_extra_buffers() -> Iterator[None]:
         c.llama_model_default_params = default
 
 
-def load_model(path: str | Path, *, n_ctx: int = 2048, threads: int | None = None, vocab_only: bool = False,
-               flash_attn: bool = False):
+def load_model(
+    path: str | Path,
+    *,
+    n_ctx: int = 2048,
+    threads: int | None = None,
+    vocab_only: bool = False,
+    flash_attn: bool = False,
+):
     """A llama_cpp.Llama for `path` (`threads` for prompt and generation alike), or a GGUFFileError.
 
     When llama.cpp was built with its AMX kernels, which crash (see machine.amx_kernels_built), weights stay
@@ -72,11 +82,19 @@ def load_model(path: str | Path, *, n_ctx: int = 2048, threads: int | None = Non
     guard = _without_extra_buffers() if amx_kernels_built() else contextlib.nullcontext()
     try:
         with _quiet_stderr(), guard:
-            return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                         vocab_only=vocab_only, flash_attn=flash_attn, verbose=bool(os.environ.get("MARCO_GGUF_DEBUG")))
+            return Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                vocab_only=vocab_only,
+                flash_attn=flash_attn,
+                verbose=bool(os.environ.get("MARCO_GGUF_DEBUG")),
+            )
     except (ValueError, RuntimeError) as e:
-        raise GGUFFileError(f"{path}: llama.cpp could not load it ({e})",
-                            "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log") from None
+        raise GGUFFileError(
+            f"{path}: llama.cpp could not load it ({e})", "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log"
+        ) from None
 
 
 def load_weights(path: str | Path):
@@ -94,5 +112,6 @@ def load_weights(path: str | Path):
         with _quiet_stderr():
             return LlamaModel(path_model=str(path), params=params, verbose=bool(os.environ.get("MARCO_GGUF_DEBUG")))
     except (ValueError, RuntimeError) as e:
-        raise GGUFFileError(f"{path}: llama.cpp could not load it ({e})",
-                            "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log") from None
+        raise GGUFFileError(
+            f"{path}: llama.cpp could not load it ({e})", "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log"
+        ) from None

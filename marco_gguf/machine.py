@@ -1,4 +1,5 @@
 """Facts about this computer that running a model depends on: physical cores, available memory, AMX."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,17 +20,15 @@ def physical_cores() -> int:
 
 def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo (else psutil), in bytes; None when neither can tell."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         import psutil
     except ImportError:
         return None
     return int(psutil.virtual_memory().available)
-
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,6 +5,7 @@
 exactly gguf-py's while our streaming writer (writer.py) serialises them. Key order follows llama.cpp's
 converter: general.*, qwen3moe.*, file type, tokenizer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ def count_parameters(planned: list[PlannedTensor]) -> ParameterCount:
     return ParameterCount(total, shared, expert, expert_sum // n_expert_tensors if n_expert_tensors else 0)
 
 
-def general_metadata(folder: Path, name: str | None, params: ParameterCount, *,
-                     repo_id: str | None = None) -> gguf.Metadata:
+def general_metadata(
+    folder: Path, name: str | None, params: ParameterCount, *, repo_id: str | None = None
+) -> gguf.Metadata:
     """general.* as llama.cpp's converter derives it: model card, config, folder-name heuristics.
 
     marco-gguf adds `quantized_by`, and for a hub download (`repo_id`, owner/name) the source repo as
@@ -64,7 +66,8 @@ def general_metadata(folder: Path, name: str | None, params: ParameterCount, *,
     if repo_id is not None:
         meta.repo_url = f"https://huggingface.co/{repo_id}"
         meta.base_models = gguf.Metadata.apply_metadata_heuristic(
-            gguf.Metadata(), model_card={"base_model": repo_id}, total_params=params.total).base_models
+            gguf.Metadata(), model_card={"base_model": repo_id}, total_params=params.total
+        ).base_models
     return meta
 
 
@@ -76,8 +79,12 @@ def _names_from_repo(meta: gguf.Metadata, folder: Path, repo_name: str, name: st
     """A hub snapshot folder is named by its commit hash: derive from the repo's name instead what gguf-py
     derives from a folder's name, so the file is named as if converted from a local clone."""
     card_and_config = gguf.Metadata.apply_metadata_heuristic(
-        gguf.Metadata(), gguf.Metadata.load_model_card(folder), gguf.Metadata.load_hf_parameters(folder), None,
-        total_params)
+        gguf.Metadata(),
+        gguf.Metadata.load_model_card(folder),
+        gguf.Metadata.load_hf_parameters(folder),
+        None,
+        total_params,
+    )
     for f in FOLDER_NAME_FIELDS:
         setattr(meta, f, getattr(card_and_config, f))
     gguf.Metadata.apply_metadata_heuristic(meta, model_path=Path(repo_name), total_params=total_params)
@@ -92,14 +99,21 @@ class KVCollector(gguf.GGUFWriter):
         self.collected: dict[str, gguf.GGUFValue] = {}
         super().__init__(path=None, arch=arch)
 
-    def add_key_value(self, key: str, val: Any, vtype: gguf.GGUFValueType,
-                      sub_type: gguf.GGUFValueType | None = None) -> None:
+    def add_key_value(
+        self, key: str, val: Any, vtype: gguf.GGUFValueType, sub_type: gguf.GGUFValueType | None = None
+    ) -> None:
         self.collected[key] = gguf.GGUFValue(value=val, type=vtype, sub_type=sub_type)
 
 
-def build_metadata(folder: Path, config: MarcoConfig, planned: list[PlannedTensor], *,
-                   file_type: gguf.LlamaFileType, name: str | None,
-                   repo_id: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def build_metadata(
+    folder: Path,
+    config: MarcoConfig,
+    planned: list[PlannedTensor],
+    *,
+    file_type: gguf.LlamaFileType,
+    name: str | None,
+    repo_id: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Ordered key -> GGUFValue mapping for the whole file, plus a tokenizer summary."""
     kv = KVCollector(ARCH_NAME)
     kv.add_type(gguf.GGUFType.MODEL)

@@ -10,6 +10,7 @@ checked against `ggml_tensor_overhead()` on load) and data through `ggml_backend
 tensors in non-host buffers work too. Serves both `imatrix` (MUL_MAT_ID / MUL_MAT inputs) and `experts`
 (the routing tensors `ffn_moe_topk-N`, `ffn_moe_weights_norm-N`, `ffn_moe_down-N`, by name: `layer_of`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,14 +19,14 @@ import functools
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-from .progress import Progress, ProgressEvent
 from .errors import GGUFFileError, MarcoGGUFError
+from .progress import Progress, ProgressEvent
 from .quantize import _ggml
 
 GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64  # ggml.h
@@ -64,8 +65,10 @@ def _lib() -> ctypes.CDLL:
     lib.ggml_backend_tensor_get.restype = None
     lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
     if lib.ggml_tensor_overhead() != GGML_OBJECT_SIZE + ctypes.sizeof(_GGMLTensor):
-        raise MarcoGGUFError("this llama.cpp build's struct ggml_tensor differs from marco-gguf's copy",
-                             "use the llama-cpp-python version marco-gguf was tested with")
+        raise MarcoGGUFError(
+            "this llama.cpp build's struct ggml_tensor differs from marco-gguf's copy",
+            "use the llama-cpp-python version marco-gguf was tested with",
+        )
     return lib
 
 
@@ -84,7 +87,7 @@ def op_name(op: int) -> str:
 class Node:
     """A graph tensor as the callback sees it; valid only during the callback."""
 
-    __slots__ = ("ptr", "_t")
+    __slots__ = ("_t", "ptr")
 
     def __init__(self, ptr: int) -> None:
         self.ptr, self._t = ptr, _GGMLTensor.from_address(ptr)
@@ -109,11 +112,11 @@ class Node:
     def nb(self) -> tuple[int, ...]:
         return tuple(self._t.nb)
 
-    def src(self, i: int) -> "Node | None":
+    def src(self, i: int) -> Node | None:
         p = self._t.src[i]
         return Node(p) if p else None
 
-    def arg(self, i: int) -> "Node":
+    def arg(self, i: int) -> Node:
         """Operand i of an op that always has it (a matrix product's weights, input, routing ids)."""
         node = self.src(i)
         assert node is not None, f"{self.name}: no operand {i}"
@@ -160,7 +163,7 @@ class GraphObserver:
                 return bool(self.wants(node))
             self.take(node)
             return True
-        except BaseException as e:  # noqa: BLE001 - handed back to the caller by reraise()
+        except BaseException as e:
             self.error = e
             return False
 
@@ -178,8 +181,10 @@ def deferred_sigint(observer: GraphObserver):
     before `_call`'s try: ctypes then prints "Exception ignored" and drops it, and the run goes on. A handler
     that only sets a flag cannot raise anywhere. Left alone: other threads (signals go to the main one) and a
     handler someone else installed."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     observer.interrupted = False
@@ -196,8 +201,9 @@ def deferred_sigint(observer: GraphObserver):
 class ObservedModel:
     """A GGUF loaded through llama.cpp's C API with an observer on its graph; `decode()` runs one sequence."""
 
-    def __init__(self, path: str | Path, observer: GraphObserver, *, n_ctx: int, threads: int | None = None,
-                 kv_f32: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, observer: GraphObserver, *, n_ctx: int, threads: int | None = None, kv_f32: bool = False
+    ) -> None:
         import llama_cpp as lib
 
         from .loader import _quiet_stderr
@@ -263,8 +269,13 @@ class ObservedModel:
         if rc != 0:
             raise MarcoGGUFError(f"llama.cpp failed to evaluate {len(tokens)} tokens (llama_decode returned {rc})")
 
-    def run_chunks(self, chunks: Sequence[Sequence[int]], progress: Progress | None = None,
-                   before: Callable[[int], None] | None = None, what: str = "") -> float:
+    def run_chunks(
+        self,
+        chunks: Sequence[Sequence[int]],
+        progress: Progress | None = None,
+        before: Callable[[int], None] | None = None,
+        what: str = "",
+    ) -> float:
         """Decode each chunk from an empty KV cache (`before(i)` first), reporting chunks with the running
         tokens/s as imatrix and experts both do; returns the seconds spent."""
         started, n_tokens = time.perf_counter(), 0
@@ -296,7 +307,7 @@ class ObservedModel:
             lib.llama_model_free(self.model)
             self.model = None
 
-    def __enter__(self) -> "ObservedModel":
+    def __enter__(self) -> ObservedModel:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,37 +4,63 @@ A preset is data: a default type, ordered rules (tensor names x layer selection 
 wins) and fallbacks for rows whose length is not a multiple of the type's block size. What is never
 quantized (1-D tensors, norms, the router) is llama.cpp's invariant, not a preset choice.
 """
+
 from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import gguf
-from gguf import GGMLQuantizationType as Q
 from gguf import MODEL_TENSOR as T
+from gguf import GGMLQuantizationType as Q
 
 from .errors import PresetError
 from .qwen3moe import PlannedTensor, base_name
 
 # named layer selections; source: llama.cpp src/llama-quant.cpp (use_more_bits and the n_layer/8 cut-offs)
-LAYER_SELECTORS: Mapping[str, Callable[[int, int], bool]] = MappingProxyType({
-    "all": lambda i, n: True,
-    "more_bits": lambda i, n: i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2,
-    "first_eighth": lambda i, n: i < n // 8,
-    "first_sixteenth": lambda i, n: i < n // 16,
-})
+LAYER_SELECTORS: Mapping[str, Callable[[int, int], bool]] = MappingProxyType(
+    {
+        "all": lambda i, n: True,
+        "more_bits": lambda i, n: i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2,
+        "first_eighth": lambda i, n: i < n // 8,
+        "first_sixteenth": lambda i, n: i < n // 16,
+    }
+)
 # tensors llama.cpp never quantizes, whatever the preset (llama-quant.cpp tensor_allows_quantization)
-ALWAYS_F32: frozenset[T] = frozenset({T.FFN_GATE_INP, T.ATTN_NORM, T.FFN_NORM, T.ATTN_Q_NORM, T.ATTN_K_NORM,
-                                      T.OUTPUT_NORM})
+ALWAYS_F32: frozenset[T] = frozenset(
+    {T.FFN_GATE_INP, T.ATTN_NORM, T.FFN_NORM, T.ATTN_Q_NORM, T.ATTN_K_NORM, T.OUTPUT_NORM}
+)
 PRESET_DIRS = ("quant_presets",)  # packaged as marco_gguf/quant_presets, or the repo's top-level folder
-WRITABLE_TYPES: frozenset[Q] = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1,
-                                          Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS,
-                                          Q.IQ3_S, Q.IQ3_XXS, Q.IQ2_S, Q.IQ2_XS, Q.IQ2_XXS})
+WRITABLE_TYPES: frozenset[Q] = frozenset(
+    {
+        Q.F32,
+        Q.F16,
+        Q.BF16,
+        Q.Q8_0,
+        Q.Q4_0,
+        Q.Q4_1,
+        Q.Q5_0,
+        Q.Q5_1,
+        Q.Q2_K,
+        Q.Q3_K,
+        Q.Q4_K,
+        Q.Q5_K,
+        Q.Q6_K,
+        Q.IQ4_NL,
+        Q.IQ4_XS,
+        Q.IQ3_S,
+        Q.IQ3_XXS,
+        Q.IQ2_S,
+        Q.IQ2_XS,
+        Q.IQ2_XXS,
+    }
+)
 # types whose tensors llama-quantize refuses to make without an imatrix (llama-quant.cpp tensor_requires_imatrix;
 # ggml_quantize_requires_imatrix, a subset, would abort the process); token_embd and output are exempt
 NEEDS_IMATRIX: frozenset[Q] = frozenset({Q.IQ3_XXS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_M, Q.IQ1_S})
@@ -51,19 +77,22 @@ class Rule:
     tied_only: bool = False
     experts: int | None = None  # only for models with exactly this many experts (llama.cpp's n_expert == 8 rules)
     min_experts: int | None = None  # only with at least this many experts (n_expert >= 4)
-    min_gqa: int | None = None      # only when n_head / n_head_kv is at least this (n_gqa() >= 4)
-    imatrix: bool | None = None     # only with (true) or without (false) an importance matrix (has_imatrix)
+    min_gqa: int | None = None  # only when n_head / n_head_kv is at least this (n_gqa() >= 4)
+    imatrix: bool | None = None  # only with (true) or without (false) an importance matrix (has_imatrix)
 
-    def matches(self, t: PlannedTensor, n_layers: int, tied: bool, n_experts: int, *, n_gqa: int = 1,
-                imatrix: bool = False) -> bool:
+    def matches(
+        self, t: PlannedTensor, n_layers: int, tied: bool, n_experts: int, *, n_gqa: int = 1, imatrix: bool = False
+    ) -> bool:
         base = base_name(t.name)
         if base not in self.tensors or (self.tied_only and not tied):
             return False
         if self.experts is not None and self.experts != n_experts:
             return False
-        if (self.min_experts is not None and n_experts < self.min_experts) or \
-                (self.min_gqa is not None and n_gqa < self.min_gqa) or \
-                (self.imatrix is not None and self.imatrix != imatrix):
+        if (
+            (self.min_experts is not None and n_experts < self.min_experts)
+            or (self.min_gqa is not None and n_gqa < self.min_gqa)
+            or (self.imatrix is not None and self.imatrix != imatrix)
+        ):
             return False
         if t.layer is None or self.layers == "all":
             return True
@@ -85,16 +114,27 @@ class Preset:
     fallbacks: Mapping[Q, Q] = field(default_factory=lambda: MappingProxyType({}))
     source: str = ""
 
-    def tensor_type(self, t: PlannedTensor, *, n_layers: int, tied: bool, n_experts: int = 0, n_gqa: int = 1,
-                    imatrix: bool = False, overrides: Sequence[tuple[re.Pattern[str], Q]] = ()) -> Q:
+    def tensor_type(
+        self,
+        t: PlannedTensor,
+        *,
+        n_layers: int,
+        tied: bool,
+        n_experts: int = 0,
+        n_gqa: int = 1,
+        imatrix: bool = False,
+        overrides: Sequence[tuple[re.Pattern[str], Q]] = (),
+    ) -> Q:
         """The GGML type of one planned tensor under this preset, the user's overrides and whether an
         importance matrix is given."""
         if len(t.shape) < 2 or t.kind in ALWAYS_F32:
             return Q.F32
         chosen = next((q for pattern, q in overrides if pattern.search(t.name)), None)
         if chosen is None:
-            chosen = next((r.type for r in self.rules if r.matches(t, n_layers, tied, n_experts, n_gqa=n_gqa,
-                                                                    imatrix=imatrix)), self.default_type)
+            chosen = next(
+                (r.type for r in self.rules if r.matches(t, n_layers, tied, n_experts, n_gqa=n_gqa, imatrix=imatrix)),
+                self.default_type,
+            )
         return self._fit(chosen, t.row_len)
 
     def requires_imatrix(self, name: str, q: Q) -> bool:
@@ -117,8 +157,10 @@ def _qtype(value: Any, where: str) -> Q:
     except KeyError:
         q = None
     if q not in WRITABLE_TYPES:
-        raise PresetError(f"{where}: unknown or unsupported type {value!r}",
-                          f"accepted: {', '.join(sorted(x.name for x in WRITABLE_TYPES))}")
+        raise PresetError(
+            f"{where}: unknown or unsupported type {value!r}",
+            f"accepted: {', '.join(sorted(x.name for x in WRITABLE_TYPES))}",
+        )
     return q
 
 
@@ -127,8 +169,10 @@ def _layers(value: Any, where: str) -> str | tuple[int, ...]:
         return value
     if isinstance(value, list) and all(isinstance(i, int) and i >= 0 for i in value):
         return tuple(value)
-    raise PresetError(f"{where}.layers: {value!r} is not a layer selection",
-                      f"accepted: one of {', '.join(LAYER_SELECTORS)} or a list of layer numbers")
+    raise PresetError(
+        f"{where}.layers: {value!r} is not a layer selection",
+        f"accepted: one of {', '.join(LAYER_SELECTORS)} or a list of layer numbers",
+    )
 
 
 RULE_FIELDS = ("tensors", "type", "layers", "tied_only", "experts", "min_experts", "min_gqa", "imatrix")
@@ -148,10 +192,19 @@ def _rule(raw: Any, where: str) -> Rule:
     names = tuple(gguf.TENSOR_NAMES[k].split(".")[-1] for k in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.QWEN3MOE])
     tensors = raw["tensors"]
     if not isinstance(tensors, list) or not tensors or any(n not in names for n in tensors):
-        raise PresetError(f"{where}.tensors: {tensors!r} must list qwen3moe tensor names", f"accepted: {', '.join(names)}")
-    return Rule(tuple(tensors), _qtype(raw["type"], f"{where}.type"), _layers(raw.get("layers", "all"), where),
-                bool(raw.get("tied_only", False)), raw.get("experts"), raw.get("min_experts"), raw.get("min_gqa"),
-                raw.get("imatrix"))
+        raise PresetError(
+            f"{where}.tensors: {tensors!r} must list qwen3moe tensor names", f"accepted: {', '.join(names)}"
+        )
+    return Rule(
+        tuple(tensors),
+        _qtype(raw["type"], f"{where}.type"),
+        _layers(raw.get("layers", "all"), where),
+        bool(raw.get("tied_only", False)),
+        raw.get("experts"),
+        raw.get("min_experts"),
+        raw.get("min_gqa"),
+        raw.get("imatrix"),
+    )
 
 
 def parse_preset(data: Mapping[str, Any], preset_id: str, source: str) -> Preset:
@@ -165,13 +218,25 @@ def parse_preset(data: Mapping[str, Any], preset_id: str, source: str) -> Preset
     try:
         file_type = gguf.LlamaFileType[str(data["file_type"]).upper()]
     except KeyError:
-        raise PresetError(f"{source}: file_type {data['file_type']!r} is not a llama.cpp file type",
-                          "accepted: names of gguf.LlamaFileType such as MOSTLY_Q8_0") from None
+        raise PresetError(
+            f"{source}: file_type {data['file_type']!r} is not a llama.cpp file type",
+            "accepted: names of gguf.LlamaFileType such as MOSTLY_Q8_0",
+        ) from None
     rules = tuple(_rule(r, f"{source}: rules[{i}]") for i, r in enumerate(data.get("rules", [])))
-    fallbacks = {_qtype(k, f"{source}: fallbacks"): _qtype(v, f"{source}: fallbacks.{k}")
-                 for k, v in data.get("fallbacks", {}).items()}
-    return Preset(preset_id, str(data["name"]), file_type, _qtype(data["default_type"], f"{source}: default_type"),
-                  str(data.get("description", "")), rules, MappingProxyType(fallbacks), source)
+    fallbacks = {
+        _qtype(k, f"{source}: fallbacks"): _qtype(v, f"{source}: fallbacks.{k}")
+        for k, v in data.get("fallbacks", {}).items()
+    }
+    return Preset(
+        preset_id,
+        str(data["name"]),
+        file_type,
+        _qtype(data["default_type"], f"{source}: default_type"),
+        str(data.get("description", "")),
+        rules,
+        MappingProxyType(fallbacks),
+        source,
+    )
 
 
 def _builtin_dirs() -> list[Path]:
@@ -196,7 +261,9 @@ def load_preset(name_or_path: str | Path) -> Preset:
         shipped = builtin_presets()
         key = str(name_or_path).lower()
         if key not in shipped:
-            raise PresetError(f"unknown preset {str(name_or_path)!r}", f"accepted: {', '.join(shipped)} or a .toml file")
+            raise PresetError(
+                f"unknown preset {str(name_or_path)!r}", f"accepted: {', '.join(shipped)} or a .toml file"
+            )
         path = shipped[key]
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -5,10 +5,11 @@ A callback receives `ProgressEvent`s; the CLI draws one bar on stderr and picks 
 longer drawn as bytes and MB/s. `rate` is an optional extra figure in `rate_unit` (tokens/s for work
 over text chunks).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 UNITS = ("bytes", "parameters", "chunks", "steps")
 
@@ -17,8 +18,8 @@ UNITS = ("bytes", "parameters", "chunks", "steps")
 class ProgressEvent:
     done: float
     total: float | None  # None while the total is unknown (a bench step)
-    unit: str            # one of UNITS
-    what: str = ""       # the tensor, pass or step in progress
+    unit: str  # one of UNITS
+    what: str = ""  # the tensor, pass or step in progress
     rate: float | None = None
     rate_unit: str = ""
 

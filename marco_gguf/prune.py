@@ -12,6 +12,7 @@ model, so the result equals converting and then pruning the GGUF) or, with `form
 written back as a smaller checkpoint (prune_hf.py). What was kept and from what is recorded as
 `marco.prune.*` keys (config.json's `marco_prune` for HF).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -23,12 +24,12 @@ from typing import Any
 import gguf
 import numpy as np
 
-from .progress import Progress
 from .checkpoint import Checkpoint
 from .errors import PruneError
 from .expert_report import ranked
 from .identity import ModelIdentity, checkpoint_identity, gguf_identity
 from .imatrix_file import Imatrix, read_imatrix, write_imatrix
+from .progress import Progress
 from .qwen3moe import LM_HEAD, lm_head_is_tied, plan_tensors
 from .usage_file import read_usage
 
@@ -74,19 +75,29 @@ def check_request(keep: int, method: str, fmt: str) -> None:
 def check_usage(usage, source: ModelIdentity, usage_path: Path, source_path: Path, keep: int) -> None:
     """The usage file must describe SOURCE's model, and N must lie between the experts per token and the count."""
     m = usage.model
-    for what, theirs, ours in (("architecture", m.architecture, source.architecture), ("layers", m.layers, source.layers),
-                               ("experts", m.experts, source.experts)):
+    for what, theirs, ours in (
+        ("architecture", m.architecture, source.architecture),
+        ("layers", m.layers, source.layers),
+        ("experts", m.experts, source.experts),
+    ):
         if theirs != ours:
-            raise PruneError(f"{usage_path}: measured on a model with {what} {theirs} ({m.file}), but {source_path} "
-                             f"has {ours}", "measure this model: marco-gguf experts MODEL.gguf --usage usage.json")
+            raise PruneError(
+                f"{usage_path}: measured on a model with {what} {theirs} ({m.file}), but {source_path} has {ours}",
+                "measure this model: marco-gguf experts MODEL.gguf --usage usage.json",
+            )
     if (m.shapes_sha256, m.router_sha256) != (source.shapes_sha256, source.router_sha256):
-        raise PruneError(f"{usage_path}: measured on another model ({m.file}: its "
-                         + ("tensor shapes" if m.shapes_sha256 != source.shapes_sha256 else "router weights")
-                         + f" differ from {source_path}'s)", "measure this model: marco-gguf experts MODEL.gguf --usage usage.json")
+        raise PruneError(
+            f"{usage_path}: measured on another model ({m.file}: its "
+            + ("tensor shapes" if m.shapes_sha256 != source.shapes_sha256 else "router weights")
+            + f" differ from {source_path}'s)",
+            "measure this model: marco-gguf experts MODEL.gguf --usage usage.json",
+        )
     if not source.experts_per_token <= keep <= source.experts:
-        raise PruneError(f"--keep {keep}: out of range for {source_path} ({source.experts} experts, "
-                         f"{source.experts_per_token} per token)",
-                         f"keep from {source.experts_per_token} (the experts per token) to {source.experts}")
+        raise PruneError(
+            f"--keep {keep}: out of range for {source_path} ({source.experts} experts, "
+            f"{source.experts_per_token} per token)",
+            f"keep from {source.experts_per_token} (the experts per token) to {source.experts}",
+        )
 
 
 def prune_metadata(usage, kept: list[list[int]], method: str, source: ModelIdentity) -> dict[str, Any]:
@@ -122,9 +133,20 @@ def _source_identity(source: Path) -> ModelIdentity:
         return checkpoint_identity(source, c, planned, ckpt.read_rows)
 
 
-def prune(source: str | Path, *, keep: int, usage: str | Path, method: str = "reap", preset: str | None = None,
-          imatrix: str | Path | None = None, outfile: str | Path | None = None, format: str = "gguf",
-          threads: int | None = None, force: bool = False, progress: Progress | None = None) -> PruneResult:
+def prune(
+    source: str | Path,
+    *,
+    keep: int,
+    usage: str | Path,
+    method: str = "reap",
+    preset: str | None = None,
+    imatrix: str | Path | None = None,
+    outfile: str | Path | None = None,
+    format: str = "gguf",
+    threads: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> PruneResult:
     """Keep the `keep` best experts of every layer of `source` (a GGUF or a checkpoint folder) by `method`
     over the usage file `usage`; write a GGUF (`preset` for a checkpoint, default q8_0) or, `format="hf"`,
     a checkpoint folder. `imatrix` is sliced alike: used to quantize a checkpoint, written beside a GGUF."""
@@ -133,9 +155,12 @@ def prune(source: str | Path, *, keep: int, usage: str | Path, method: str = "re
     measured = read_usage(usage_path)
     is_gguf = source.is_file()
     if is_gguf and (format == "hf" or preset is not None):
-        raise PruneError(f"{source}: a GGUF is sliced as it is, without requantizing: "
-                         + ("--format hf" if format == "hf" else "--preset") + " needs a checkpoint folder as SOURCE",
-                         "give the checkpoint folder, or leave the option out")
+        raise PruneError(
+            f"{source}: a GGUF is sliced as it is, without requantizing: "
+            + ("--format hf" if format == "hf" else "--preset")
+            + " needs a checkpoint folder as SOURCE",
+            "give the checkpoint folder, or leave the option out",
+        )
     identity = gguf_identity(source) if is_gguf else _source_identity(source)
     check_usage(measured, identity, usage_path, source, keep)
     kept = choose_experts(measured, keep, method)
@@ -143,28 +168,70 @@ def prune(source: str | Path, *, keep: int, usage: str | Path, method: str = "re
     sliced = slice_imatrix(read_imatrix(imatrix), kept, identity.experts) if imatrix is not None else None
     if is_gguf:
         from .prune_gguf import prune_gguf
-        path, imatrix_out = prune_gguf(source, keep, kept, extra, outfile=outfile, imatrix=sliced, force=force,
-                                       progress=progress)
+
+        path, imatrix_out = prune_gguf(
+            source, keep, kept, extra, outfile=outfile, imatrix=sliced, force=force, progress=progress
+        )
     elif format == "hf":
         from .prune_hf import prune_checkpoint
+
         path, imatrix_out = prune_checkpoint(source, kept, method, identity, outfile=outfile, force=force), None
     else:
-        path, imatrix_out = _convert_pruned(source, keep, kept, extra, preset or "q8_0", sliced, imatrix,
-                                            outfile=outfile, threads=threads, force=force, progress=progress), None
+        path, imatrix_out = (
+            _convert_pruned(
+                source,
+                keep,
+                kept,
+                extra,
+                preset or "q8_0",
+                sliced,
+                imatrix,
+                outfile=outfile,
+                threads=threads,
+                force=force,
+                progress=progress,
+            ),
+            None,
+        )
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    return PruneResult(path, format, method, identity.experts, keep, kept, size, time.perf_counter() - started, imatrix_out)
+    return PruneResult(
+        path, format, method, identity.experts, keep, kept, size, time.perf_counter() - started, imatrix_out
+    )
 
 
-def _convert_pruned(source: Path, keep: int, kept: list[list[int]], extra: dict, preset: str, sliced: Imatrix | None,
-                    imatrix: str | Path | None, *, outfile, threads, force, progress) -> Path:
+def _convert_pruned(
+    source: Path,
+    keep: int,
+    kept: list[list[int]],
+    extra: dict,
+    preset: str,
+    sliced: Imatrix | None,
+    imatrix: str | Path | None,
+    *,
+    outfile,
+    threads,
+    force,
+    progress,
+) -> Path:
     from .convert import convert, output_path
     from .presets import load_preset
 
     chosen = load_preset(preset)
-    out = Path(outfile) if outfile else output_path(source, chosen, outfile=None, outdir=None,
-                                                   name=f"{source.resolve().name}-pruned{keep}", imatrix=sliced is not None)
-    options = dict(preset=chosen, outfile=out, threads=threads, force=force, progress=progress, experts=kept,
-                   metadata=extra)
+    out = (
+        Path(outfile)
+        if outfile
+        else output_path(
+            source,
+            chosen,
+            outfile=None,
+            outdir=None,
+            name=f"{source.resolve().name}-pruned{keep}",
+            imatrix=sliced is not None,
+        )
+    )
+    options = dict(
+        preset=chosen, outfile=out, threads=threads, force=force, progress=progress, experts=kept, metadata=extra
+    )
     if sliced is None:
         return convert(source, **options).path
     with tempfile.TemporaryDirectory(prefix=".marco-prune-", dir=out.parent) as scratch:

@@ -5,18 +5,20 @@ An expert stack is ne {.., .., E}: expert e is the e-th of E equal, contiguous b
 order with `expert_count` set to N, the size label recomputed when it was the computed one, and the
 `marco.prune.*` keys appended: the same keys, in the same order, as a checkpoint pruned by `convert`.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import gguf
 
-from .progress import Progress, ProgressEvent
 from .errors import PruneError
 from .imatrix_file import Imatrix, write_imatrix
 from .metadata import count_parameters
+from .progress import Progress, ProgressEvent
 from .qwen3moe import ARCH_NAME, PlannedTensor
 from .reader import StoredTensor, read_header
 from .writer import GGUFStreamWriter, TensorSpec
@@ -27,8 +29,11 @@ SIZE_LABEL = gguf.Keys.General.SIZE_LABEL
 
 def _is_sliced(name: str) -> bool:
     base = name.removesuffix(".weight").split(".")
-    return len(base) == 3 and base[0] == "blk" and base[2] in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps",
-                                                               "ffn_gate_inp")
+    return (
+        len(base) == 3
+        and base[0] == "blk"
+        and base[2] in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_inp")
+    )
 
 
 def _layer(name: str) -> int:
@@ -46,8 +51,12 @@ def _pieces(t: StoredTensor, kept: list[list[int]], n_experts: int) -> Iterator[
         yield t.offset + start, min(COPY_BLOCK, t.n_bytes - start)
 
 
-def _copied_metadata(source: Path, keep: int, new_shapes: list[tuple[str, tuple[int, ...]]],
-                     old_shapes: list[tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
+def _copied_metadata(
+    source: Path,
+    keep: int,
+    new_shapes: list[tuple[str, tuple[int, ...]]],
+    old_shapes: list[tuple[str, tuple[int, ...]]],
+) -> dict[str, Any]:
     """The source's keys with their types (gguf-py's reader keeps array item types), expert_count = N."""
     V = gguf.GGUFValueType
     reader = gguf.GGUFReader(source)
@@ -68,13 +77,23 @@ def _size_label(shapes: list[tuple[str, tuple[int, ...]]]) -> str:
     return count_parameters([PlannedTensor(n, None, None, s, ()) for n, s in shapes]).size_label  # type: ignore[arg-type]
 
 
-def prune_gguf(source: Path, keep: int, kept: list[list[int]], extra: dict[str, Any], *, outfile: str | Path | None,
-               imatrix: Imatrix | None, force: bool,
-               progress: Progress | None) -> tuple[Path, Path | None]:
+def prune_gguf(
+    source: Path,
+    keep: int,
+    kept: list[list[int]],
+    extra: dict[str, Any],
+    *,
+    outfile: str | Path | None,
+    imatrix: Imatrix | None,
+    force: bool,
+    progress: Progress | None,
+) -> tuple[Path, Path | None]:
     """Write the pruned GGUF (and the sliced imatrix beside it, when given); returns both paths."""
     header = read_header(source)
     if header.fields.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT) != gguf.GGUF_DEFAULT_ALIGNMENT:
-        raise PruneError(f"{source}: general.alignment is not {gguf.GGUF_DEFAULT_ALIGNMENT}", "convert it again with marco-gguf")
+        raise PruneError(
+            f"{source}: general.alignment is not {gguf.GGUF_DEFAULT_ALIGNMENT}", "convert it again with marco-gguf"
+        )
     n_experts = header.fields[f"{ARCH_NAME}.expert_count"]
     old = [(t.name, t.shape) for t in header.tensors]
     new = [(t.name, (keep, *t.shape[1:]) if _is_sliced(t.name) else t.shape) for t in header.tensors]

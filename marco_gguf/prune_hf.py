@@ -6,6 +6,7 @@ gets the expert count N (in whichever spelling it used) and a `marco_prune` reco
 (tokenizer, generation config, templates, card, license) is copied. The folder is built hidden beside the
 target and renamed into place when complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .checkpoint import INDEX_NAME, Checkpoint
 from .errors import OutputError
@@ -37,7 +38,9 @@ def _ranges(ref: TensorRef, rows: list[int] | None, n_experts: int) -> Iterator[
         yield ref.offset + e * per, per
 
 
-def plan(tensors: dict[str, TensorRef], kept: list[list[int]], n_experts: int) -> list[tuple[str, TensorRef, list[int] | None]]:
+def plan(
+    tensors: dict[str, TensorRef], kept: list[list[int]], n_experts: int
+) -> list[tuple[str, TensorRef, list[int] | None]]:
     """(new name, source, rows kept along the first axis or None) for every tensor of the pruned checkpoint."""
     out: list[tuple[str, TensorRef, list[int] | None]] = []
     for name in sorted(tensors):
@@ -54,8 +57,12 @@ def plan(tensors: dict[str, TensorRef], kept: list[list[int]], n_experts: int) -
 
 
 def _write_weights(ckpt: Checkpoint, entries: list, n_experts: int, path: Path) -> None:
-    head = encode_header([(name, ref.dtype, (len(rows), *ref.shape[1:]) if rows is not None else ref.shape)
-                          for name, ref, rows in entries])
+    head = encode_header(
+        [
+            (name, ref.dtype, (len(rows), *ref.shape[1:]) if rows is not None else ref.shape)
+            for name, ref, rows in entries
+        ]
+    )
     fds: dict[Path, int] = {}
     with open(path, "wb") as f:
         f.write(head)
@@ -67,8 +74,15 @@ def _write_weights(ckpt: Checkpoint, entries: list, n_experts: int, path: Path) 
         os.close(fd)
 
 
-def prune_checkpoint(source: Path, kept: list[list[int]], method: str, identity: ModelIdentity, *,
-                     outfile: str | Path | None, force: bool) -> Path:
+def prune_checkpoint(
+    source: Path,
+    kept: list[list[int]],
+    method: str,
+    identity: ModelIdentity,
+    *,
+    outfile: str | Path | None,
+    force: bool,
+) -> Path:
     """Write the pruned checkpoint folder; returns its path."""
     n_keep = len(kept[0])
     out = Path(outfile) if outfile else Path.cwd() / f"{source.resolve().name}-pruned{n_keep}"
@@ -79,7 +93,9 @@ def prune_checkpoint(source: Path, kept: list[list[int]], method: str, identity:
     with Checkpoint(source) as ckpt, tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         needed = sum(r.n_bytes for r in ckpt.tensors.values())
         if shutil.disk_usage(out.parent).free < needed:
-            raise OutputError(f"{out}: not enough disk space (up to {needed:,} bytes needed)", "free space or choose -o")
+            raise OutputError(
+                f"{out}: not enough disk space (up to {needed:,} bytes needed)", "free space or choose -o"
+            )
         build = Path(tmp) / "checkpoint"
         build.mkdir()
         _write_weights(ckpt, plan(ckpt.tensors, kept, identity.experts), identity.experts, build / "model.safetensors")
@@ -98,6 +114,10 @@ def _write_config(src: Path, dst: Path, kept: list[list[int]], method: str, iden
     target = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     key = "num_local_experts" if "num_local_experts" in target else "num_experts"
     target[key] = len(kept[0])
-    config["marco_prune"] = {"method": method, "source_expert_count": identity.experts,
-                             "source_router_sha256": identity.router_sha256, "kept_experts": kept}
+    config["marco_prune"] = {
+        "method": method,
+        "source_expert_count": identity.experts,
+        "source_router_sha256": identity.router_sha256,
+        "kept_experts": kept,
+    }
     dst.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -18,14 +18,16 @@ tokens go to an unlinked temporary file, 2 bytes per vocabulary entry per scored
 (n_ctx=512: 77 MB a chunk), as llama-perplexity's base file does; per-token KLD and Δp stay in
 RAM (8 bytes a token).
 """
+
 from __future__ import annotations
 
 import hashlib
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,12 +58,12 @@ class FileQuality:
     size_bytes: int
     bits_per_weight: float
     ppl: Estimate
-    ln_ppl_ratio: Estimate       # ln(PPL(FILE)/PPL(REF)), error with the correlation of the two
-    ppl_correlation: float       # Cor(ln PPL(FILE), ln PPL(REF)) of the per-token NLLs' means
+    ln_ppl_ratio: Estimate  # ln(PPL(FILE)/PPL(REF)), error with the correlation of the two
+    ppl_correlation: float  # Cor(ln PPL(FILE), ln PPL(REF)) of the per-token NLLs' means
     kld: Estimate
-    kld_distribution: dict       # max, 99.9 ... 0.1 percentiles, median, min
-    same_top_p: Estimate         # fraction of scored positions where both models' most likely token agree
-    rms_dp: Estimate             # RMS of p(FILE, right token) - p(REF, right token)
+    kld_distribution: dict  # max, 99.9 ... 0.1 percentiles, median, min
+    same_top_p: Estimate  # fraction of scored positions where both models' most likely token agree
+    rms_dp: Estimate  # RMS of p(FILE, right token) - p(REF, right token)
     mean_dp: Estimate
     dp_distribution: dict
     seconds: float
@@ -99,8 +101,10 @@ def read_text(path: str | Path) -> bytes:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise QualityError(f"{path}: not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x})",
-                           "convert it to UTF-8, e.g. iconv -t utf-8") from None
+        raise QualityError(
+            f"{path}: not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x})",
+            "convert it to UTF-8, e.g. iconv -t utf-8",
+        ) from None
     return data[:-1] if data.endswith(b"\n") else data
 
 
@@ -117,20 +121,26 @@ def _check_files(ref: Path, files: Sequence[Path], n_ctx: int) -> None:
                 continue
             if key.endswith("tokens") and isinstance(a, list) and isinstance(b, list):
                 i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-                what = (f"{len(b):,} tokens vs {len(a):,}" if i == min(len(a), len(b))
-                        else f"token {i} is {b[i]!r}, {ref.name} has {a[i]!r}")
+                what = (
+                    f"{len(b):,} tokens vs {len(a):,}"
+                    if i == min(len(a), len(b))
+                    else f"token {i} is {b[i]!r}, {ref.name} has {a[i]!r}"
+                )
             else:
                 what = f"{key} is {b!r}, {ref.name} has {a!r}"
-            raise QualityError(f"{f}: another vocabulary than {ref} ({what})",
-                               "compare quantizations of the same model")
+            raise QualityError(
+                f"{f}: another vocabulary than {ref} ({what})", "compare quantizations of the same model"
+            )
 
 
 def _chunking(n_tokens: int, n_ctx: int, chunks: int | None, text: Path) -> int:
     if n_ctx < 4:
         raise QualityError(f"-c {n_ctx} is too small: each chunk scores its second half", "use -c 128 or more")
     if n_tokens < 2 * n_ctx:
-        raise QualityError(f"{text}: {n_tokens:,} tokens, but -c {n_ctx} needs at least {2 * n_ctx:,} (2 chunks)",
-                           "use a longer text or a smaller -c")
+        raise QualityError(
+            f"{text}: {n_tokens:,} tokens, but -c {n_ctx} needs at least {2 * n_ctx:,} (2 chunks)",
+            "use a longer text or a smaller -c",
+        )
     return min(chunks, n_tokens // n_ctx) if chunks else n_tokens // n_ctx
 
 
@@ -140,29 +150,30 @@ def _reference_pass(model: ChunkModel, tokens: np.ndarray, n_chunks: int, store:
     per_chunk = n_ctx - 1 - first
     nll = np.empty(n_chunks * per_chunk, dtype=np.float32)
     for c in range(n_chunks):
-        chunk, row = tokens[c * n_ctx:(c + 1) * n_ctx], c * per_chunk
+        chunk, row = tokens[c * n_ctx : (c + 1) * n_ctx], c * per_chunk
         for logits in model.chunk_logits(chunk, first, n_ctx):  # llama.cpp's outputs, its last one unused
             n = min(len(logits), (c + 1) * per_chunk - row)
             logits = logits[:n]
-            targets = chunk[first + 1 + row - c * per_chunk:][:n]
-            nll[row:row + n] = kld.reference_rows(logits, targets, store[row:row + n])
+            targets = chunk[first + 1 + row - c * per_chunk :][:n]
+            nll[row : row + n] = kld.reference_rows(logits, targets, store[row : row + n])
             row += n
         tick()
     return nll
 
 
-def _file_pass(model: ChunkModel, tokens: np.ndarray, n_chunks: int, store: np.ndarray, nll_ref: np.ndarray,
-               tick) -> tuple[kld.Sums, np.ndarray, np.ndarray]:
+def _file_pass(
+    model: ChunkModel, tokens: np.ndarray, n_chunks: int, store: np.ndarray, nll_ref: np.ndarray, tick
+) -> tuple[kld.Sums, np.ndarray, np.ndarray]:
     n_ctx, first = model.n_ctx, model.n_ctx // 2
     per_chunk = n_ctx - 1 - first
     sums = kld.Sums()
     kld_values, dp_values = np.empty(len(nll_ref), np.float32), np.empty(len(nll_ref), np.float32)
     for c in range(n_chunks):
-        chunk, row = tokens[c * n_ctx:(c + 1) * n_ctx], c * per_chunk
+        chunk, row = tokens[c * n_ctx : (c + 1) * n_ctx], c * per_chunk
         for logits in model.chunk_logits(chunk, first, n_ctx):
             n = min(len(logits), (c + 1) * per_chunk - row)
             logits, rows = logits[:n], slice(row, row + n)
-            targets = chunk[first + 1 + row - c * per_chunk:][:n]
+            targets = chunk[first + 1 + row - c * per_chunk :][:n]
             kld.score_rows(logits, store[rows], nll_ref[rows], targets, sums, kld_values[rows], dp_values[rows])
             row += n
         tick()
@@ -179,7 +190,9 @@ def _summary(path: Path, sums: kld.Sums, kld_values: np.ndarray, dp_values: np.n
     top = sums.same_top / n
     info = read_info(path)
     return FileQuality(
-        path=str(path), size_bytes=info.file_size, bits_per_weight=info.bits_per_weight,
+        path=str(path),
+        size_bytes=info.file_size,
+        bits_per_weight=info.bits_per_weight,
         ppl=Estimate(float(np.exp(lnp)), float(np.exp(lnp)) * sp),
         ln_ppl_ratio=Estimate(lnp - lnr, float(np.sqrt(max(0.0, sp * sp + sr * sr - 2 * cov)))),
         ppl_correlation=cov / (sp * sr) if sp and sr else 0.0,
@@ -188,21 +201,37 @@ def _summary(path: Path, sums: kld.Sums, kld_values: np.ndarray, dp_values: np.n
         same_top_p=Estimate(top, float(np.sqrt(top * (1 - top) / (n - 1)))),
         rms_dp=Estimate(rms, 0.5 / rms * smse if rms else 0.0),
         mean_dp=Estimate(*kld.mean_and_uncertainty(sums.dp, sums.dp2, n)),
-        dp_distribution=kld.distribution(dp_values, kld.DP_PERCENTILES), seconds=seconds)
+        dp_distribution=kld.distribution(dp_values, kld.DP_PERCENTILES),
+        seconds=seconds,
+    )
 
 
 def _scratch(rows: int, width: int) -> tuple[Any, np.ndarray]:
     """An unlinked temporary file (gone even if the process is killed) mapped as [rows, width] uint16."""
     need, folder = rows * width * 2, tempfile.gettempdir()
-    check_space(Path(folder), need, target=folder, purpose=" for the reference's distributions",
-                hint="use --chunks N, or set TMPDIR to a larger disk", error=QualityError)
-    f = tempfile.TemporaryFile(prefix="marco-gguf-quality-")
+    check_space(
+        Path(folder),
+        need,
+        target=folder,
+        purpose=" for the reference's distributions",
+        hint="use --chunks N, or set TMPDIR to a larger disk",
+        error=QualityError,
+    )
+    f = tempfile.TemporaryFile(prefix="marco-gguf-quality-")  # noqa: SIM115 - the caller closes it (`with handle`)
     f.truncate(need)
     return f, np.memmap(f, dtype=np.uint16, mode="r+", shape=(rows, width))
 
 
-def quality(files: str | Path | Sequence[str | Path], *, ref: str | Path, text: str | Path, n_ctx: int = 512,
-            chunks: int | None = None, threads: int | None = None, progress: Progress | None = None) -> QualityReport:
+def quality(
+    files: str | Path | Sequence[str | Path],
+    *,
+    ref: str | Path,
+    text: str | Path,
+    n_ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> QualityReport:
     """Perplexity of REF and of each FILE, and each FILE's KL divergence from REF, over `text` (see the module doc)."""
     paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
     ref, text = Path(ref), Path(text)
@@ -221,6 +250,7 @@ def quality(files: str | Path | Sequence[str | Path], *, ref: str | Path, text: 
                 if progress:
                     rate = done[0] * n_ctx / max(1e-9, time.perf_counter() - started)
                     progress(ProgressEvent(done[0], total, "chunks", what, rate, "tokens/s"))
+
             return tick
 
         with handle:
@@ -233,11 +263,23 @@ def quality(files: str | Path | Sequence[str | Path], *, ref: str | Path, text: 
                     scored = _file_pass(m, tokens, n_chunks, store, nll_ref, ticker(f.name))
                 results.append(_summary(f, *scored, time.perf_counter() - start))
     n = len(nll_ref)
-    lnr, sr = kld.mean_and_uncertainty(float(nll_ref.astype(np.float64).sum()),
-                                       float((nll_ref.astype(np.float64) ** 2).sum()), n)
+    lnr, sr = kld.mean_and_uncertainty(
+        float(nll_ref.astype(np.float64).sum()), float((nll_ref.astype(np.float64) ** 2).sum()), n
+    )
     info = read_info(ref)
-    return QualityReport(str(ref), info.file_size, info.bits_per_weight, Estimate(float(np.exp(lnr)), float(np.exp(lnr)) * sr),
-                         str(text), hashlib.sha256(data).hexdigest(), len(tokens), n_ctx, n_chunks, n, tuple(results))
+    return QualityReport(
+        str(ref),
+        info.file_size,
+        info.bits_per_weight,
+        Estimate(float(np.exp(lnr)), float(np.exp(lnr)) * sr),
+        str(text),
+        hashlib.sha256(data).hexdigest(),
+        len(tokens),
+        n_ctx,
+        n_chunks,
+        n,
+        tuple(results),
+    )
 
 
 def load_report(path: str | Path) -> QualityReport:
@@ -250,15 +292,23 @@ def load_report(path: str | Path) -> QualityReport:
     except OSError as e:
         raise QualityError(f"{path}: cannot read it ({e.strerror})") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise QualityError(f"{path}: not a quality result (invalid JSON: {e})",
-                           "write one with: marco-gguf quality FILE --ref REF --text TEXT --json > q.json") from None
+        raise QualityError(
+            f"{path}: not a quality result (invalid JSON: {e})",
+            "write one with: marco-gguf quality FILE --ref REF --text TEXT --json > q.json",
+        ) from None
     if not isinstance(doc, dict) or doc.get("kind") != FORMAT or doc.get("format") != FORMAT_VERSION:
-        raise QualityError(f"{path}: not a quality result of format {FORMAT_VERSION} (kind {FORMAT!r})",
-                           "write one with: marco-gguf quality FILE --ref REF --text TEXT --json > q.json")
+        raise QualityError(
+            f"{path}: not a quality result of format {FORMAT_VERSION} (kind {FORMAT!r})",
+            "write one with: marco-gguf quality FILE --ref REF --text TEXT --json > q.json",
+        )
     try:
         est = lambda d: Estimate(float(d["value"]), float(d["stderr"]))  # noqa: E731
-        results = tuple(FileQuality(**{**r, **{k: est(r[k]) for k in ("ppl", "ln_ppl_ratio", "kld", "same_top_p",
-                                                                       "rms_dp", "mean_dp")}}) for r in doc["results"])
+        results = tuple(
+            FileQuality(
+                **{**r, **{k: est(r[k]) for k in ("ppl", "ln_ppl_ratio", "kld", "same_top_p", "rms_dp", "mean_dp")}}
+            )
+            for r in doc["results"]
+        )
         fields = {k: v for k, v in doc.items() if k not in ("kind", "format", "results", "ref_ppl")}
         return QualityReport(**fields, ref_ppl=est(doc["ref_ppl"]), results=results)
     except (KeyError, TypeError, ValueError) as e:

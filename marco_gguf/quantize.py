@@ -4,6 +4,7 @@ Every non-F32 type, F16 and BF16 included, goes through the same C function llam
 uses, so our bytes equal llama.cpp's by construction; ctypes releases the GIL during the call,
 which lets a thread pool use every core.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -29,7 +30,9 @@ def row_size(qtype: Q, n_per_row: int) -> int:
 def _library_path() -> Path:
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.submodule_search_locations:
-        raise QuantizerError("llama-cpp-python is not installed", "pip install llama-cpp-python (marco-gguf depends on it)")
+        raise QuantizerError(
+            "llama-cpp-python is not installed", "pip install llama-cpp-python (marco-gguf depends on it)"
+        )
     lib_dir = Path(next(iter(spec.submodule_search_locations))) / "lib"
     for name in LIBRARY_NAMES:
         if (lib_dir / name).exists():
@@ -44,8 +47,15 @@ def _ggml() -> ctypes.CDLL:
     except OSError as e:
         raise QuantizerError(f"cannot load llama.cpp's quantizer library: {e}", "reinstall llama-cpp-python") from None
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
     lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
     lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
     lib.ggml_quantize_init.argtypes = [ctypes.c_int]
@@ -71,8 +81,10 @@ def quantize_rows(qtype: Q, rows: np.ndarray, imatrix: np.ndarray | None = None)
     n_rows, n_per_row = rows.shape
     lib = _ggml()
     if imatrix is None and lib.ggml_quantize_requires_imatrix(int(qtype)):  # ggml would abort the process
-        raise QuantizerError(f"type {qtype.name} needs an importance matrix",
-                             "make one with `marco-gguf imatrix` and pass --imatrix, or use --calibrate")
+        raise QuantizerError(
+            f"type {qtype.name} needs an importance matrix",
+            "make one with `marco-gguf imatrix` and pass --imatrix, or use --calibrate",
+        )
     if imatrix is not None and (imatrix.dtype != np.float32 or imatrix.shape != (n_per_row,)):
         raise QuantizerError(f"importance vector must be float32 ({n_per_row},), got {imatrix.dtype} {imatrix.shape}")
     weights = None if imatrix is None else np.ascontiguousarray(imatrix).ctypes.data

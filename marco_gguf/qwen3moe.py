@@ -3,12 +3,14 @@
 Experts are never stacked in memory: a stacked GGUF tensor is planned as an ordered list of row
 ranges of source tensors ("pieces"), which the writer streams one piece at a time.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import gguf
 from gguf import MODEL_TENSOR as T
@@ -26,7 +28,7 @@ ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]  # "qwen3moe"
 DEFAULT_CTX = 8192  # the context Marco was fine-tuned with (max_position_embeddings is 32768)
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>")  # config says eos 151643, the chat format ends turns with 151645
 TOKENIZER_MODEL = "gpt2"  # byte-level BPE
-TOKENIZER_PRE = "qwen2"   # llama.cpp's name for the Qwen2/Qwen3 pre-tokenizer regex below
+TOKENIZER_PRE = "qwen2"  # llama.cpp's name for the Qwen2/Qwen3 pre-tokenizer regex below
 PRETOKENIZER_REGEX = QWEN3_PRETOKENIZER_REGEX
 CHATML = CHATML_TEMPLATE  # Qwen3's non-thinking ChatML with tool calls: the format Marco-Instruct uses
 
@@ -110,15 +112,24 @@ def gguf_name(kind: T, layer: int | None = None) -> str:
 def _block_shapes(c: MarcoConfig) -> Mapping[T, tuple[int, ...]]:
     q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     return {
-        T.ATTN_NORM: (c.hidden,), T.FFN_NORM: (c.hidden,),
-        T.ATTN_Q: (q, c.hidden), T.ATTN_K: (kv, c.hidden), T.ATTN_V: (kv, c.hidden), T.ATTN_OUT: (c.hidden, q),
-        T.ATTN_Q_NORM: (c.head_dim,), T.ATTN_K_NORM: (c.head_dim,), T.FFN_GATE_INP: (c.n_experts, c.hidden),
+        T.ATTN_NORM: (c.hidden,),
+        T.FFN_NORM: (c.hidden,),
+        T.ATTN_Q: (q, c.hidden),
+        T.ATTN_K: (kv, c.hidden),
+        T.ATTN_V: (kv, c.hidden),
+        T.ATTN_OUT: (c.hidden, q),
+        T.ATTN_Q_NORM: (c.head_dim,),
+        T.ATTN_K_NORM: (c.head_dim,),
+        T.FFN_GATE_INP: (c.n_experts, c.hidden),
     }
 
 
 def _expert_shapes(c: MarcoConfig) -> Mapping[T, tuple[int, int]]:
-    return {T.FFN_GATE_EXP: (c.expert_ff, c.hidden), T.FFN_UP_EXP: (c.expert_ff, c.hidden),
-            T.FFN_DOWN_EXP: (c.hidden, c.expert_ff)}
+    return {
+        T.FFN_GATE_EXP: (c.expert_ff, c.hidden),
+        T.FFN_UP_EXP: (c.expert_ff, c.hidden),
+        T.FFN_DOWN_EXP: (c.hidden, c.expert_ff),
+    }
 
 
 def hf_tensor_shapes(c: MarcoConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -130,7 +141,9 @@ def hf_tensor_shapes(c: MarcoConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
         prefix = f"model.layers.{layer}"
         yield from ((f"{prefix}.{suffix}", shapes[kind]) for suffix, kind in BLOCK_TENSORS)
         for e in range(c.n_experts):
-            yield from ((f"{prefix}.mlp.experts.{e}.{proj}.weight", expert_shapes[kind]) for proj, kind in EXPERT_TENSORS)
+            yield from (
+                (f"{prefix}.mlp.experts.{e}.{proj}.weight", expert_shapes[kind]) for proj, kind in EXPERT_TENSORS
+            )
     yield FINAL_NORM, (c.hidden,)
 
 
@@ -145,11 +158,16 @@ class _Planner:
     def require(self, name: str, shape: tuple[int, ...], why: str) -> TensorRef:
         ref = self.refs.get(name)
         if ref is None:
-            raise TensorError(f"missing tensor {name} (expected shape {list(shape)}, {why})",
-                              "the checkpoint is incomplete or not a Marco/Qwen3-MoE model")
+            raise TensorError(
+                f"missing tensor {name} (expected shape {list(shape)}, {why})",
+                "the checkpoint is incomplete or not a Marco/Qwen3-MoE model",
+            )
         if ref.shape != shape:
-            raise TensorError(f"{ref.file.name}: tensor {name} has shape {list(ref.shape)}, but config.json implies "
-                              f"{list(shape)} ({why})", "config.json and the weights disagree: download both again")
+            raise TensorError(
+                f"{ref.file.name}: tensor {name} has shape {list(ref.shape)}, but config.json implies "
+                f"{list(shape)} ({why})",
+                "config.json and the weights disagree: download both again",
+            )
         self.used.add(name)
         return ref
 
@@ -162,8 +180,12 @@ class _Planner:
         fused = f"{prefix}.gate_up_proj" in self.refs or f"{prefix}.down_proj" in self.refs
         for proj, kind in EXPERT_TENSORS:
             rows, cols = _expert_shapes(c)[kind]
-            pieces = self._fused_pieces(prefix, proj, rows, cols) if fused else self._expert_pieces(prefix, proj, rows, cols)
-            self.out.append(PlannedTensor(gguf_name(kind, layer), kind, layer, (c.n_experts, rows, cols), tuple(pieces)))
+            pieces = (
+                self._fused_pieces(prefix, proj, rows, cols) if fused else self._expert_pieces(prefix, proj, rows, cols)
+            )
+            self.out.append(
+                PlannedTensor(gguf_name(kind, layer), kind, layer, (c.n_experts, rows, cols), tuple(pieces))
+            )
 
     def _expert_pieces(self, prefix: str, proj: str, rows: int, cols: int) -> list[Piece]:
         why = f"moe_intermediate_size={self.c.expert_ff}, hidden_size={self.c.hidden}"
@@ -199,10 +221,12 @@ def plan_tensors(config: MarcoConfig, refs: Mapping[str, TensorRef], *, keep_lm_
         p.require(LM_HEAD, (c.vocab_size, c.hidden), "tie_word_embeddings is false")
     leftover = sorted(n for n in set(refs) - p.used if not IGNORED.match(n))
     if leftover:
-        raise TensorError(f"{refs[leftover[0]].file.name}: unknown tensor {leftover[0]}"
-                          + (f" and {len(leftover) - 1} more" if len(leftover) > 1 else "")
-                          + f" (config.json: num_hidden_layers={c.n_layers}, num_experts={c.n_experts})",
-                          "the checkpoint does not match its config.json, or is not a Marco/Qwen3-MoE model")
+        raise TensorError(
+            f"{refs[leftover[0]].file.name}: unknown tensor {leftover[0]}"
+            + (f" and {len(leftover) - 1} more" if len(leftover) > 1 else "")
+            + f" (config.json: num_hidden_layers={c.n_layers}, num_experts={c.n_experts})",
+            "the checkpoint does not match its config.json, or is not a Marco/Qwen3-MoE model",
+        )
     return p.out
 
 
@@ -230,13 +254,24 @@ def keep_experts(planned: list[PlannedTensor], keep: Sequence[Sequence[int]]) ->
 GROUPS = ("embeddings", "attention", "router", "experts", "norms")
 # GGUF tensor base name -> group; source: the qwen3moe tensor list in gguf-py constants.py
 GROUP_OF: Mapping[str, str] = {
-    "token_embd": "embeddings", "output": "embeddings", "attn_q": "attention", "attn_k": "attention",
-    "attn_v": "attention", "attn_output": "attention", "ffn_gate_inp": "router", "ffn_gate_exps": "experts",
-    "ffn_up_exps": "experts", "ffn_down_exps": "experts", "attn_norm": "norms", "ffn_norm": "norms",
-    "attn_q_norm": "norms", "attn_k_norm": "norms", "output_norm": "norms",
+    "token_embd": "embeddings",
+    "output": "embeddings",
+    "attn_q": "attention",
+    "attn_k": "attention",
+    "attn_v": "attention",
+    "attn_output": "attention",
+    "ffn_gate_inp": "router",
+    "ffn_gate_exps": "experts",
+    "ffn_up_exps": "experts",
+    "ffn_down_exps": "experts",
+    "attn_norm": "norms",
+    "ffn_norm": "norms",
+    "attn_q_norm": "norms",
+    "attn_k_norm": "norms",
+    "output_norm": "norms",
 }
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default F16 KV cache
-LOGITS_BATCH = 512        # llama.cpp's default n_batch: its logits/compute buffers scale with it
+LOGITS_BATCH = 512  # llama.cpp's default n_batch: its logits/compute buffers scale with it
 
 
 class StoredLike(Protocol):
@@ -308,8 +343,9 @@ def add_hparams(writer: gguf.GGUFWriter, config: MarcoConfig) -> None:
             getattr(writer, method)(value)
 
 
-def lm_head_is_tied(read_rows: Callable[[str, int, int], object], refs: Mapping[str, TensorRef],
-                    block_rows: int = 4096) -> bool:
+def lm_head_is_tied(
+    read_rows: Callable[[str, int, int], object], refs: Mapping[str, TensorRef], block_rows: int = 4096
+) -> bool:
     """True when lm_head.weight equals the embeddings bit for bit (compared block by block)."""
     head, embd = refs[LM_HEAD], refs[EMBEDDINGS]
     if head.shape != embd.shape:

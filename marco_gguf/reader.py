@@ -9,6 +9,7 @@ or more, more than 4 dimensions, rows that are not whole blocks, and tensor data
 in order at the alignment. Values are plain Python (str, int, float, bool, lists); tensor data is
 never read. Strings must be UTF-8, as the GGUF spec says (gguf-py decodes them strictly too).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,12 +27,23 @@ from .errors import GGUFFileError
 from .quantize import row_size
 
 # scalar value type -> struct format; source: the GGUF spec (same table as gguf-py's writer)
-FORMATS = {V.UINT8: "B", V.INT8: "b", V.UINT16: "H", V.INT16: "h", V.UINT32: "I", V.INT32: "i",
-           V.FLOAT32: "f", V.UINT64: "Q", V.INT64: "q", V.FLOAT64: "d", V.BOOL: "?"}
-GGML_MAX_NAME = 64    # ggml.h: a tensor name must be shorter than this
-GGML_MAX_DIMS = 4     # ggml.h
+FORMATS = {
+    V.UINT8: "B",
+    V.INT8: "b",
+    V.UINT16: "H",
+    V.INT16: "h",
+    V.UINT32: "I",
+    V.INT32: "i",
+    V.FLOAT32: "f",
+    V.UINT64: "Q",
+    V.INT64: "q",
+    V.FLOAT64: "d",
+    V.BOOL: "?",
+}
+GGML_MAX_NAME = 64  # ggml.h: a tensor name must be shorter than this
+GGML_MAX_DIMS = 4  # ggml.h
 INT64_MAX = 2**63 - 1
-VERSIONS = (2, 3)     # gguf.cpp: v1 is no longer supported, v3 is the newest
+VERSIONS = (2, 3)  # gguf.cpp: v1 is no longer supported, v3 is the newest
 DAMAGED = "the file is damaged: convert or download it again"
 
 
@@ -44,7 +56,7 @@ class StoredTensor:
     name: str
     shape: tuple[int, ...]  # numpy order (outermost first)
     type: Q
-    offset: int             # absolute byte offset in the file
+    offset: int  # absolute byte offset in the file
     n_bytes: int
 
 
@@ -76,7 +88,7 @@ class _Cursor:
     def string(self, what: str) -> str:
         n = self.scalar("Q", what)
         self.need(n, what)
-        raw = bytes(self.buf[self.pos:self.pos + n])
+        raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         try:
             return raw.decode("utf-8")
@@ -151,8 +163,9 @@ def _tensor_type(name: str, t: int) -> Q:
 def _read_tensor_info(c: _Cursor, seen: set[str]) -> tuple[str, tuple[int, ...], Q, int]:
     name = c.string(f"tensor name {len(seen)}")
     if len(name.encode()) >= GGML_MAX_NAME:
-        raise HeaderDamage(f"tensor name {name[:70]!r} is {len(name.encode())} bytes, llama.cpp allows at most "
-                           f"{GGML_MAX_NAME - 1}")
+        raise HeaderDamage(
+            f"tensor name {name[:70]!r} is {len(name.encode())} bytes, llama.cpp allows at most {GGML_MAX_NAME - 1}"
+        )
     if name in seen:
         raise HeaderDamage(f"tensor {name!r} appears twice")
     seen.add(name)
@@ -165,8 +178,7 @@ def _read_tensor_info(c: _Cursor, seen: set[str]) -> tuple[str, tuple[int, ...],
     qtype = _tensor_type(name, c.scalar("I", f"tensor {name!r}"))
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     if dims and dims[0] % block:
-        raise HeaderDamage(f"tensor {name!r}: rows of {dims[0]} elements are not whole {qtype.name} blocks "
-                           f"of {block}")
+        raise HeaderDamage(f"tensor {name!r}: rows of {dims[0]} elements are not whole {qtype.name} blocks of {block}")
     return name, tuple(reversed(dims)), qtype, c.scalar("Q", f"tensor {name!r}")
 
 
@@ -188,8 +200,10 @@ def _parse(buf: Any, size: int) -> Header:
     for name, shape, qtype, offset in infos:
         n_bytes = math.prod(shape[:-1]) * row_size(qtype, shape[-1]) if shape else row_size(qtype, 1)
         if offset != expected:  # gguf.cpp: tensor data is packed in order, each padded to the alignment
-            raise HeaderDamage(f"tensor {name!r} has data offset {offset:,}, expected {expected:,} (the tensors "
-                               f"before it, padded to {align} bytes)")
+            raise HeaderDamage(
+                f"tensor {name!r} has data offset {offset:,}, expected {expected:,} (the tensors "
+                f"before it, padded to {align} bytes)"
+            )
         tensors.append(StoredTensor(name, shape, qtype, data_offset + offset, n_bytes))
         expected += n_bytes + (align - n_bytes % align) % align
     return Header(version, fields, types, tuple(tensors), data_offset, items)
@@ -204,8 +218,10 @@ def read_header(path: str | Path) -> Header:
     with open(path, "rb") as f:
         magic = f.read(4)
         if magic != b"GGUF":
-            raise GGUFFileError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')",
-                                "convert a checkpoint first: marco-gguf convert SOURCE")
+            raise GGUFFileError(
+                f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')",
+                "convert a checkpoint first: marco-gguf convert SOURCE",
+            )
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             try:
                 header = _parse(buf, size)
@@ -213,6 +229,8 @@ def read_header(path: str | Path) -> Header:
                 raise GGUFFileError(f"{path}: corrupt or truncated GGUF header: {e}", DAMAGED) from None
     end = max((t.offset + t.n_bytes for t in header.tensors), default=header.data_offset)
     if end > size:
-        raise GGUFFileError(f"{path}: truncated: tensor data ends at byte {end:,} but the file has {size:,} bytes",
-                            "the copy or download was interrupted: make the file again")
+        raise GGUFFileError(
+            f"{path}: truncated: tensor data ends at byte {end:,} but the file has {size:,} bytes",
+            "the copy or download was interrupted: make the file again",
+        )
     return header

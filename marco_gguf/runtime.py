@@ -5,6 +5,7 @@ tokens the KV cache does not already hold, and samples with llama.cpp's C sample
 of low-level `llama_decode` calls (the Python layer costs about one ctypes call per token, see
 benchmarks/runtime_overhead.md). Rates are wall clock: what the person at the terminal gets.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -13,9 +14,9 @@ import json
 import threading
 import time
 import unicodedata
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Generator, Iterator
 
 from .chat_template import ChatTemplate
 from .errors import ChatError
@@ -23,7 +24,7 @@ from .loader import check_model, load_model
 from .machine import physical_cores
 from .qwen3moe import DEFAULT_CTX, END_OF_TURN
 
-PENALTY_LAST_N = 64          # llama.cpp's default window for --repeat-penalty
+PENALTY_LAST_N = 64  # llama.cpp's default window for --repeat-penalty
 ROLES = ("system", "user", "assistant")
 LOAD_HINT = 'expected {"messages": [{"role": "user", "content": "..."}, ...]} as /save writes it'
 
@@ -32,13 +33,13 @@ LOAD_HINT = 'expected {"messages": [{"role": "user", "content": "..."}, ...]} as
 class GenerationStats:
     """One reply's measured figures: prompt evaluation, generation (per decode+sample step), first token."""
 
-    prompt_tokens: int              # tokens evaluated for this prompt (the KV cache held the rest)
+    prompt_tokens: int  # tokens evaluated for this prompt (the KV cache held the rest)
     prompt_tokens_per_s: float
-    completion_tokens: int          # reply tokens, not counting the end-of-turn token
+    completion_tokens: int  # reply tokens, not counting the end-of-turn token
     completion_tokens_per_s: float
-    time_to_first_token_s: float    # from send to the first sampled token: tokenize + prompt + one sample
-    stop_reason: str                # stop (end of turn), length (--max-tokens), context (--ctx full), interrupted
-    cached_tokens: int = 0          # prompt tokens reused from the KV cache instead of evaluated
+    time_to_first_token_s: float  # from send to the first sampled token: tokenize + prompt + one sample
+    stop_reason: str  # stop (end of turn), length (--max-tokens), context (--ctx full), interrupted
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache instead of evaluated
 
 
 @dataclass
@@ -63,7 +64,9 @@ class SessionStats:
     def completion_tokens_per_s(self) -> float:
         return _rate(self.generation_steps, self.generation_seconds)
 
-    def add(self, s: GenerationStats, prompt_seconds: float, generation_seconds: float, steps: int, dropped: int) -> None:
+    def add(
+        self, s: GenerationStats, prompt_seconds: float, generation_seconds: float, steps: int, dropped: int
+    ) -> None:
         self.turns += 1
         self.prompt_tokens += s.prompt_tokens
         self.cached_tokens += s.cached_tokens
@@ -75,8 +78,11 @@ class SessionStats:
         self.interrupted += s.stop_reason == "interrupted"
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "prompt_tokens_per_s": self.prompt_tokens_per_s,
-                "completion_tokens_per_s": self.completion_tokens_per_s}
+        return {
+            **asdict(self),
+            "prompt_tokens_per_s": self.prompt_tokens_per_s,
+            "completion_tokens_per_s": self.completion_tokens_per_s,
+        }
 
 
 def _rate(n: float, seconds: float) -> float:
@@ -85,9 +91,20 @@ def _rate(n: float, seconds: float) -> float:
 
 # --- chat ----------------------------------------------------------------------------------------
 
-def sampler_chain(n_vocab: int, *, temp: float, top_p: float, top_k: int, min_p: float, repeat_penalty: float,
-                  seed: int | None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                  grammar=None):
+
+def sampler_chain(
+    n_vocab: int,
+    *,
+    temp: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    repeat_penalty: float,
+    seed: int | None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    grammar=None,
+):
     """llama.cpp's C sampler chain (free it with llama_sampler_free): a grammar (an initialised
     llama_sampler_init_grammar, owned by the chain from here on) first so that only tokens it allows are
     candidates, penalties, then top-k first, which keeps the later stages cheap on a 151,936-token
@@ -96,16 +113,22 @@ def sampler_chain(n_vocab: int, *, temp: float, top_p: float, top_k: int, min_p:
 
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     penalize = repeat_penalty != 1.0 or presence_penalty != 0.0 or frequency_penalty != 0.0
-    stages = [grammar, lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat_penalty, frequency_penalty,
-                                                        presence_penalty) if penalize else None]
+    stages = [
+        grammar,
+        lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat_penalty, frequency_penalty, presence_penalty)
+        if penalize
+        else None,
+    ]
     if temp <= 0:
         stages.append(lib.llama_sampler_init_greedy())
     else:
-        stages += [lib.llama_sampler_init_top_k(top_k) if top_k > 0 else None,
-                   lib.llama_sampler_init_top_p(top_p, 1) if top_p < 1 else None,
-                   lib.llama_sampler_init_min_p(min_p, 1) if min_p > 0 else None,
-                   lib.llama_sampler_init_temp(temp),
-                   lib.llama_sampler_init_dist(seed if seed is not None else lib.LLAMA_DEFAULT_SEED)]
+        stages += [
+            lib.llama_sampler_init_top_k(top_k) if top_k > 0 else None,
+            lib.llama_sampler_init_top_p(top_p, 1) if top_p < 1 else None,
+            lib.llama_sampler_init_min_p(min_p, 1) if min_p > 0 else None,
+            lib.llama_sampler_init_temp(temp),
+            lib.llama_sampler_init_dist(seed if seed is not None else lib.LLAMA_DEFAULT_SEED),
+        ]
     for stage in filter(None, stages):
         lib.llama_sampler_chain_add(chain, stage)
     return chain
@@ -129,8 +152,9 @@ class Reply:
     """One assistant turn. Iterate it for text as it is generated; then `text` and `stats` hold the result.
     `dropped_turns` (known before the first piece) counts old turns removed to fit the context."""
 
-    def __init__(self, session: "ChatSession", tokens: list[int], prompt_text: str, dropped_turns: int,
-                 sent: float) -> None:
+    def __init__(
+        self, session: ChatSession, tokens: list[int], prompt_text: str, dropped_turns: int, sent: float
+    ) -> None:
         self.dropped_turns, self.text, self.sent = dropped_turns, "", sent
         self._stats: GenerationStats | None = None
         self.prompt, self.tokens = tokens, list[int]()  # the prompt's tokens and, once generated, the reply's
@@ -147,7 +171,7 @@ class Reply:
             raise ChatError("the reply is still being generated: read it to the end first")
         return self._stats
 
-    def wait(self) -> "Reply":
+    def wait(self) -> Reply:
         for _ in self:
             pass
         return self
@@ -156,10 +180,21 @@ class Reply:
 class ChatSession:
     """A conversation with a Marco GGUF that reuses its KV cache from turn to turn."""
 
-    def __init__(self, model: str | Path, *, system: str | None = None, ctx: int = DEFAULT_CTX,
-                 threads: int | None = None, temp: float = 0.7, top_p: float = 0.8, top_k: int = 20,
-                 min_p: float = 0.0, repeat_penalty: float = 1.0, seed: int | None = None,
-                 max_tokens: int = 2048) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        system: str | None = None,
+        ctx: int = DEFAULT_CTX,
+        threads: int | None = None,
+        temp: float = 0.7,
+        top_p: float = 0.8,
+        top_k: int = 20,
+        min_p: float = 0.0,
+        repeat_penalty: float = 1.0,
+        seed: int | None = None,
+        max_tokens: int = 2048,
+    ) -> None:
         import llama_cpp
 
         self.info = check_model(model, ctx=ctx)
@@ -169,16 +204,23 @@ class ChatSession:
         self.template = ChatTemplate.from_metadata(self.llm.metadata, self.token_text)
         self.stop_tokens = frozenset(ids[0] for ids in map(self._tokenize, END_OF_TURN) if len(ids) == 1)
         self.system = _nfc(system) if system else None
-        self.messages: list[dict] = []    # user/assistant turns; the system message is kept apart, never dropped
+        self.messages: list[dict] = []  # user/assistant turns; the system message is kept apart, never dropped
         self.totals = SessionStats()
-        self._kv: list[int] = []          # exactly the tokens in the KV cache, in order
+        self._kv: list[int] = []  # exactly the tokens in the KV cache, in order
         self._seen: tuple[str, list[int]] = ("", [])  # last prompt + reply as text and as the tokens the model saw
         self._cancel = threading.Event()
         self._active: Reply | None = None  # the reply being generated, if any
         self._one = (llama_cpp.llama_token * 1)()
         self._buf = ctypes.create_string_buffer(256)
-        self._sampler = sampler_chain(self.llm.n_vocab(), temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
-                                      repeat_penalty=repeat_penalty, seed=seed)
+        self._sampler = sampler_chain(
+            self.llm.n_vocab(),
+            temp=temp,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+        )
 
     # tokens <-> text
     def _tokenize(self, text: str) -> list[int]:
@@ -208,7 +250,7 @@ class ChatSession:
         text = self.template.render(system + messages)
         seen_text, seen_tokens = self._seen
         if seen_text and text.startswith(seen_text):  # keep the reply tokens the model produced, add the rest
-            return text, seen_tokens + self._tokenize(text[len(seen_text):])
+            return text, seen_tokens + self._tokenize(text[len(seen_text) :])
         return text, self._tokenize(text)
 
     def send(self, text: str) -> Reply:
@@ -224,8 +266,11 @@ class ChatSession:
                 break
             nxt = next((i for i, m in enumerate(messages) if i > 0 and m["role"] == "user"), None)
             if nxt is None:
-                raise ChatError(f"the message is too long: {len(tokens):,} prompt tokens + {reserve:,} for the reply "
-                                f"exceed --ctx {self.ctx:,}", "shorten it, raise --ctx or lower --max-tokens")
+                raise ChatError(
+                    f"the message is too long: {len(tokens):,} prompt tokens + {reserve:,} for the reply "
+                    f"exceed --ctx {self.ctx:,}",
+                    "shorten it, raise --ctx or lower --max-tokens",
+                )
             del messages[:nxt]
             dropped += 1
         self.messages = messages
@@ -265,7 +310,7 @@ class ChatSession:
             for i in range(keep, len(tokens), self.llm.n_batch):
                 if self._cancel.is_set():
                     return
-                self._decode(tokens[i:i + self.llm.n_batch])
+                self._decode(tokens[i : i + self.llm.n_batch])
             prompt_done = time.perf_counter()
             limit = min(self.max_tokens, self.ctx - len(tokens))
             lib.llama_sampler_reset(self._sampler)
@@ -292,13 +337,23 @@ class ChatSession:
             pieces.append(utf8.decode(b"", final=True))
         finally:  # also on Ctrl-C or an abandoned iteration: the partial reply is kept and marked
             reply.text, reply.tokens = "".join(pieces), out
-            self.messages.append({"role": "assistant", "content": reply.text,
-                                  **({"interrupted": True} if reason == "interrupted" else {})})
+            self.messages.append(
+                {
+                    "role": "assistant",
+                    "content": reply.text,
+                    **({"interrupted": True} if reason == "interrupted" else {}),
+                }
+            )
             self._seen = (prompt_text + reply.text, tokens + out)
             reply._stats = stats = GenerationStats(
-                prompt_tokens=len(tokens) - keep, prompt_tokens_per_s=_rate(len(tokens) - keep, prompt_done - started),
-                completion_tokens=len(out), completion_tokens_per_s=_rate(steps, (last or 0) - (first or 0)),
-                time_to_first_token_s=(first - reply.sent) if first else 0.0, stop_reason=reason, cached_tokens=keep)
+                prompt_tokens=len(tokens) - keep,
+                prompt_tokens_per_s=_rate(len(tokens) - keep, prompt_done - started),
+                completion_tokens=len(out),
+                completion_tokens_per_s=_rate(steps, (last or 0) - (first or 0)),
+                time_to_first_token_s=(first - reply.sent) if first else 0.0,
+                stop_reason=reason,
+                cached_tokens=keep,
+            )
             self.totals.add(stats, prompt_done - started, (last or 0) - (first or 0), steps, reply.dropped_turns)
             if self._active is reply:
                 self._active = None
@@ -321,8 +376,13 @@ class ChatSession:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         try:
-            path.write_text(json.dumps({"model": self.info.path.name, "messages": self.conversation()},
-                                       ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            path.write_text(
+                json.dumps(
+                    {"model": self.info.path.name, "messages": self.conversation()}, ensure_ascii=False, indent=2
+                )
+                + "\n",
+                encoding="utf-8",
+            )
         except OSError as e:
             raise ChatError(f"{path}: cannot write the conversation ({e.strerror})") from None
         return path
@@ -342,10 +402,12 @@ class ChatSession:
         for i, m in enumerate(messages):
             roles = ROLES if i == 0 else ROLES[1:]  # a system message only comes first
             if not (isinstance(m, dict) and m.get("role") in roles and isinstance(m.get("content"), str)):
-                raise ChatError(f"{path}: not a saved conversation (message {i + 1} is {json.dumps(m)[:60]})", LOAD_HINT)
+                raise ChatError(
+                    f"{path}: not a saved conversation (message {i + 1} is {json.dumps(m)[:60]})", LOAD_HINT
+                )
         system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
         self.set_system(system)
-        self.messages = [{**m, "content": _nfc(m["content"])} for m in messages[1 if system is not None else 0:]]
+        self.messages = [{**m, "content": _nfc(m["content"])} for m in messages[1 if system is not None else 0 :]]
         return len(messages)
 
     def close(self) -> None:
@@ -354,7 +416,7 @@ class ChatSession:
             self._sampler = None
         self.llm.close()
 
-    def __enter__(self) -> "ChatSession":
+    def __enter__(self) -> ChatSession:
         return self
 
     def __exit__(self, *exc) -> None:

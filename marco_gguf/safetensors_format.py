@@ -13,13 +13,15 @@ conversion reads row blocks with `os.preadv` into fresh buffers and `synth` stre
 so memory stays bounded for a 35 GB checkpoint (the library's writer needs every tensor in memory);
 the library, which transformers brings to the tests, is the reference the fuzz tests hold us to.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +30,26 @@ from .errors import CheckpointError, TensorError
 MAX_HEADER_BYTES = 100_000_000  # the library's MAX_HEADER_SIZE
 # dtype -> bits per element; source: safetensors' Rust `Dtype` enum (bitsize)
 DTYPE_BITS: Mapping[str, int] = {
-    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64,
-    "I64": 64, "U64": 64,
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
 }
 # the float dtypes Marco's weights come in -> (numpy storage dtype, bytes per element)
 WEIGHT_DTYPES: Mapping[str, tuple[str, int]] = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2)}
@@ -69,17 +88,23 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _header_json(file: Path, head: bytes, size: int) -> tuple[dict[str, Any], int]:
     """The header's JSON object and the data section's start, after the library's length checks."""
     if len(head) < 8:
-        raise CheckpointError(f"{file}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)",
-                              REDOWNLOAD)
+        raise CheckpointError(
+            f"{file}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)", REDOWNLOAD
+        )
     n = int.from_bytes(head[:8], "little")
     if n > MAX_HEADER_BYTES:
-        raise CheckpointError(f"{file}: corrupt safetensors header: header length {n:,} exceeds the format's "
-                              f"limit of {MAX_HEADER_BYTES:,} bytes", REDOWNLOAD)
+        raise CheckpointError(
+            f"{file}: corrupt safetensors header: header length {n:,} exceeds the format's "
+            f"limit of {MAX_HEADER_BYTES:,} bytes",
+            REDOWNLOAD,
+        )
     if 8 + n > size:
-        raise CheckpointError(f"{file}: corrupt safetensors header: header length {n:,} runs past the end of the "
-                              f"file ({size:,} bytes)", REDOWNLOAD)
+        raise CheckpointError(
+            f"{file}: corrupt safetensors header: header length {n:,} runs past the end of the file ({size:,} bytes)",
+            REDOWNLOAD,
+        )
     try:
-        text = head[8:8 + n].decode("utf-8")
+        text = head[8 : 8 + n].decode("utf-8")
         if not text.startswith("{"):
             raise ValueError(f"starts with {text[:1]!r}, expected '{{'")
         header = json.loads(text, object_pairs_hook=_no_duplicates)
@@ -90,6 +115,7 @@ def _header_json(file: Path, head: bytes, size: int) -> tuple[dict[str, Any], in
 
 def _entry(file: Path, name: str, info: Any) -> tuple[str, tuple[int, ...], int, int]:
     """(dtype, shape, begin, end) of one header entry, typed as the library's TensorInfo."""
+
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{file}: corrupt safetensors header: tensor {name} {what}", REDOWNLOAD)
 
@@ -115,22 +141,33 @@ def _natural(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _check_coverage(file: Path, entries: dict[str, tuple[str, tuple[int, ...], int, int]], base: int,
-                    size: int) -> None:
+def _check_coverage(
+    file: Path, entries: dict[str, tuple[str, tuple[int, ...], int, int]], base: int, size: int
+) -> None:
     """Entries must tile the data section from byte 0 without gaps or overlap, and end where it ends."""
     expected, data_bytes = 0, size - base
     for name, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
         if begin != expected:
-            what = "overlaps the tensor before it" if begin < expected else f"leaves a gap of {begin - expected:,} bytes"
-            raise CheckpointError(f"{file}: corrupt safetensors header: tensor {name} starts at data byte {begin:,}, "
-                                  f"expected {expected:,} ({what})", REDOWNLOAD)
+            what = (
+                "overlaps the tensor before it" if begin < expected else f"leaves a gap of {begin - expected:,} bytes"
+            )
+            raise CheckpointError(
+                f"{file}: corrupt safetensors header: tensor {name} starts at data byte {begin:,}, "
+                f"expected {expected:,} ({what})",
+                REDOWNLOAD,
+            )
         if end > data_bytes:
-            raise CheckpointError(f"{file}: truncated: tensor {name} ends at byte {base + end:,} but the file has "
-                                  f"{size:,} bytes", "the download was interrupted: download this shard again")
+            raise CheckpointError(
+                f"{file}: truncated: tensor {name} ends at byte {base + end:,} but the file has {size:,} bytes",
+                "the download was interrupted: download this shard again",
+            )
         expected = end
     if expected != data_bytes:
-        raise CheckpointError(f"{file}: incomplete safetensors file: its tensors cover {expected:,} bytes of data but "
-                              f"the file holds {data_bytes:,} after the header (not fully covered)", REDOWNLOAD)
+        raise CheckpointError(
+            f"{file}: incomplete safetensors file: its tensors cover {expected:,} bytes of data but "
+            f"the file holds {data_bytes:,} after the header (not fully covered)",
+            REDOWNLOAD,
+        )
 
 
 def read_safetensors_header(file: Path) -> dict[str, TensorRef]:
@@ -143,15 +180,19 @@ def read_safetensors_header(file: Path) -> dict[str, TensorRef]:
     header, base = _header_json(file, head, size)
     meta = header.pop("__metadata__", None)
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
-        raise CheckpointError(f"{file}: corrupt safetensors header: __metadata__ is {meta!r:.60}, expected an object "
-                              "of strings", REDOWNLOAD)
+        raise CheckpointError(
+            f"{file}: corrupt safetensors header: __metadata__ is {meta!r:.60}, expected an object of strings",
+            REDOWNLOAD,
+        )
     entries = {name: _entry(file, name, info) for name, info in header.items()}
     _check_coverage(file, entries, base, size)
     refs = {}
     for name, (dtype, shape, begin, end) in entries.items():
         if dtype not in WEIGHT_DTYPES:
-            raise TensorError(f"{file}: tensor {name} has dtype {dtype}; expected one of {', '.join(WEIGHT_DTYPES)}",
-                              "quantized or integer checkpoints are not supported: use the original BF16 release")
+            raise TensorError(
+                f"{file}: tensor {name} has dtype {dtype}; expected one of {', '.join(WEIGHT_DTYPES)}",
+                "quantized or integer checkpoints are not supported: use the original BF16 release",
+            )
         refs[name] = TensorRef(name, file, dtype, shape, base + begin, end - begin)
     return refs
 

@@ -5,6 +5,7 @@ Token list and types follow conversion/base.py `get_vocab_base` (ids without a t
 merges, special ids, add_*_token flags and the chat template come from gguf-py's SpecialVocab,
 the very code llama.cpp's converter calls.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +18,13 @@ from .jsonfields import Fields, is_int, load_json_object
 from .qwen3moe import PRETOKENIZER_REGEX, TOKENIZER_MODEL, TOKENIZER_PRE
 
 
-
 def _load_json(path: Path) -> dict[str, Any]:
-    return load_json_object(path, TokenizerError, "copy tokenizer.json and tokenizer_config.json from the model's release",
-                            "missing tokenizer file")
+    return load_json_object(
+        path,
+        TokenizerError,
+        "copy tokenizer.json and tokenizer_config.json from the model's release",
+        "missing tokenizer file",
+    )
 
 
 SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")  # gguf-py SpecialVocab.special_token_types
@@ -38,8 +42,9 @@ def check_tokenizer_json(tok: dict[str, Any], path: Path) -> None:
         if not is_int(i) or i < 0:
             raise model.sub("vocab").fail(token, i, "a non-negative integer token id")
         if i in ids:
-            raise TokenizerError(f"{path}: model.vocab gives id {i} to both {ids[i]!r} and {token!r}",
-                                 "download tokenizer.json again")
+            raise TokenizerError(
+                f"{path}: model.vocab gives id {i} to both {ids[i]!r} and {token!r}", "download tokenizer.json again"
+            )
         ids[i] = token
     _check_merges(model, model.list("merges", object))
     for n, entry in enumerate(f.list("added_tokens", dict, default=[])):
@@ -59,8 +64,9 @@ def _check_merges(model: Fields, merges: list[Any]) -> None:
     # after the first character, so a string needs one there
     for n, m in enumerate(merges):
         pair = isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) and x for x in m)
-        if not (pair or (isinstance(m, str) and m.find(" ", 1) > 0 and not m.endswith(" ")))\
-                or type(m) is not type(merges[0]):
+        if not (pair or (isinstance(m, str) and m.find(" ", 1) > 0 and not m.endswith(" "))) or type(m) is not type(
+            merges[0]
+        ):
             raise model.fail(f"merges[{n}]", m, '"left right" strings or [left, right] pairs, one form for all')
 
 
@@ -103,19 +109,25 @@ def check_qwen_bpe(tok: dict[str, Any], path: Path) -> None:
     """Refuse tokenizers llama.cpp's `qwen2` pre-tokenizer would not reproduce."""
     model = tok["model"]
     if model.get("type") != "BPE":
-        raise TokenizerError(f"{path}: model type {model.get('type')!r} is not a byte-level BPE",
-                             "Marco models use the Qwen3 tokenizer: copy it from the model's release")
+        raise TokenizerError(
+            f"{path}: model type {model.get('type')!r} is not a byte-level BPE",
+            "Marco models use the Qwen3 tokenizer: copy it from the model's release",
+        )
     if _split_patterns(tok.get("pre_tokenizer")) != [PRETOKENIZER_REGEX]:
-        raise TokenizerError(f"{path}: pre-tokenizer is not Qwen2/Qwen3's",
-                             "llama.cpp would tokenize differently; use the tokenizer from the model's release")
+        raise TokenizerError(
+            f"{path}: pre-tokenizer is not Qwen2/Qwen3's",
+            "llama.cpp would tokenize differently; use the tokenizer from the model's release",
+        )
 
 
 def looks_special(token: str) -> bool:
     """llama.cpp's converter heuristic (base.py does_token_look_special) for added tokens not flagged special."""
-    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
-            or (token.startswith("<|") and token.endswith("|>"))
-            or (token.startswith("<｜") and token.endswith("｜>"))
-            or (token.startswith("<unused") and token.endswith(">")))
+    return (
+        token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+        or (token.startswith("<|") and token.endswith("|>"))
+        or (token.startswith("<｜") and token.endswith("｜>"))
+        or (token.startswith("<unused") and token.endswith(">"))
+    )
 
 
 def vocab_tokens(tok: dict[str, Any], vocab_size: int, path: Path) -> tuple[list[str], list[gguf.TokenType]]:
@@ -124,8 +136,10 @@ def vocab_tokens(tok: dict[str, Any], vocab_size: int, path: Path) -> tuple[list
     reverse = {i: t for t, i in tok["model"]["vocab"].items()}
     reverse.update({i: a["content"] for i, a in added.items()})
     if reverse and max(reverse) >= vocab_size:
-        raise TokenizerError(f"{path}: token id {max(reverse)} does not fit vocab_size {vocab_size} from config.json",
-                             "config.json and tokenizer.json are from different models")
+        raise TokenizerError(
+            f"{path}: token id {max(reverse)} does not fit vocab_size {vocab_size} from config.json",
+            "config.json and tokenizer.json are from different models",
+        )
     tokens: list[str] = []
     types: list[gguf.TokenType] = []
     seen: dict[str, int] = {}
@@ -141,8 +155,11 @@ def vocab_tokens(tok: dict[str, Any], vocab_size: int, path: Path) -> tuple[list
             tokens.append(reverse[i])
             types.append(gguf.TokenType.NORMAL)
         if (first := seen.setdefault(tokens[-1], i)) != i:  # llama.cpp aborts on a token listed twice
-            raise TokenizerError(f"{path}: token {tokens[-1]!r} has two ids, {first} and {i} (an added token "
-                                 "repeats a vocabulary entry)", "download tokenizer.json again")
+            raise TokenizerError(
+                f"{path}: token {tokens[-1]!r} has two ids, {first} and {i} (an added token "
+                "repeats a vocabulary entry)",
+                "download tokenizer.json again",
+            )
     return tokens, types
 
 
@@ -176,8 +193,12 @@ def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -> dic
         special.add_special_token.setdefault("eos", False)
     special.add_special_token.setdefault("bos", False)
     special.add_to_gguf(writer, quiet=True)
-    return {"tokens": len(tokens), "merges": len(special.merges), "special_ids": dict(special.special_token_ids),
-            "chat_template": special.chat_template is not None}
+    return {
+        "tokens": len(tokens),
+        "merges": len(special.merges),
+        "special_ids": dict(special.special_token_ids),
+        "chat_template": special.chat_template is not None,
+    }
 
 
 def _special_vocab(folder: Path) -> gguf.SpecialVocab:
@@ -186,5 +207,7 @@ def _special_vocab(folder: Path) -> gguf.SpecialVocab:
     try:
         return gguf.SpecialVocab(folder, load_merges=True)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
-        raise TokenizerError(f"{folder / 'tokenizer.json'}: gguf-py cannot read this tokenizer ({type(e).__name__}: {e})",
-                             "the tokenizer files are damaged: download tokenizer.json and tokenizer_config.json again") from None
+        raise TokenizerError(
+            f"{folder / 'tokenizer.json'}: gguf-py cannot read this tokenizer ({type(e).__name__}: {e})",
+            "the tokenizer files are damaged: download tokenizer.json and tokenizer_config.json again",
+        ) from None

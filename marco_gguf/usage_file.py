@@ -3,6 +3,7 @@
 It records the model's identity (identity.py) so that `prune` can refuse a file measured on another model,
 and per text the token counts, routing mass and REAP sums per layer x expert.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,9 @@ def write_usage(usage, path: Path) -> Path:
     try:
         write_text_atomic(Path(path), json.dumps(doc) + "\n")
     except OSError as e:
-        raise ExpertsError(f"{path}: cannot write the usage file ({e.strerror})", "check the folder and free space") from None
+        raise ExpertsError(
+            f"{path}: cannot write the usage file ({e.strerror})", "check the folder and free space"
+        ) from None
     return Path(path)
 
 
@@ -44,8 +47,11 @@ def _array(path: Path, text: dict, key: str, shape: tuple[int, int], dtype: type
     except (KeyError, TypeError, ValueError):
         raise ExpertsError(f"{path}: text {text.get('label')!r} has no numeric {key!r} table", HINT) from None
     if a.shape != shape or not np.isfinite(a).all() or (a < 0).any():
-        raise ExpertsError(f"{path}: text {text.get('label')!r}: {key} has shape {list(a.shape)}, expected "
-                           f"{list(shape)} (layers x experts) of finite values >= 0", HINT)
+        raise ExpertsError(
+            f"{path}: text {text.get('label')!r}: {key} has shape {list(a.shape)}, expected "
+            f"{list(shape)} (layers x experts) of finite values >= 0",
+            HINT,
+        )
     return a
 
 
@@ -71,8 +77,22 @@ def read_usage(path: str | Path):
     if not texts or not all(isinstance(t, dict) for t in texts):
         raise ExpertsError(f"{path}: the usage file holds no texts, or texts that are not objects", HINT)
     shape = (model.layers, model.experts)
-    out = tuple(TextUsage(str(t.get("label")), str(t.get("source")), int(t.get("tokens") or 0),
-                          _array(path, t, "counts", shape, np.int64), _array(path, t, "weight", shape, np.float64),
-                          _array(path, t, "reap_sum", shape, np.float64)) for t in texts)
-    return ExpertUsage(model, str(doc.get("model_path")), int(doc.get("ctx") or 0), out,
-                       float(doc.get("seconds") or 0), float(doc.get("tokens_per_s") or 0))
+    out = tuple(
+        TextUsage(
+            str(t.get("label")),
+            str(t.get("source")),
+            int(t.get("tokens") or 0),
+            _array(path, t, "counts", shape, np.int64),
+            _array(path, t, "weight", shape, np.float64),
+            _array(path, t, "reap_sum", shape, np.float64),
+        )
+        for t in texts
+    )
+    return ExpertUsage(
+        model,
+        str(doc.get("model_path")),
+        int(doc.get("ctx") or 0),
+        out,
+        float(doc.get("seconds") or 0),
+        float(doc.get("tokens_per_s") or 0),
+    )

@@ -4,15 +4,17 @@ Each tensor is dequantized with gguf-py's own NumPy dequantizers (an implementat
 the C quantizer that wrote it) piece by piece, read with pread like the converter reads, and its
 relative RMS error against the source is compared with a per-type bound.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import gguf
 import numpy as np
@@ -30,10 +32,23 @@ from .reader import Header, read_header
 
 # relative RMS error bound per type: about twice what ggml's quantizers give on Gaussian weights,
 # measured here (F16 2e-4, BF16 1.7e-3, Q8_0 5.4e-3, Q6_K 1.8e-2, Q5_K 3.6e-2, Q4_K 7.1e-2, Q2_K 0.30)
-ERROR_BOUNDS: Mapping[Q, float] = MappingProxyType({
-    Q.F32: 1e-6, Q.F16: 1e-3, Q.BF16: 5e-3, Q.Q8_0: 1.5e-2, Q.Q6_K: 4.5e-2, Q.Q5_K: 9e-2, Q.Q5_1: 9e-2,
-    Q.Q5_0: 1.1e-1, Q.Q4_K: 1.7e-1, Q.Q4_1: 1.9e-1, Q.Q4_0: 2.3e-1, Q.Q3_K: 3.6e-1, Q.Q2_K: 6.8e-1,
-})
+ERROR_BOUNDS: Mapping[Q, float] = MappingProxyType(
+    {
+        Q.F32: 1e-6,
+        Q.F16: 1e-3,
+        Q.BF16: 5e-3,
+        Q.Q8_0: 1.5e-2,
+        Q.Q6_K: 4.5e-2,
+        Q.Q5_K: 9e-2,
+        Q.Q5_1: 9e-2,
+        Q.Q5_0: 1.1e-1,
+        Q.Q4_K: 1.7e-1,
+        Q.Q4_1: 1.9e-1,
+        Q.Q4_0: 2.3e-1,
+        Q.Q3_K: 3.6e-1,
+        Q.Q2_K: 6.8e-1,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -70,16 +85,39 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.shape_mismatches or self.metadata_mismatches
-                    or self.flagged or self.load_error)
+        return not (
+            self.missing
+            or self.unexpected
+            or self.shape_mismatches
+            or self.metadata_mismatches
+            or self.flagged
+            or self.load_error
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "source": str(self.source), "ok": self.ok, "seconds": self.seconds,
-                "missing": list(self.missing), "unexpected": list(self.unexpected),
-                "shape_mismatches": list(self.shape_mismatches), "metadata_mismatches": list(self.metadata_mismatches),
-                "load_error": self.load_error, "flagged": [t.name for t in self.flagged],
-                "tensors": [{"name": t.name, "type": t.type, "shape": list(t.shape), "rel_rms_error": t.rel_rms_error,
-                             "bound": t.bound, "ok": t.ok} for t in self.tensors]}
+        return {
+            "path": str(self.path),
+            "source": str(self.source),
+            "ok": self.ok,
+            "seconds": self.seconds,
+            "missing": list(self.missing),
+            "unexpected": list(self.unexpected),
+            "shape_mismatches": list(self.shape_mismatches),
+            "metadata_mismatches": list(self.metadata_mismatches),
+            "load_error": self.load_error,
+            "flagged": [t.name for t in self.flagged],
+            "tensors": [
+                {
+                    "name": t.name,
+                    "type": t.type,
+                    "shape": list(t.shape),
+                    "rel_rms_error": t.rel_rms_error,
+                    "bound": t.bound,
+                    "ok": t.ok,
+                }
+                for t in self.tensors
+            ],
+        }
 
 
 def _tensor_error(fd: int, offset: int, qtype: Q, planned: PlannedTensor, ckpt: Checkpoint) -> float:
@@ -115,8 +153,9 @@ def _short(v: Any) -> str:
     return f"[{len(v)} items]" if isinstance(v, (list, tuple)) and len(v) > 8 else repr(v)
 
 
-def verify(path: str | Path, *, source: str | Path, load: bool = True,
-           progress: Progress | None = None) -> VerifyResult:
+def verify(
+    path: str | Path, *, source: str | Path, load: bool = True, progress: Progress | None = None
+) -> VerifyResult:
     """Check a GGUF against its source checkpoint: tensors, shapes, errors per type, metadata, loading."""
     started, path = time.perf_counter(), Path(path)
     header = read_header(path)
@@ -146,8 +185,17 @@ def verify(path: str | Path, *, source: str | Path, load: bool = True,
             os.close(fd)
         meta_bad = _metadata_mismatches(header, ckpt, planned)
     load_error = _try_load(path) if load else None
-    return VerifyResult(path, Path(source), tuple(checks), missing, unexpected, tuple(shape_bad), tuple(meta_bad),
-                        load_error, time.perf_counter() - started)
+    return VerifyResult(
+        path,
+        Path(source),
+        tuple(checks),
+        missing,
+        unexpected,
+        tuple(shape_bad),
+        tuple(meta_bad),
+        load_error,
+        time.perf_counter() - started,
+    )
 
 
 def _try_load(path: Path) -> str | None:

@@ -1,4 +1,5 @@
 """The installed package's version, in a module of its own so that any module can import it at the top."""
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version

@@ -10,6 +10,7 @@ before the first byte is written (the disk-space check and the data offsets), an
 headers only into a file it opens itself; the values and their types still come from gguf-py's
 setters (metadata.KVCollector), and the byte-identity tests hold the result to llama.cpp's converter.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,9 +18,10 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import gguf
 from gguf import GGMLQuantizationType as Q
@@ -32,8 +34,17 @@ from .quantize import row_size
 ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT  # 32
 # scalar value type -> struct format; source: gguf-py gguf_writer.py _simple_value_packing
 SCALAR_FORMATS: Mapping[V, str] = {
-    V.UINT8: "B", V.INT8: "b", V.UINT16: "H", V.INT16: "h", V.UINT32: "I", V.INT32: "i",
-    V.FLOAT32: "f", V.UINT64: "Q", V.INT64: "q", V.FLOAT64: "d", V.BOOL: "?",
+    V.UINT8: "B",
+    V.INT8: "b",
+    V.UINT16: "H",
+    V.INT16: "h",
+    V.UINT32: "I",
+    V.INT32: "i",
+    V.FLOAT32: "f",
+    V.UINT64: "Q",
+    V.INT64: "q",
+    V.FLOAT64: "d",
+    V.BOOL: "?",
 }
 
 
@@ -97,15 +108,19 @@ def encode_header(kv: Mapping[str, Any], tensors: list[TensorSpec]) -> bytes:
 def _disk_error(e: OSError, path: Path, needed: int) -> OutputError:
     if e.errno == errno.ENOSPC:
         free = shutil.disk_usage(path.parent).free
-        return OutputError(f"{path}: disk full ({needed:,} bytes needed, {free:,} free); nothing was written",
-                           "free space or choose another --outdir")
+        return OutputError(
+            f"{path}: disk full ({needed:,} bytes needed, {free:,} free); nothing was written",
+            "free space or choose another --outdir",
+        )
     return OutputError(f"{path}: cannot write ({e.strerror})", "check the folder's permissions and free space")
 
 
 class GGUFStreamWriter:
     """Write a GGUF whose tensor table is fixed up front; `write()` streams the current tensor's bytes."""
 
-    def __init__(self, path: Path, kv: Mapping[str, Any], tensors: list[TensorSpec], *, overwrite: bool = False) -> None:
+    def __init__(
+        self, path: Path, kv: Mapping[str, Any], tensors: list[TensorSpec], *, overwrite: bool = False
+    ) -> None:
         self.path, self.kv, self.tensors, self.overwrite = Path(path), kv, tensors, overwrite
         self.header = encode_header(kv, tensors)
         self.total_bytes = len(self.header) + sum(t.n_bytes + _pad(t.n_bytes) for t in tensors)
@@ -113,7 +128,7 @@ class GGUFStreamWriter:
         self._file: Any = None
         self._made: list[Path] = []
 
-    def __enter__(self) -> "GGUFStreamWriter":
+    def __enter__(self) -> GGUFStreamWriter:
         self.open()
         return self
 
@@ -185,7 +200,7 @@ class GGUFStreamWriter:
         try:
             view = memoryview(data).cast("B")
             while view:
-                view = view[self._file.write(view):]
+                view = view[self._file.write(view) :]
         except OSError as e:
             self.abort()
             raise _disk_error(e, self.path, self.total_bytes) from None

@@ -3,6 +3,7 @@
 The weights are random but scaled like a trained model's, and norms/routers are perturbed so that
 a wrong tensor mapping (swapped norms, transposed experts, misrouted tokens) changes the logits.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,13 +29,13 @@ class Spec:
     experts: int = 16
     top_k: int = 4
     expert_ff: int = 256
-    vocab: str = "small"           # "small" or "qwen3" (the real 151,936-row vocabulary)
-    dtype: str = "bf16"            # bf16 or f32 on disk
+    vocab: str = "small"  # "small" or "qwen3" (the real 151,936-row vocabulary)
+    dtype: str = "bf16"  # bf16 or f32 on disk
     shard_size: str | None = "2MB"  # None: one model.safetensors
-    layout: str = "per_expert"     # per_expert (save_pretrained) or fused (transformers 5.x in-memory names)
-    config_style: str = "5.x"      # 5.x (num_local_experts, rope_parameters) or 4.x (num_experts, rope_theta)
+    layout: str = "per_expert"  # per_expert (save_pretrained) or fused (transformers 5.x in-memory names)
+    config_style: str = "5.x"  # 5.x (num_local_experts, rope_parameters) or 4.x (num_experts, rope_theta)
     tied: bool = True
-    lm_head: str | None = None     # None, "same" (tied copy saved as lm_head.weight)
+    lm_head: str | None = None  # None, "same" (tied copy saved as lm_head.weight)
     seed: int = 0
     extra_config: tuple = ()  # (key, value) pairs added to the config (kept hashable for caching)
 
@@ -45,12 +46,24 @@ def _vocab_size(info: VocabInfo) -> int:
 
 def build_model(spec: Spec, info: VocabInfo) -> Qwen3MoeForCausalLM:
     cfg = Qwen3MoeConfig(
-        vocab_size=_vocab_size(info), hidden_size=spec.hidden, intermediate_size=3 * spec.hidden,
-        moe_intermediate_size=spec.expert_ff, num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim, num_experts=spec.experts,
-        num_experts_per_tok=spec.top_k, norm_topk_prob=True, tie_word_embeddings=spec.tied,
-        max_position_embeddings=4096, rms_norm_eps=1e-6, bos_token_id=info.bos_token_id,
-        eos_token_id=info.endoftext_id, **dict(spec.extra_config))
+        vocab_size=_vocab_size(info),
+        hidden_size=spec.hidden,
+        intermediate_size=3 * spec.hidden,
+        moe_intermediate_size=spec.expert_ff,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        num_experts=spec.experts,
+        num_experts_per_tok=spec.top_k,
+        norm_topk_prob=True,
+        tie_word_embeddings=spec.tied,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        bos_token_id=info.bos_token_id,
+        eos_token_id=info.endoftext_id,
+        **dict(spec.extra_config),
+    )
     cfg.rope_parameters = {"rope_theta": 1000000.0, "rope_type": "default"}
     torch.manual_seed(spec.seed)
     model = Qwen3MoeForCausalLM(cfg).eval()
@@ -77,7 +90,11 @@ def _rewrite_config_4x(folder: Path) -> None:
 
 def _save_fused(model: Qwen3MoeForCausalLM, folder: Path) -> None:
     # the in-memory transformers 5.x names: mlp.experts.gate_up_proj [E, 2I, H] and down_proj [E, H, I]
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight" or not model.config.tie_word_embeddings}
+    state = {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if k != "lm_head.weight" or not model.config.tie_word_embeddings
+    }
     assert any(k.endswith("experts.gate_up_proj") for k in state), "transformers no longer fuses experts in memory"
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     model.config.architectures = ["Qwen3MoeForCausalLM"]
@@ -86,9 +103,10 @@ def _save_fused(model: Qwen3MoeForCausalLM, folder: Path) -> None:
 
 def _add_lm_head_copy(folder: Path) -> None:
     from safetensors import safe_open
+
     src = folder / "model.safetensors"
     with safe_open(str(src), "pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
+        state = {k: f.get_tensor(k) for k in f}
     state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
     save_file(state, str(src), metadata={"format": "pt"})
 

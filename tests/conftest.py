@@ -1,12 +1,13 @@
 """Session fixtures: checkpoints written by transformers and their GGUF conversions, built once per run."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 import reftools
 from checkpoints import Spec, make_checkpoint
+
 from marco_gguf import convert
 
 

@@ -10,6 +10,7 @@ original is never touched), damages one file in one of the FAMILIES, converts it
 - wrong:    converted, but some tensor differs: a damaged input turned silently into a wrong file;
 - leftover: refused, but a file was left behind.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,9 +19,10 @@ import json
 import os
 import random
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from marco_gguf import convert
 from marco_gguf.errors import MarcoGGUFError
@@ -32,8 +34,15 @@ OUTCOMES = ("refused", "harmless", "crash", "wrong", "leftover")
 ROOTS = {
     "config": [()],
     "index": [("weight_map",)],
-    "tokenizer": [("model", "vocab"), ("model", "merges"), ("added_tokens",), ("pre_tokenizer",), ("post_processor",),
-                  ("model",), ()],
+    "tokenizer": [
+        ("model", "vocab"),
+        ("model", "merges"),
+        ("added_tokens",),
+        ("pre_tokenizer",),
+        ("post_processor",),
+        ("model",),
+        (),
+    ],
     "tokenizer-config": [()],
 }
 
@@ -42,9 +51,9 @@ ROOTS = {
 class Case:
     seed: int
     family: str
-    what: str       # the mutation, in words
+    what: str  # the mutation, in words
     outcome: str
-    detail: str     # the error message, or what was wrong
+    detail: str  # the error message, or what was wrong
 
 
 def tensor_digests(path: Path) -> dict[str, tuple[str, tuple[int, ...], str]]:
@@ -59,6 +68,7 @@ def tensor_digests(path: Path) -> dict[str, tuple[str, tuple[int, ...], str]]:
 
 # --- mutations ----------------------------------------------------------------------------------
 
+
 def _random_value(rng: random.Random, original: Any) -> Any:
     near = []
     if isinstance(original, bool):
@@ -69,8 +79,33 @@ def _random_value(rng: random.Random, original: Any) -> Any:
         near = [original[:-1], original + "x", original.upper(), original * 2, len(original)]
     elif isinstance(original, list):
         near = [original[:-1], original + original[-1:], list(reversed(original)), original[1:]]
-    pool = [None, True, False, 0, -1, 1, 7, 2**31, 2**32 + 5, 2**63, -(2**63), 1.5, -0.0, 1e308, "", "x", "BF16",
-            "<|im_end|>", [], [1], [-1, 2], ["a", "b"], {}, {"a": 1}, {"content": 3}]
+    pool = [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        1,
+        7,
+        2**31,
+        2**32 + 5,
+        2**63,
+        -(2**63),
+        1.5,
+        -0.0,
+        1e308,
+        "",
+        "x",
+        "BF16",
+        "<|im_end|>",
+        [],
+        [1],
+        [-1, 2],
+        ["a", "b"],
+        {},
+        {"a": 1},
+        {"content": 3},
+    ]
     return rng.choice(near + pool if near and rng.random() < 0.6 else pool)
 
 
@@ -113,14 +148,16 @@ def mutate_json(rng: random.Random, data: Any, roots: list[tuple]) -> tuple[Any,
 
 def _split_safetensors(data: bytes) -> tuple[int, bytes, bytes]:
     n = int.from_bytes(data[:8], "little")
-    return n, data[8:8 + n], data[8 + n:]
+    return n, data[8 : 8 + n], data[8 + n :]
 
 
 def mutate_safetensors(rng: random.Random, family: str, data: bytes) -> tuple[bytes, str]:
     n, header, body = _split_safetensors(data)
     if family == "st-length":
         delta = rng.choice([-16, -8, -2, -1, 1, 2, 8, 16, 2**20, -n, 2**40])
-        return (n + delta).to_bytes(8, "little", signed=n + delta < 0) + header + body, f"header length {n} -> {n + delta}"
+        return (n + delta).to_bytes(
+            8, "little", signed=n + delta < 0
+        ) + header + body, f"header length {n} -> {n + delta}"
     if family == "st-bytes":
         b = bytearray(header)
         for _ in range(rng.randint(1, 4)):
@@ -129,7 +166,7 @@ def mutate_safetensors(rng: random.Random, family: str, data: bytes) -> tuple[by
     if family == "st-size":
         cut = rng.choice([1, 2, 64, 4096, len(body) // 2])
         if rng.random() < 0.5:
-            return data[:len(data) - cut], f"cut {cut} bytes off the end"
+            return data[: len(data) - cut], f"cut {cut} bytes off the end"
         return data + bytes(cut), f"appended {cut} bytes"
     parsed = json.loads(header)
     names = [k for k in parsed if k != "__metadata__"]
@@ -147,8 +184,15 @@ def damage(rng: random.Random, folder: Path, family: str) -> str:
         target = rng.choice(shards)
         data, what = mutate_safetensors(rng, family, target.read_bytes())
     else:
-        target = folder / {"config": "config.json", "index": "model.safetensors.index.json",
-                           "tokenizer": "tokenizer.json", "tokenizer-config": "tokenizer_config.json"}[family]
+        target = (
+            folder
+            / {
+                "config": "config.json",
+                "index": "model.safetensors.index.json",
+                "tokenizer": "tokenizer.json",
+                "tokenizer-config": "tokenizer_config.json",
+            }[family]
+        )
         damaged, what = mutate_json(rng, json.loads(target.read_text(encoding="utf-8")), ROOTS[family])
         data = json.dumps(damaged, ensure_ascii=False).encode()
     target.unlink()
@@ -157,6 +201,7 @@ def damage(rng: random.Random, folder: Path, family: str) -> str:
 
 
 # --- verdicts -----------------------------------------------------------------------------------
+
 
 def linked_copy(src: Path, dst: Path) -> Path:
     dst.mkdir(parents=True)
@@ -169,8 +214,9 @@ def _leftovers(*folders: Path, allowed: set[str]) -> list[str]:
     return [p.name for d in folders for p in d.iterdir() if p.name not in allowed]
 
 
-def run_case(seed: int, family: str, good: Path, baseline: dict, workdir: Path,
-             convert_fn: Callable[..., Any] = convert) -> Case:
+def run_case(
+    seed: int, family: str, good: Path, baseline: dict, workdir: Path, convert_fn: Callable[..., Any] = convert
+) -> Case:
     rng = random.Random(seed)
     case_dir = workdir / f"case-{seed}"
     src, out = linked_copy(good, case_dir / good.name), case_dir / "out"
@@ -182,7 +228,7 @@ def run_case(seed: int, family: str, good: Path, baseline: dict, workdir: Path,
     except MarcoGGUFError as e:
         left = _leftovers(out, src, allowed=source_files)
         return Case(seed, family, what, "leftover" if left else "refused", f"{e} {left if left else ''}".strip())
-    except Exception as e:  # noqa: BLE001 - classifying every other outcome is the point
+    except Exception as e:
         return Case(seed, family, what, "crash", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}")
     got = tensor_digests(result.path)
     diff = sorted(k for k in set(got) | set(baseline) if got.get(k) != baseline.get(k))

@@ -13,6 +13,7 @@ original tensor data. Outcomes:
             should have said it first);
 - crash:    `read_info` raised anything else, or the child died from a signal (llama.cpp aborted).
 """
+
 from __future__ import annotations
 
 import os
@@ -58,13 +59,18 @@ class Doc:
     data: bytes
 
     @classmethod
-    def of(cls, path: Path) -> "Doc":
+    def of(cls, path: Path) -> Doc:
         h: Header = read_header(path)
         raw = path.read_bytes()
         kvs = [[k, h.types[k], h.item_types.get(k), v] for k, v in h.fields.items()]
         tensors = [[t.name, list(reversed(t.shape)), int(t.type), t.offset - h.data_offset] for t in h.tensors]
-        return cls(h.version, kvs, tensors, h.fields.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT),
-                   raw[h.data_offset:])
+        return cls(
+            h.version,
+            kvs,
+            tensors,
+            h.fields.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT),
+            raw[h.data_offset :],
+        )
 
 
 def _value(vtype: V, value: Any) -> bytes:
@@ -79,7 +85,7 @@ def _value(vtype: V, value: Any) -> bytes:
     bits = struct.calcsize(fmt) * 8
     wrapped = int(value) % 2**bits  # out-of-range edits wrap, as a bit flip would
     if fmt.islower():  # signed formats
-        wrapped -= 2**bits if wrapped >= 2**(bits - 1) else 0
+        wrapped -= 2**bits if wrapped >= 2 ** (bits - 1) else 0
     return struct.pack("<" + fmt, wrapped)
 
 
@@ -100,6 +106,7 @@ def encode(doc: Doc) -> bytes:
 
 
 # --- mutations (each returns what it did, in words) ------------------------------------------------
+
 
 def _kv(rng: random.Random, doc: Doc) -> list[Any]:
     return rng.choice(doc.kvs)
@@ -124,7 +131,7 @@ def m_kv_value(rng: random.Random, doc: Doc) -> str:
     value = list(value)
     op = rng.choice(("shorten", "extend", "dup", "edit", "empty"))
     if op == "shorten" and value:
-        del value[rng.randrange(len(value)):]
+        del value[rng.randrange(len(value)) :]
     elif op == "extend":
         value += value[: rng.randint(1, 3)] or [_new_scalar(rng, item, 0 if item != V.STRING else "")]
     elif op == "dup" and len(value) > 1:
@@ -229,8 +236,13 @@ def damage(rng: random.Random, good: bytes, doc_path: Path, family: str) -> tupl
         cut = rng.randrange(len(good))
         return good[:cut], f"cut at byte {cut} of {len(good)}"
     doc = Doc.of(doc_path)
-    what = {"kv-value": m_kv_value, "kv-type": m_kv_type, "kv-set": m_kv_set, "tensor-info": m_tensor_info,
-            "tokens": m_tokens}[family](rng, doc)
+    what = {
+        "kv-value": m_kv_value,
+        "kv-type": m_kv_type,
+        "kv-set": m_kv_set,
+        "tensor-info": m_tensor_info,
+        "tokens": m_tokens,
+    }[family](rng, doc)
     return encode(doc), what
 
 
@@ -264,8 +276,14 @@ class Loader:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         env.pop("MARCO_GGUF_DEBUG", None)
         env["GGML_NO_BACKTRACE"] = "1"  # an abort should just end the child, not attach gdb to it
-        return subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
 
     def load(self, path: Path) -> tuple[str, str]:
         if self.proc is None or self.proc.poll() is not None:
@@ -299,7 +317,7 @@ def run_case(seed: int, family: str, good_path: Path, good: bytes, loader: Loade
             check_model(path, ctx=64)  # what chat, bench and serve run before loading
         except GGUFFileError as e:
             return Case(seed, family, what, "refused", str(e))
-        except Exception as e:  # noqa: BLE001 - the verdict is about exactly this
+        except Exception as e:
             return Case(seed, family, what, "crash", f"{type(e).__name__}: {e}")
         outcome, detail = loader.load(path)
         return Case(seed, family, what, outcome, detail)

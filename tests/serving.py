@@ -1,5 +1,6 @@
 """Test helpers for the server: an app served by uvicorn in a thread on a free 127.0.0.1 port, and a
 plain HTTP client (http.client) for raw requests and SSE framing. Every wait is bounded."""
+
 from __future__ import annotations
 
 import http.client
@@ -7,7 +8,7 @@ import json
 import socket
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -40,7 +41,7 @@ class LiveServer:
         self.thread.join(TIMEOUT_S)
         assert not self.thread.is_alive(), "the server did not stop"
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -51,8 +52,9 @@ def live(engine: Engine, **options) -> LiveServer:
     return LiveServer(ServerState(engine.info.path.name, engine=engine), **options)
 
 
-def request(url: str, method: str, path: str, body: bytes | dict | None = None,
-            headers: dict | None = None) -> tuple[int, dict, bytes]:
+def request(
+    url: str, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None
+) -> tuple[int, dict, bytes]:
     """(status, headers, body) of one request on a fresh connection."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT_S)
@@ -73,7 +75,7 @@ def sse_events(response: http.client.HTTPResponse) -> Iterator[str]:
             return
         assert line.startswith(b"data: ") and line.endswith(b"\n"), line
         assert response.readline() == b"\n", "an event must end with a blank line"
-        yield line[len(b"data: "):-1].decode()
+        yield line[len(b"data: ") : -1].decode()
 
 
 def open_stream(url: str, body: dict, headers: dict | None = None):
@@ -81,8 +83,12 @@ def open_stream(url: str, body: dict, headers: dict | None = None):
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT_S)
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-    conn.request("POST", path, body=json.dumps({**body, "stream": True}).encode(),
-                 headers={"Content-Type": "application/json", **(headers or {})})
+    conn.request(
+        "POST",
+        path,
+        body=json.dumps({**body, "stream": True}).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     return conn, conn.getresponse()
 
 

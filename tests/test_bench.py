@@ -1,4 +1,5 @@
 """`bench`: llama-bench's tests, the bandwidth probe and the roofline's bytes per token."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import time
 
 import numpy as np
 import pytest
+from checkpoints import Spec
 from gguf import GGML_QUANT_SIZES, GGUFReader
 
-from checkpoints import Spec
 import marco_gguf.bench as bench_module
 from marco_gguf.bench import _timed_parallel, bench, bytes_per_token, memory_bandwidth
 from marco_gguf.gguf_info import read_info
@@ -40,12 +41,12 @@ def reference_bytes_per_token(path) -> float:
     out = 0.0
     for name in (n for n in size if isinstance(n, str)):
         if "_exps" in name:
-            out += size[name] * used / total                      # the routed experts' share
+            out += size[name] * used / total  # the routed experts' share
         elif name == "token_embd.weight":
-            out += size[name, "row"]                               # the lookup reads one row ...
-            out += size[name] * ("output.weight" not in size)      # ... and, tied, the whole matrix as output
+            out += size[name, "row"]  # the lookup reads one row ...
+            out += size[name] * ("output.weight" not in size)  # ... and, tied, the whole matrix as output
         else:
-            out += size[name]                                      # attention, router, norms, output
+            out += size[name]  # attention, router, norms, output
     return out
 
 
@@ -92,6 +93,7 @@ def test_parallel_timing_runs_every_slice_on_its_own_pinned_thread():
 
 def test_parallel_timing_reports_a_failing_kernel_instead_of_hanging():
     """One worker's error must release the other from the barrier and reach the caller."""
+
     def kernel(s: slice) -> None:
         if s.start == 1:
             raise MemoryError("slice 1 failed")
@@ -109,8 +111,24 @@ def test_bench_roofline_takes_the_better_of_two_probes(converted, monkeypatch):
 
 
 def test_bench_json_cli(converted):
-    proc = subprocess.run([*CLI, "bench", str(converted(Spec(), "q8_0").path), "-p", "16", "-n", "4", "--threads", "1",
-                           "--reps", "1", "--json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            *CLI,
+            "bench",
+            str(converted(Spec(), "q8_0").path),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "--threads",
+            "1",
+            "--reps",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [(r["test"], r["threads"]) for r in rows] == [("pp16", 1), ("tg4", 1)]
@@ -118,11 +136,21 @@ def test_bench_json_cli(converted):
 
 
 def test_bench_table_cli(converted):
-    proc = subprocess.run([*CLI, "bench", str(converted(Spec(), "q8_0").path), "-p", "16", "-n", "4", "--threads", "1",
-                           "--reps", "2"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*CLI, "bench", str(converted(Spec(), "q8_0").path), "-p", "16", "-n", "4", "--threads", "1", "--reps", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
-    for text in ("Marco-Test-Instruct-Q8_0.gguf", "bits/weight", "pp16", "tg4", " ± ", "GB/s with 1 thread(s)",
-                 "bytes read per generated token"):
+    for text in (
+        "Marco-Test-Instruct-Q8_0.gguf",
+        "bits/weight",
+        "pp16",
+        "tg4",
+        " ± ",
+        "GB/s with 1 thread(s)",
+        "bytes read per generated token",
+    ):
         assert text in proc.stdout
 
 

@@ -1,4 +1,5 @@
 """Model cards: every figure in the table is what gguf-py's GGUFReader reads from the files."""
+
 from __future__ import annotations
 
 import os
@@ -7,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from gguf import GGUFReader, LlamaFileType
-
 from checkpoints import Spec
+from gguf import GGUFReader, LlamaFileType
+from model_files import card, variant
+
 from marco_gguf import convert, load_preset
 from marco_gguf.errors import ExportError
 from marco_gguf.export import write_card
-from model_files import card, variant
 
 SOURCE = "AIDC-AI/Marco-Mini-Instruct"
 FILES = [  # (preset, quant type in the table, general.file_type)
@@ -26,8 +27,11 @@ FILES = [  # (preset, quant type in the table, general.file_type)
 def folder(checkpoint, tmp_path_factory) -> Path:
     """Two conversions of a checkpoint whose model card names its source, license and languages."""
     root = tmp_path_factory.mktemp("card")
-    ckpt = variant(checkpoint(Spec()), root / "src" / "Marco-Test-Instruct",
-                   readme=card(license="apache-2.0", language=["en", "zh"], base_model=SOURCE))
+    ckpt = variant(
+        checkpoint(Spec()),
+        root / "src" / "Marco-Test-Instruct",
+        readme=card(license="apache-2.0", language=["en", "zh"], base_model=SOURCE),
+    )
     out = root / "Marco-Test-Instruct-GGUF"
     out.mkdir()
     for preset, _, _ in FILES:
@@ -51,9 +55,14 @@ def test_table_rows_are_read_from_the_files(folder):
         path = folder / f"Marco-Test-Instruct-{quant}.gguf"
         got_type, bpw = read_back(path)
         assert got_type == file_type
-        expected.append((path.stat().st_size, f"| [{path.name}](./{path.name}) | {quant} | "
-                                              f"{path.stat().st_size / 1e6:.2f} MB | {bpw:.2f} | "
-                                              f"{load_preset(preset).description} |"))
+        expected.append(
+            (
+                path.stat().st_size,
+                f"| [{path.name}](./{path.name}) | {quant} | "
+                f"{path.stat().st_size / 1e6:.2f} MB | {bpw:.2f} | "
+                f"{load_preset(preset).description} |",
+            )
+        )
     assert rows == [row for _, row in sorted(expected, reverse=True)]  # one per file, largest first
 
 
@@ -62,11 +71,19 @@ def test_card_names_source_license_prompt_format_and_runners(folder):
     assert text.startswith(f"---\nbase_model: {SOURCE}\nlicense: apache-2.0\nlanguage:\n- en\n- zh\n")
     assert f"- **Source model**: [{SOURCE}](https://huggingface.co/{SOURCE})" in text
     assert "- **License**: apache-2.0" in text
-    assert ("```\n<|im_start|>system\n{system_prompt}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
-            "<|im_start|>assistant\n```") in text  # rendered from the embedded template
+    assert (
+        "```\n<|im_start|>system\n{system_prompt}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+        "<|im_start|>assistant\n```"
+    ) in text  # rendered from the embedded template
     for name in sorted(p.name for p in folder.glob("*.gguf")):
-        for command in (f"marco-gguf chat {name}", f"marco-gguf bench {name}", f"llama-cli -m {name}",
-                        f"marco-gguf export ollama {name}", "ollama create marco-test-instruct-", f"lms import {name} --user-repo marco-gguf/"):
+        for command in (
+            f"marco-gguf chat {name}",
+            f"marco-gguf bench {name}",
+            f"llama-cli -m {name}",
+            f"marco-gguf export ollama {name}",
+            "ollama create marco-test-instruct-",
+            f"lms import {name} --user-repo marco-gguf/",
+        ):
             assert command in text, command
 
 
@@ -84,7 +101,7 @@ def test_rewrites_its_own_card_but_not_someone_elses(folder, tmp_path):
 
 
 def test_a_folder_without_ggufs_is_refused(tmp_path):
-    with pytest.raises(ExportError, match="no .gguf files"):
+    with pytest.raises(ExportError, match=r"no .gguf files"):
         write_card(tmp_path)
 
 

@@ -1,4 +1,5 @@
 """`marco-gguf chat` driven as a person drives it: the real program in a pseudo-terminal, keys typed, Ctrl-C sent."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,14 +15,16 @@ import termios
 import time
 
 import pytest
-
 from checkpoints import Spec
-from marco_gguf.cli.chat import read_message
 from test_runtime import other_architecture
 
+from marco_gguf.cli.chat import read_message
+
 CLI = [sys.executable, "-m", "marco_gguf"]
-STATS = re.compile(r"prompt (\d+) tokens(?: \(\+(\d+) cached\))? at [\d,.]+ tok/s · generated (\d+) tokens at "
-                   r"[\d,.]+ tok/s · first token [\d,]+ ms · stop: (\w+)")
+STATS = re.compile(
+    r"prompt (\d+) tokens(?: \(\+(\d+) cached\))? at [\d,.]+ tok/s · generated (\d+) tokens at "
+    r"[\d,.]+ tok/s · first token [\d,]+ ms · stop: (\w+)"
+)
 
 
 class Terminal:
@@ -29,9 +32,15 @@ class Terminal:
 
     def __init__(self, *args: str) -> None:
         master, slave = os.openpty()
-        self.proc = subprocess.Popen([*CLI, *args], stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-                                     env={**os.environ, "TERM": "dumb", "COLUMNS": "300", "PYTHONFAULTHANDLER": "1"})
+        self.proc = subprocess.Popen(
+            [*CLI, *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            env={**os.environ, "TERM": "dumb", "COLUMNS": "300", "PYTHONFAULTHANDLER": "1"},
+        )
         os.close(slave)
         self.fd, self.seen, self.transcript = master, "", ""
 
@@ -48,7 +57,7 @@ class Terminal:
                 raise AssertionError(f"{pattern!r} did not appear before exit:\n{self.seen[-1500:]}") from None
             self.seen += chunk.replace("\r\n", "\n")
             self.transcript += chunk
-        self.seen = self.seen[m.end():]
+        self.seen = self.seen[m.end() :]
         return m
 
     def type(self, keys: str) -> None:
@@ -76,14 +85,14 @@ def test_a_conversation_in_the_terminal(tiny, tmp_path):
     t = Terminal("chat", tiny, "--seed", "1", "--max-tokens", "12", "--ctx", "1024", "--system", "Be brief.")
     t.expect(r"ctx 1,024 · \d thread\(s\) · /help for commands")
     t.expect(">>> ")
-    t.type("What is a mixture \\\n")          # a trailing backslash continues the message
+    t.type("What is a mixture \\\n")  # a trailing backslash continues the message
     t.expect(r"\.\.\. ")
     t.type("of experts?\n")
     first = t.expect(STATS)
     assert first.group(2) is None and first.group(3) == "12" and first.group(4) == "length"
     t.expect(">>> ")
     t.type("Tell me more.\n")
-    second = t.expect(STATS)                   # the KV cache is reused: only the new turn is evaluated
+    second = t.expect(STATS)  # the KV cache is reused: only the new turn is evaluated
     assert int(second.group(2)) > int(first.group(1)) > int(second.group(1))
     t.expect(">>> ")
     t.type("/stats\n")
@@ -162,26 +171,45 @@ def test_multi_line_input(reason, lines, message):
 
 
 def test_prompt_json_prints_one_object(tiny):
-    proc = subprocess.run([*CLI, "chat", tiny, "-p", "Hello", "--json", "--seed", "2", "--max-tokens", "8"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*CLI, "chat", tiny, "-p", "Hello", "--json", "--seed", "2", "--max-tokens", "8"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert {"text", "prompt_tokens", "prompt_tokens_per_s", "completion_tokens", "completion_tokens_per_s",
-            "time_to_first_token_s", "stop_reason"} <= out.keys()
+    assert {
+        "text",
+        "prompt_tokens",
+        "prompt_tokens_per_s",
+        "completion_tokens",
+        "completion_tokens_per_s",
+        "time_to_first_token_s",
+        "stop_reason",
+    } <= out.keys()
     assert out["completion_tokens"] <= 8 and out["prompt_tokens"] > 5 and out["stop_reason"] in ("stop", "length")
 
 
 def test_prompt_streams_the_answer_to_stdout_and_figures_to_stderr(tiny):
-    proc = subprocess.run([*CLI, "chat", tiny, "-p", "Hello", "--seed", "2", "--max-tokens", "8"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*CLI, "chat", tiny, "-p", "Hello", "--seed", "2", "--max-tokens", "8"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and STATS.search(proc.stderr) and "tok/s" not in proc.stdout
 
 
 BAD = [
     ("missing file", lambda d, t: [str(d / "missing.gguf")], "missing.gguf: no such file"),
     ("not a GGUF", lambda d, t: [str((d / "a.gguf").write_text("{}") and d / "a.gguf")], "not a GGUF file"),
-    ("another architecture", lambda d, t: [str(other_architecture(d / "l.gguf"))], "architecture 'llama' is not qwen3moe"),
-    ("context too big for this machine's RAM", lambda d, t: [t, "--ctx", "200000000"], "not enough RAM for --ctx 200000000"),
+    (
+        "another architecture",
+        lambda d, t: [str(other_architecture(d / "l.gguf"))],
+        "architecture 'llama' is not qwen3moe",
+    ),
+    (
+        "context too big for this machine's RAM",
+        lambda d, t: [t, "--ctx", "200000000"],
+        "not enough RAM for --ctx 200000000",
+    ),
 ]
 
 

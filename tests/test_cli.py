@@ -1,4 +1,5 @@
 """The installed `marco-gguf` program and the standalone script, run as a user runs them."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from gguf import GGUFReader
-
 from checkpoints import Spec
+from gguf import GGUFReader
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "marco_gguf"]
@@ -22,6 +22,7 @@ def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subproc
 
 def test_version_and_help():
     from marco_gguf import __version__
+
     assert run("--version").stdout.strip() == f"marco-gguf {__version__}"
     assert "convert" in run("--help").stdout
 
@@ -59,8 +60,11 @@ def test_debug_env_shows_traceback(tmp_path):
 
 def test_standalone_script_matches_library(checkpoint, tmp_path):
     script = [sys.executable, str(ROOT / "convert" / "hf_to_gguf.py")]
-    proc = subprocess.run([*script, str(checkpoint(Spec())), "--preset", "f16", "--outfile", str(tmp_path / "x.gguf")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*script, str(checkpoint(Spec())), "--preset", "f16", "--outfile", str(tmp_path / "x.gguf")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"wrote {tmp_path / 'x.gguf'}")
     assert GGUFReader(tmp_path / "x.gguf").fields["general.file_type"].contents() == 1

@@ -1,10 +1,11 @@
 """The continuous-batching engine: batched slots give each request what it gets alone, prefixes are
 reused, stop strings cut, cancellation frees the slot, and requests that cannot run are refused."""
+
 from __future__ import annotations
 
 import pytest
-
 from checkpoints import Spec
+
 from marco_gguf.engine import Engine, Sampling
 from marco_gguf.errors import RequestError, ServerBusyError
 
@@ -39,10 +40,10 @@ def test_a_continued_prompt_reuses_the_slot_cache(engine):
 def test_stop_string_cuts_the_text(engine):
     prompt = engine.tokenize(PROMPTS[0])
     full = engine.submit(prompt, max_tokens=24, sampling=GREEDY).wait()
-    stop = full.text[len(full.text) // 2:][:3]
+    stop = full.text[len(full.text) // 2 :][:3]
     assert stop.strip()
     cut = engine.submit(prompt, max_tokens=24, sampling=GREEDY, stop=[stop]).wait()
-    assert (cut.text, cut.finish_reason) == (full.text[:full.text.index(stop)], "stop")
+    assert (cut.text, cut.finish_reason) == (full.text[: full.text.index(stop)], "stop")
 
 
 def test_cancel_frees_the_slot(engine):
@@ -66,6 +67,8 @@ def test_requests_that_cannot_run_are_refused(reason, n, error, fragment, engine
 
 
 def test_full_queue_is_refused(converted):
-    with Engine(converted(Spec(dtype="f32"), "f32").path, ctx=256, parallel=1, threads=1, queue_size=0) as e:
-        with pytest.raises(ServerBusyError, match=r"the queue is full \(0 requests waiting\)"):
-            e.submit(e.tokenize("hi"))
+    with (
+        Engine(converted(Spec(dtype="f32"), "f32").path, ctx=256, parallel=1, threads=1, queue_size=0) as e,
+        pytest.raises(ServerBusyError, match=r"the queue is full \(0 requests waiting\)"),
+    ):
+        e.submit(e.tokenize("hi"))

@@ -4,24 +4,25 @@ The reference is transformers' own forward over the same token ids, chunk by chu
 (softmax then top-k, in float64 here) for the expert sets, and hooks on its experts module (the routing
 weights it applies, each expert's own output) for the summed weights and the REAP sums.
 """
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from checkpoints import Spec
+from test_imatrix import relative_error
 from typer.testing import CliRunner
 
-from checkpoints import Spec
 from marco_gguf.cli.app import app
 from marco_gguf.errors import ExpertsError, GGUFFileError
 from marco_gguf.expert_report import build_report, entropy_bits, experts_for_mass, jaccard
 from marco_gguf.experts import expert_usage
 from marco_gguf.imatrix import read_text
 from marco_gguf.usage_file import read_usage
-from test_imatrix import relative_error
 
-MODEL = Spec(dtype="f32")          # 2 layers, 16 experts, top-4
+MODEL = Spec(dtype="f32")  # 2 layers, 16 experts, top-4
 DEEP = Spec(dtype="f32", layers=3, experts=8, top_k=2, seed=2)
 CTX = 64
 LOGIT_BOUND = 2e-3  # the issue's bound on relative error against transformers' float32 forward
@@ -66,6 +67,7 @@ def transformers_routing(folder, chunks):
     def router_hook(layer):
         def hook(_module, _inputs, output):
             probs[layer].append(output[0].double().numpy())
+
         return hook
 
     def experts_hook(layer, module):
@@ -75,8 +77,12 @@ def transformers_routing(folder, chunks):
                 tok, slot = torch.where(idx == e)
                 gate, up = torch.nn.functional.linear(h[tok], module.gate_up_proj[e].double()).chunk(2, dim=-1)
                 out = torch.nn.functional.linear(module.act_fn(gate) * up, module.down_proj[e].double())
-                stats[:, layer, e] += [len(tok), w[tok, slot].sum().item(),
-                                       (w[tok, slot] * out.norm(dim=-1)).sum().item()]
+                stats[:, layer, e] += [
+                    len(tok),
+                    w[tok, slot].sum().item(),
+                    (w[tok, slot] * out.norm(dim=-1)).sum().item(),
+                ]
+
         return hook
 
     for i, layer in enumerate(model.model.layers):
@@ -112,7 +118,7 @@ def test_routing_equals_transformers_router(reason, spec, checkpoint, converted,
             assert (error / np.abs(ref).max(axis=1)).max() <= LOGIT_BOUND
             order = np.argsort(-ref, axis=1)
             top = np.sort(order[:, :k], axis=1)
-            kth = np.take_along_axis(ref, order[:, k - 1:k + 1], axis=1)
+            kth = np.take_along_axis(ref, order[:, k - 1 : k + 1], axis=1)
             clear = kth[:, 0] - kth[:, 1] > 2 * error  # a gap the two logits' difference cannot close: no tie
             ties += int((~clear).sum())
             ours = np.sort(t.routing[layer], axis=1)
@@ -143,7 +149,9 @@ def test_usage_file_round_trip_and_report(converted, texts, tmp_path):
     assert report.similarity[0][1] == report.similarity[1][0] < 1.0
     for figures, t in zip(report.texts, usage.texts):
         for f in figures.layers:
-            assert 1 <= f.experts_for_mass["50"] <= f.experts_for_mass["90"] <= f.experts_for_mass["99"] <= MODEL.experts
+            assert (
+                1 <= f.experts_for_mass["50"] <= f.experts_for_mass["90"] <= f.experts_for_mass["99"] <= MODEL.experts
+            )
             assert 0 < f.entropy_bits <= np.log2(MODEL.experts)
             assert f.never_used == np.flatnonzero(t.counts[f.layer] == 0).tolist()
 
@@ -190,11 +198,17 @@ def _write(tmp_path, name, data):
 ERROR_CASES = [  # (reason, kwargs maker, fragments)
     ("more labels than texts", lambda t, tmp: dict(texts=t[:1], labels=["a", "b"]), ["2 --label for 1 --text"]),
     ("the same label twice", lambda t, tmp: dict(texts=t, labels=["x", "x"]), ["label 'x' is given to more than one"]),
-    ("a text that is not UTF-8", lambda t, tmp: dict(texts=[_write(tmp, "l1.txt", b"caf\xe9")]),
-     ["l1.txt: not UTF-8 text", "byte 0xe9 at offset 3"]),
+    (
+        "a text that is not UTF-8",
+        lambda t, tmp: dict(texts=[_write(tmp, "l1.txt", b"caf\xe9")]),
+        ["l1.txt: not UTF-8 text", "byte 0xe9 at offset 3"],
+    ),
     ("an empty text", lambda t, tmp: dict(texts=[_write(tmp, "e.txt", "")]), ["e.txt: the text gives no tokens"]),
-    ("a usage file in a missing folder", lambda t, tmp: dict(texts=t, usage=tmp / "no" / "u.json"),
-     ["output folder does not exist"]),
+    (
+        "a usage file in a missing folder",
+        lambda t, tmp: dict(texts=t, usage=tmp / "no" / "u.json"),
+        ["output folder does not exist"],
+    ),
 ]
 
 
@@ -214,6 +228,7 @@ def test_not_a_gguf(tmp_path, texts):
 
 def test_plot_without_matplotlib_is_refused_before_running(converted, texts, tmp_path, monkeypatch):
     import sys
+
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is not installed
     with pytest.raises(ExpertsError, match=r"--plot needs matplotlib.*marco-gguf\[plots\]"):
         expert_usage(converted(MODEL, "f32").path, texts, plot=tmp_path / "p.png", usage=tmp_path / "u.json")
@@ -234,16 +249,33 @@ def test_damaged_usage_file(reason, content, fragment, converted, texts, tmp_pat
         doc = json.loads((tmp_path / "u.json").read_text())
         doc["texts"][0]["counts"] = [[1, 2, 3], [4, 5, 6]]
         content = json.dumps(doc)
-    with pytest.raises(ExpertsError, match="not a usage file|damaged|has shape") as e:
+    with pytest.raises(ExpertsError, match=r"not a usage file|damaged|has shape") as e:
         read_usage(_write(tmp_path, "bad.json", content))
     assert fragment in str(e.value)
 
 
 def test_cli_json_and_error_line(converted, texts, tmp_path):
     model = converted(MODEL, "f32").path
-    r = CliRunner().invoke(app, ["experts", str(model), "--text", str(texts[0]), "--text", str(texts[1]),
-                                 "--label", "en", "--label", "mixed", "-c", str(CTX), "--json",
-                                 "--usage", str(tmp_path / "u.json")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "experts",
+            str(model),
+            "--text",
+            str(texts[0]),
+            "--text",
+            str(texts[1]),
+            "--label",
+            "en",
+            "--label",
+            "mixed",
+            "-c",
+            str(CTX),
+            "--json",
+            "--usage",
+            str(tmp_path / "u.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert [t["label"] for t in doc["report"]["texts"]] == ["en", "mixed"]

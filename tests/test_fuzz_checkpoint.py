@@ -1,11 +1,11 @@
 """Seeded fuzzing of checkpoint reading: every damaged checkpoint is refused with a typed error and leaves
 nothing behind, or converts to exactly the undamaged file's tensors (see tests/fuzzing.py)."""
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
-
 from checkpoints import Spec
 from fuzzing import FAMILIES, run_case, tensor_digests
 

@@ -1,4 +1,5 @@
 """SOURCE as a hub id: found in a Hugging Face cache laid out as huggingface_hub lays it out, offline."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from gguf import GGUFReader
-
 from checkpoints import Spec
+from gguf import GGUFReader
+from model_files import add_to_hub_cache, card, variant
+
 from marco_gguf import __version__, convert
 from marco_gguf.errors import HubError
 from marco_gguf.hub import ALLOW_PATTERNS, is_hub_id
-from model_files import add_to_hub_cache, card, variant
 
 REPO = "AIDC-AI/Marco-Test-Instruct"
 URL = f"https://huggingface.co/{REPO}"
@@ -37,6 +38,7 @@ def hf_home(tmp_path_factory, checkpoint) -> Path:
 def offline(hf_home, monkeypatch):
     """huggingface_hub reads HF_HOME and HF_HUB_OFFLINE at import: point its constants at the test cache."""
     from huggingface_hub import constants
+
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return hf_home
@@ -56,7 +58,9 @@ HUB_KEYS = ("general.base_model.", "general.repo_url")  # what a hub id adds ove
 
 
 def test_converts_a_cached_hub_id_offline(hf_home, checkpoint, tmp_path):
-    proc = run_cli("convert", REPO, "--preset", "q8_0", "--outdir", str(tmp_path), "--json", hf_home=hf_home, cwd=tmp_path)
+    proc = run_cli(
+        "convert", REPO, "--preset", "q8_0", "--outdir", str(tmp_path), "--json", hf_home=hf_home, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     path = tmp_path / "Marco-Test-Instruct-Q8_0.gguf"  # named after the repo, not the snapshot's commit folder
@@ -69,18 +73,33 @@ def test_converts_a_cached_hub_id_offline(hf_home, checkpoint, tmp_path):
         "general.base_model.0.organization": "AIDC AI",
         "general.base_model.0.repo_url": URL,
     }
-    assert {k: ours[k] for k in ("general.name", "general.basename", "general.finetune", "general.license",
-                                 "general.languages", "general.quantized_by")} == {
-        "general.name": "Marco Test Instruct", "general.basename": "Marco-Test", "general.finetune": "Instruct",
-        "general.license": "apache-2.0", "general.languages": ["en", "zh"],
-        "general.quantized_by": f"marco-gguf {__version__}"}
+    assert {
+        k: ours[k]
+        for k in (
+            "general.name",
+            "general.basename",
+            "general.finetune",
+            "general.license",
+            "general.languages",
+            "general.quantized_by",
+        )
+    } == {
+        "general.name": "Marco Test Instruct",
+        "general.basename": "Marco-Test",
+        "general.finetune": "Instruct",
+        "general.license": "apache-2.0",
+        "general.languages": ["en", "zh"],
+        "general.quantized_by": f"marco-gguf {__version__}",
+    }
     # everything else is exactly what a local clone named like the repo converts to
     clone = variant(checkpoint(Spec()), tmp_path / "clone" / "Marco-Test-Instruct", readme=CARD_NEW)
     local = convert(clone, preset="q8_0", outdir=clone.parent, threads=2).path
-    assert {k: v for k, v in ours.items() if not k.startswith(HUB_KEYS)} == \
-           {k: v for k, v in metadata(local).items() if not k.startswith(HUB_KEYS)}
-    assert {t.name: bytes(t.data) for t in GGUFReader(path).tensors} == \
-           {t.name: bytes(t.data) for t in GGUFReader(local).tensors}
+    assert {k: v for k, v in ours.items() if not k.startswith(HUB_KEYS)} == {
+        k: v for k, v in metadata(local).items() if not k.startswith(HUB_KEYS)
+    }
+    assert {t.name: bytes(t.data) for t in GGUFReader(path).tensors} == {
+        t.name: bytes(t.data) for t in GGUFReader(local).tensors
+    }
 
 
 REVISIONS = [  # (reason, revision, commit converted, license in its model card)
@@ -98,10 +117,18 @@ def test_revision_selects_the_commit(reason, revision, commit, license, offline,
 
 
 ERRORS = [  # (reason, source, revision, fragments of the message)
-    ("hub id not in the cache while offline", "AIDC-AI/Marco-Missing", None,
-     ["AIDC-AI/Marco-Missing is not a local folder", "not in the Hugging Face cache", "HF_HUB_OFFLINE is set"]),
-    ("a commit that was never downloaded", REPO, "f" * 40,
-     [f"at revision {'f' * 40}", "not in the Hugging Face cache"]),
+    (
+        "hub id not in the cache while offline",
+        "AIDC-AI/Marco-Missing",
+        None,
+        ["AIDC-AI/Marco-Missing is not a local folder", "not in the Hugging Face cache", "HF_HUB_OFFLINE is set"],
+    ),
+    (
+        "a commit that was never downloaded",
+        REPO,
+        "f" * 40,
+        [f"at revision {'f' * 40}", "not in the Hugging Face cache"],
+    ),
     ("a branch that was never downloaded", REPO, "dev", ["at revision dev", "not in the Hugging Face cache"]),
 ]
 
@@ -151,17 +178,28 @@ def test_an_existing_folder_shaped_like_a_hub_id_is_local(tmp_path, monkeypatch)
 
 
 REPO_FILES = {  # a published repo's listing -> downloaded?
-    "config.json": True, "generation_config.json": True, "model.safetensors.index.json": True,
-    "model-00001-of-00002.safetensors": True, "model-00002-of-00002.safetensors": True,
-    "tokenizer.json": True, "tokenizer_config.json": True, "chat_template.jinja": True, "README.md": True,
-    "LICENSE": True, "LICENSE.txt": True,
-    "vocab.json": False, "merges.txt": False,            # tokenizer.json already holds them
-    "pytorch_model.bin": False, "Marco-Mini-Instruct-Q4_K_M.gguf": False,  # other formats of the same weights
-    "figures/benchmark.png": False, ".gitattributes": False,
+    "config.json": True,
+    "generation_config.json": True,
+    "model.safetensors.index.json": True,
+    "model-00001-of-00002.safetensors": True,
+    "model-00002-of-00002.safetensors": True,
+    "tokenizer.json": True,
+    "tokenizer_config.json": True,
+    "chat_template.jinja": True,
+    "README.md": True,
+    "LICENSE": True,
+    "LICENSE.txt": True,
+    "vocab.json": False,
+    "merges.txt": False,  # tokenizer.json already holds them
+    "pytorch_model.bin": False,
+    "Marco-Mini-Instruct-Q4_K_M.gguf": False,  # other formats of the same weights
+    "figures/benchmark.png": False,
+    ".gitattributes": False,
 }
 
 
 def test_only_the_files_conversion_reads_are_downloaded():
     from huggingface_hub.utils import filter_repo_objects
+
     chosen = set(filter_repo_objects(REPO_FILES, allow_patterns=list(ALLOW_PATTERNS)))
     assert chosen == {f for f, wanted in REPO_FILES.items() if wanted}

@@ -3,6 +3,7 @@
 llama-imatrix is built from the vendored source by tests/reftools.py. Both runs use one micro-batch per
 chunk (`-b` = `-ub` = `-c`), which is what compute_imatrix does, so every plain MUL_MAT sees the same tokens.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -11,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from checkpoints import Spec
+
 from marco_gguf.imatrix import compute_imatrix, read_text
 from marco_gguf.imatrix_file import read_imatrix, write_imatrix
 
 pytestmark = pytest.mark.slow
 
-MINI = Spec(dtype="f32")                   # expert rows of 256, like Marco-Mini's 768 (a multiple of 256)
-NANO = Spec(dtype="f32", expert_ff=384)    # Marco-Nano's 384-wide ffn_down_exps rows
+MINI = Spec(dtype="f32")  # expert rows of 256, like Marco-Mini's 768 (a multiple of 256)
+NANO = Spec(dtype="f32", expert_ff=384)  # Marco-Nano's 384-wide ffn_down_exps rows
 CTX, CHUNKS = 64, 6
 
 
@@ -33,9 +34,32 @@ def calib_text(tmp_path_factory) -> Path:
 
 
 def llama_imatrix(tool, model: Path, text: Path, out: Path, *extra: str) -> Path:
-    subprocess.run([str(tool("llama-imatrix")), "-m", str(model), "-f", str(text), "-o", str(out), "-c", str(CTX),
-                    "-b", str(CTX), "-ub", str(CTX), "--chunks", str(CHUNKS), "-t", "2", "--no-ppl", "--no-repack", *extra],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(tool("llama-imatrix")),
+            "-m",
+            str(model),
+            "-f",
+            str(text),
+            "-o",
+            str(out),
+            "-c",
+            str(CTX),
+            "-b",
+            str(CTX),
+            "-ub",
+            str(CTX),
+            "--chunks",
+            str(CHUNKS),
+            "-t",
+            "2",
+            "--no-ppl",
+            "--no-repack",
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -47,8 +71,9 @@ def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
 def test_same_imatrix_as_llama_imatrix(converted, llama_tool, calib_text, tmp_path):
     model = converted(MINI, "f32").path
     ref = read_imatrix(llama_imatrix(llama_tool, model, calib_text, tmp_path / "ref.gguf"))
-    ours_result = compute_imatrix(model, text=calib_text, outfile=tmp_path / "ours.gguf", ctx=CTX, chunks=CHUNKS,
-                                  threads=2)
+    ours_result = compute_imatrix(
+        model, text=calib_text, outfile=tmp_path / "ours.gguf", ctx=CTX, chunks=CHUNKS, threads=2
+    )
     ours = read_imatrix(ours_result.path)
     assert sorted(ours.entries) == sorted(ref.entries)
     assert (ours.datasets, ours.chunk_count, ours.chunk_size) == (ref.datasets, ref.chunk_count, ref.chunk_size)
@@ -80,6 +105,7 @@ def test_round_trip_through_our_writer(converted, calib_text, tmp_path):
 
 def tokens_of(model: Path, text: str) -> list[int]:
     from marco_gguf.loader import load_model
+
     llm = load_model(model, vocab_only=True)
     try:
         return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)  # add_bos = add the model's specials
@@ -100,8 +126,9 @@ def transformers_sums(folder: Path, chunks: list[list[int]]) -> dict[str, tuple[
     def dense(name):
         def hook(_module, inputs):
             x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
-            sums[name] = sums[name] + (x ** 2).sum(0).numpy()
+            sums[name] = sums[name] + (x**2).sum(0).numpy()
             counts[name] = counts[name] + np.array([x.shape[0]])
+
         return hook
 
     def experts(layer, module):
@@ -114,12 +141,16 @@ def transformers_sums(folder: Path, chunks: list[list[int]]) -> dict[str, tuple[
             for e in range(n):
                 xs = h[(idx == e).any(-1)]
                 gate, up = torch.nn.functional.linear(xs, module.gate_up_proj[e].double()).chunk(2, dim=-1)
-                rows["in"].append((xs ** 2).sum(0).numpy())
+                rows["in"].append((xs**2).sum(0).numpy())
                 rows["down"].append(((module.act_fn(gate) * up) ** 2).sum(0).numpy())
-                counts[f"blk.{layer}.ffn_gate_exps.weight"] = counts[f"blk.{layer}.ffn_gate_exps.weight"] + \
-                    np.eye(n, dtype=np.int64)[e] * xs.shape[0]
+                counts[f"blk.{layer}.ffn_gate_exps.weight"] = (
+                    counts[f"blk.{layer}.ffn_gate_exps.weight"] + np.eye(n, dtype=np.int64)[e] * xs.shape[0]
+                )
             for kind, key in (("gate", "in"), ("up", "in"), ("down", "down")):
-                sums[f"blk.{layer}.ffn_{kind}_exps.weight"] = sums[f"blk.{layer}.ffn_{kind}_exps.weight"] + np.stack(rows[key])
+                sums[f"blk.{layer}.ffn_{kind}_exps.weight"] = sums[f"blk.{layer}.ffn_{kind}_exps.weight"] + np.stack(
+                    rows[key]
+                )
+
         return hook
 
     for i, layer in enumerate(model.model.layers):
@@ -140,7 +171,7 @@ def test_matches_transformers_float32_forward(checkpoint, converted, calib_text,
     model = converted(MINI, "f32").path
     r = compute_imatrix(model, text=calib_text, ctx=CTX, chunks=CHUNKS, threads=2, kv_f32=True)
     tokens = tokens_of(model, read_text(calib_text)[0])
-    ref = transformers_sums(checkpoint(MINI), [tokens[i * CTX:(i + 1) * CTX] for i in range(CHUNKS)])
+    ref = transformers_sums(checkpoint(MINI), [tokens[i * CTX : (i + 1) * CTX] for i in range(CHUNKS)])
     assert sorted(r.imatrix.entries) == sorted(ref)
     for name, (sums, counts) in ref.items():
         e = r.imatrix.entries[name]

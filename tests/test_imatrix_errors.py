@@ -1,4 +1,5 @@
 """imatrix and convert --imatrix/--calibrate: bad input is one typed line, and nothing is written."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from checkpoints import Spec
 from typer.testing import CliRunner
 
-from checkpoints import Spec
 from marco_gguf import convert
 from marco_gguf.calibrate import calibrate_convert
 from marco_gguf.cli.app import app
@@ -42,8 +43,9 @@ def text(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def good_imatrix(model, text, tmp_path_factory) -> Path:
-    return compute_imatrix(model, text=text, outfile=tmp_path_factory.mktemp("im") / "good.imatrix.gguf", ctx=CTX,
-                           chunks=2, threads=2).path
+    return compute_imatrix(
+        model, text=text, outfile=tmp_path_factory.mktemp("im") / "good.imatrix.gguf", ctx=CTX, chunks=2, threads=2
+    ).path
 
 
 def edited(src: Path, dst: Path, edit) -> Path:
@@ -72,25 +74,48 @@ def truncated(src: Path, dst: Path) -> Path:
 
 
 def truncated_dat(src: Path, dst: Path) -> Path:
-    body = b"".join([np.int32(1).tobytes(), np.int32(19).tobytes(), b"blk.0.attn_q.weight", np.int32(1).tobytes(),
-                     np.int32(256).tobytes(), np.ones(100, np.float32).tobytes()])
+    body = b"".join(
+        [
+            np.int32(1).tobytes(),
+            np.int32(19).tobytes(),
+            b"blk.0.attn_q.weight",
+            np.int32(1).tobytes(),
+            np.int32(256).tobytes(),
+            np.ones(100, np.float32).tobytes(),
+        ]
+    )
     dst.write_bytes(body)
     return dst
 
 
 CONVERT_CASES = [  # (reason, make the imatrix file from a good one, message fragments)
-    ("made for a model with more layers", lambda s, d: edited(s, d, foreign_layer),
-     ["imatrix entry blk.7.attn_q.weight", "name no tensor of this model", "another model"]),
-    ("made for a model with another hidden size", lambda s, d: edited(s, d, narrower),
-     ["blk.0.attn_q.weight has 128 importance values, the tensor needs 256 (256 x 1)"]),
-    ("made for a model with fewer experts", lambda s, d: edited(s, d, fewer_experts),
-     ["blk.1.ffn_down_exps.weight has 2,048 importance values, the tensor needs 4,096 (256 x 16)"]),
+    (
+        "made for a model with more layers",
+        lambda s, d: edited(s, d, foreign_layer),
+        ["imatrix entry blk.7.attn_q.weight", "name no tensor of this model", "another model"],
+    ),
+    (
+        "made for a model with another hidden size",
+        lambda s, d: edited(s, d, narrower),
+        ["blk.0.attn_q.weight has 128 importance values, the tensor needs 256 (256 x 1)"],
+    ),
+    (
+        "made for a model with fewer experts",
+        lambda s, d: edited(s, d, fewer_experts),
+        ["blk.1.ffn_down_exps.weight has 2,048 importance values, the tensor needs 4,096 (256 x 16)"],
+    ),
     ("GGUF imatrix cut in half by an interrupted copy", truncated, ["truncated or damaged GGUF imatrix"]),
-    ("legacy .dat cut inside its values", truncated_dat,
-     ["truncated imatrix", "blk.0.attn_q.weight's 256 values needs 1024 bytes"]),
+    (
+        "legacy .dat cut inside its values",
+        truncated_dat,
+        ["truncated imatrix", "blk.0.attn_q.weight's 256 values needs 1024 bytes"],
+    ),
     ("an empty file", lambda s, d: (d.write_bytes(b""), d)[1], ["truncated imatrix: the entry count needs 4 bytes"]),
-    ("a text file given as the imatrix", lambda s, d: (d.write_text("blk.0 weights, not an imatrix"), d)[1],
-     ["neither a GGUF nor a legacy .dat imatrix"]),
+    (
+        "a text file given as the imatrix",
+        lambda s, d: (d.write_text("blk.0 weights, not an imatrix"), d)[1],
+        ["neither a GGUF nor a legacy .dat imatrix"],
+    ),
 ]
 
 
@@ -113,14 +138,16 @@ def test_model_gguf_is_not_an_imatrix(checkpoint, model, tmp_path):
 
 
 def test_very_low_bit_needs_an_imatrix(checkpoint, tmp_path):
-    with pytest.raises(ImatrixError, match="blk.0.attn_q.weight is IQ2_XS, which needs an importance matrix") as e:
+    with pytest.raises(ImatrixError, match=r"blk.0.attn_q.weight is IQ2_XS, which needs an importance matrix") as e:
         convert(checkpoint(SPEC), preset="iq2_xs", outdir=tmp_path, threads=2)
     assert "--imatrix" in e.value.hint and list(tmp_path.iterdir()) == []
 
 
 def test_very_low_bit_needs_every_entry(checkpoint, good_imatrix, tmp_path):
     partial = edited(good_imatrix, tmp_path / "partial.gguf", lambda en: en.pop("blk.1.ffn_up_exps.weight"))
-    with pytest.raises(ImatrixError, match="no importance data for blk.1.ffn_up_exps.weight, which iq3_xxs makes IQ3_XXS"):
+    with pytest.raises(
+        ImatrixError, match=r"no importance data for blk.1.ffn_up_exps.weight, which iq3_xxs makes IQ3_XXS"
+    ):
         convert(checkpoint(SPEC), preset="iq3_xxs", imatrix=partial, outdir=tmp_path / "x", threads=2)
 
 
@@ -136,10 +163,20 @@ def write_llama_gguf(path: Path) -> Path:
 
 
 TEXT_CASES = [  # (reason, text bytes or None for the built-in, ctx, error type, fragments)
-    ("latin-1 text", "Größe und Café".encode("latin-1") * 200, CTX, ImatrixError,
-     ["not UTF-8 text (byte 0xf6 at offset 2 of 2,800)", "iconv"]),
-    ("shorter than one chunk", b"just a few words", CTX, ImatrixError,
-     ["tokens, fewer than one chunk of -c 64", "at least 64 tokens"]),
+    (
+        "latin-1 text",
+        "Größe und Café".encode("latin-1") * 200,
+        CTX,
+        ImatrixError,
+        ["not UTF-8 text (byte 0xf6 at offset 2 of 2,800)", "iconv"],
+    ),
+    (
+        "shorter than one chunk",
+        b"just a few words",
+        CTX,
+        ImatrixError,
+        ["tokens, fewer than one chunk of -c 64", "at least 64 tokens"],
+    ),
 ]
 
 
@@ -159,8 +196,24 @@ def test_imatrix_refuses_other_architectures(tmp_path, text):
 
 
 def test_cli_imatrix_json(model, text, tmp_path):
-    r = CliRunner().invoke(app, ["imatrix", str(model), "--text", str(text), "-o", str(tmp_path / "m.gguf"),
-                                 "-c", str(CTX), "--chunks", "2", "-t", "2", "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "imatrix",
+            str(model),
+            "--text",
+            str(text),
+            "-o",
+            str(tmp_path / "m.gguf"),
+            "-c",
+            str(CTX),
+            "--chunks",
+            "2",
+            "-t",
+            "2",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert (d["chunks"], d["ctx"], d["n_entries"], d["dataset"]) == (2, CTX, 16, str(text))
@@ -169,15 +222,18 @@ def test_cli_imatrix_json(model, text, tmp_path):
 
 def test_cli_error_is_one_red_line(model, tmp_path):
     (tmp_path / "t.txt").write_bytes(b"\xff\xfe\x00")
-    r = CliRunner().invoke(app, ["imatrix", str(model), "--text", str(tmp_path / "t.txt"), "-o", str(tmp_path / "m.gguf")])
+    r = CliRunner().invoke(
+        app, ["imatrix", str(model), "--text", str(tmp_path / "t.txt"), "-o", str(tmp_path / "m.gguf")]
+    )
     assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "not UTF-8 text" in r.stderr
     assert not (tmp_path / "m.gguf").exists()
 
 
 def test_calibrate_leaves_only_the_quant(checkpoint, text, tmp_path):
     kept = tmp_path / "kept.imatrix.gguf"
-    r = calibrate_convert(checkpoint(SPEC), preset="q4_k_m", text=text, ctx=CTX, chunks=2, threads=2, outdir=tmp_path,
-                          keep_imatrix=kept)
+    r = calibrate_convert(
+        checkpoint(SPEC), preset="q4_k_m", text=text, ctx=CTX, chunks=2, threads=2, outdir=tmp_path, keep_imatrix=kept
+    )
     assert r.conversion.path.name == "Marco-Test-Instruct-i1-Q4_K_M.gguf"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([r.conversion.path.name, kept.name])
     fields = gguf.GGUFReader(r.conversion.path).fields
@@ -188,8 +244,9 @@ def test_calibrate_leaves_only_the_quant(checkpoint, text, tmp_path):
 def test_calibrate_cleans_up_on_error(checkpoint, tmp_path):
     (tmp_path / "t.txt").write_bytes(b"too short")
     with pytest.raises(ImatrixError, match="fewer than one chunk"):
-        calibrate_convert(checkpoint(SPEC), preset="q4_k_m", text=tmp_path / "t.txt", ctx=CTX, threads=2,
-                          outdir=tmp_path)
+        calibrate_convert(
+            checkpoint(SPEC), preset="q4_k_m", text=tmp_path / "t.txt", ctx=CTX, threads=2, outdir=tmp_path
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]  # no scratch folder, no temporary Q8_0
 
 
@@ -199,18 +256,36 @@ def test_cli_calibrate_with_text(checkpoint, tmp_path):
     text.write_text(read_text(None)[0][:2500], encoding="utf-8")  # a few chunks of the default -c 512
     out = tmp_path / "out"
     out.mkdir()
-    r = CliRunner().invoke(app, ["convert", str(checkpoint(SPEC)), "--preset", "q4_k_m", "--outdir", str(out), "-t", "2",
-                                 "--json", "--calibrate", str(text)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "convert",
+            str(checkpoint(SPEC)),
+            "--preset",
+            "q4_k_m",
+            "--outdir",
+            str(out),
+            "-t",
+            "2",
+            "--json",
+            "--calibrate",
+            str(text),
+        ],
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["imatrix"]["dataset"] == str(text) and d["calibration_model"] == "temporary Q8_0"
     assert [p.name for p in out.iterdir()] == ["Marco-Test-Instruct-i1-Q4_K_M.gguf"]
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--keep-imatrix", "k.gguf"], "go with --calibrate"),
-    (["--calibrate", "--imatrix", "x.gguf"], "not both"),
-], ids=["keep without calibrate", "calibrate and imatrix"])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--keep-imatrix", "k.gguf"], "go with --calibrate"),
+        (["--calibrate", "--imatrix", "x.gguf"], "not both"),
+    ],
+    ids=["keep without calibrate", "calibrate and imatrix"],
+)
 def test_cli_calibrate_option_errors(args, fragment, checkpoint, tmp_path):
     r = CliRunner().invoke(app, ["convert", str(checkpoint(SPEC)), "--outdir", str(tmp_path), *args])
     assert r.exit_code == 2 and fragment in " ".join(r.output.replace("│", " ").split())  # Typer boxes usage errors
@@ -219,6 +294,7 @@ def test_cli_calibrate_option_errors(args, fragment, checkpoint, tmp_path):
 
 def test_card_marks_importance_matrix_quants(checkpoint, good_imatrix, tmp_path):
     from marco_gguf.export import write_card
+
     convert(checkpoint(SPEC), preset="q4_k_m", imatrix=good_imatrix, outdir=tmp_path, threads=2)
     convert(checkpoint(SPEC), preset="q8_0", outdir=tmp_path, threads=2)
     rows = {r.filename: r for r in write_card(tmp_path).rows}
@@ -234,11 +310,16 @@ INTERRUPTED = "interrupted: nothing was left half-written"
 # the built-in text at -c 64 is ~800 chunks, so the signal lands mid-run, mostly inside llama_decode
 CHUNKS_RUNNING = r"[\d,]+/[\d,]+ chunks · [\d,]+ tokens/s"  # the progress bar, once chunks are counted
 INTERRUPT_CASES = [
-    ("imatrix: the output file is only written at the end", ["imatrix", "{model}", "-o", "{out}/m.imatrix.gguf",
-                                                            "-c", "64", "-t", "2"], CHUNKS_RUNNING),
-    ("convert --calibrate: its temporary Q8_0 and imatrix go too", ["convert", "{source}", "--preset", "q4_k_m",
-                                                                   "--outdir", "{out}", "-t", "2", "--calibrate"],
-     CHUNKS_RUNNING),
+    (
+        "imatrix: the output file is only written at the end",
+        ["imatrix", "{model}", "-o", "{out}/m.imatrix.gguf", "-c", "64", "-t", "2"],
+        CHUNKS_RUNNING,
+    ),
+    (
+        "convert --calibrate: its temporary Q8_0 and imatrix go too",
+        ["convert", "{source}", "--preset", "q4_k_m", "--outdir", "{out}", "-t", "2", "--calibrate"],
+        CHUNKS_RUNNING,
+    ),
 ]
 
 
@@ -246,9 +327,14 @@ def interrupted_run(args: list[str], running: str, timeout: float = 120) -> tupl
     """Run the CLI with stderr on a pty (so its progress bar draws), SIGINT it once `running` shows; (code, stderr
     without terminal controls, stdout)."""
     master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "marco_gguf", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=slave, env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "200"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as if run from a shell
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "marco_gguf", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "200"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # as if run from a shell
     os.close(slave)
     seen, deadline, sent = "", time.monotonic() + timeout, False
     try:
@@ -295,9 +381,8 @@ def test_sigint_inside_llama_cpp_is_raised_after_it_returns():
     from marco_gguf.observer import GraphObserver, deferred_sigint
 
     obs = GraphObserver(lambda t: True, lambda t: None)
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_sigint(obs):
-            signal.raise_signal(signal.SIGINT)  # handled here, as it would be at the callback's entry
-            assert obs.interrupted
-            assert (obs._call(0, True, 0), obs._call(0, False, 0)) == (True, False)  # need the node, then stop
+    with pytest.raises(KeyboardInterrupt), deferred_sigint(obs):
+        signal.raise_signal(signal.SIGINT)  # handled here, as it would be at the callback's entry
+        assert obs.interrupted
+        assert (obs._call(0, True, 0), obs._call(0, False, 0)) == (True, False)  # need the node, then stop
     assert not obs.interrupted and signal.getsignal(signal.SIGINT) is signal.default_int_handler

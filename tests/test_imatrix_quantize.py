@@ -3,30 +3,51 @@
 Both sides start from the same float32 weights (our F32 GGUF for llama-quantize, the f32 checkpoint for us)
 and use the same imatrix, made by llama.cpp's own llama-imatrix on that GGUF.
 """
+
 from __future__ import annotations
 
 import subprocess
 
 import pytest
+from checkpoints import Spec
 from gguf import GGUFReader
 
-from checkpoints import Spec
 from marco_gguf import convert, load_preset
 
 pytestmark = pytest.mark.slow
 
-MINI = Spec(dtype="f32")                 # rows of 256: every K and IQ type applies as chosen
+MINI = Spec(dtype="f32")  # rows of 256: every K and IQ type applies as chosen
 NANO = Spec(dtype="f32", expert_ff=384)  # Marco-Nano's 384-wide ffn_down_exps: the fallbacks
-PRESETS = ("q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "iq4_xs", "iq4_nl", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k",
-           "iq3_m", "iq3_xxs", "iq2_m", "iq2_xs")
-IMATRIX_KEYS = ("quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
-                "quantize.imatrix.chunks_count", "general.file_type")
+PRESETS = (
+    "q4_k_m",
+    "q4_k_s",
+    "q5_k_m",
+    "q6_k",
+    "iq4_xs",
+    "iq4_nl",
+    "q3_k_l",
+    "q3_k_m",
+    "q3_k_s",
+    "q2_k",
+    "iq3_m",
+    "iq3_xxs",
+    "iq2_m",
+    "iq2_xs",
+)
+IMATRIX_KEYS = (
+    "quantize.imatrix.file",
+    "quantize.imatrix.dataset",
+    "quantize.imatrix.entries_count",
+    "quantize.imatrix.chunks_count",
+    "general.file_type",
+)
 
 
 @pytest.fixture(scope="session")
 def reference_imatrix(converted, llama_tool, tmp_path_factory):
     """imatrix(spec) -> llama-imatrix's file for the spec's F32 GGUF (built-in text, 8 chunks of 128)."""
     from marco_gguf.imatrix import read_text
+
     made = {}
 
     def get(spec: Spec):
@@ -35,9 +56,31 @@ def reference_imatrix(converted, llama_tool, tmp_path_factory):
             text = folder / "calib.txt"
             text.write_text(read_text(None)[0][:30000], encoding="utf-8")
             out = folder / "ref.imatrix.gguf"
-            subprocess.run([str(llama_tool("llama-imatrix")), "-m", str(converted(spec, "f32").path), "-f", str(text),
-                            "-o", str(out), "-c", "128", "-b", "128", "-ub", "128", "--chunks", "8", "-t", "2",
-                            "--no-ppl", "--no-repack"], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    str(llama_tool("llama-imatrix")),
+                    "-m",
+                    str(converted(spec, "f32").path),
+                    "-f",
+                    str(text),
+                    "-o",
+                    str(out),
+                    "-c",
+                    "128",
+                    "-b",
+                    "128",
+                    "-ub",
+                    "128",
+                    "--chunks",
+                    "8",
+                    "-t",
+                    "2",
+                    "--no-ppl",
+                    "--no-repack",
+                ],
+                check=True,
+                capture_output=True,
+            )
             made[spec] = out
         return made[spec]
 
@@ -49,8 +92,19 @@ def reference_imatrix(converted, llama_tool, tmp_path_factory):
 def test_same_tensors_as_llama_quantize(preset, spec, checkpoint, converted, reference_imatrix, llama_tool, tmp_path):
     imatrix = reference_imatrix(spec)
     ref_path = tmp_path / "ref.gguf"
-    subprocess.run([str(llama_tool("llama-quantize")), "--imatrix", str(imatrix), str(converted(spec, "f32").path),
-                    str(ref_path), load_preset(preset).name, "2"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(llama_tool("llama-quantize")),
+            "--imatrix",
+            str(imatrix),
+            str(converted(spec, "f32").path),
+            str(ref_path),
+            load_preset(preset).name,
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
     ours = GGUFReader(convert(checkpoint(spec), preset=preset, imatrix=imatrix, outdir=tmp_path, threads=2).path)
     ref = GGUFReader(ref_path)
     refs = {t.name: t for t in ref.tensors}
@@ -66,8 +120,9 @@ def test_same_tensors_as_llama_quantize(preset, spec, checkpoint, converted, ref
 
 def test_imatrix_changes_the_bytes(checkpoint, reference_imatrix, tmp_path):
     """A K-quant made with the imatrix differs from the plain one (the vectors reach ggml_quantize_chunk)."""
-    with_im = GGUFReader(convert(checkpoint(MINI), preset="q4_k_m", imatrix=reference_imatrix(MINI), outdir=tmp_path,
-                                 threads=2).path)
+    with_im = GGUFReader(
+        convert(checkpoint(MINI), preset="q4_k_m", imatrix=reference_imatrix(MINI), outdir=tmp_path, threads=2).path
+    )
     plain = GGUFReader(convert(checkpoint(MINI), preset="q4_k_m", outdir=tmp_path, threads=2).path)
     a, b = ({t.name: bytes(t.data) for t in r.tensors} for r in (with_im, plain))
     assert a["blk.0.ffn_up_exps.weight"] != b["blk.0.ffn_up_exps.weight"]

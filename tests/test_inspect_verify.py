@@ -1,4 +1,5 @@
 """`inspect` and `verify`: figures recomputed independently from the config, damage detected."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from checkpoints import Spec
+
 from marco_gguf.bench import bytes_per_token as bench_bytes_per_token
 from marco_gguf.errors import GGUFFileError
 from marco_gguf.gguf_info import read_info
@@ -69,12 +70,15 @@ def test_inspect_json_cli(converted):
 
 def test_fast_reader_agrees_with_gguf_py(converted):
     from gguf import GGUFReader
+
     path = converted(Spec(vocab="qwen3"), "q8_0").path
     ours, ref = read_header(path), GGUFReader(path)
-    assert {k: v for k, v in ours.fields.items()} == {f.name: f.contents() for f in ref.fields.values()
-                                                      if not f.name.startswith("GGUF.")}
-    assert [(t.name, t.type, t.offset, t.n_bytes) for t in ours.tensors] == \
-        [(t.name, t.tensor_type, t.data_offset, t.n_bytes) for t in ref.tensors]
+    assert {k: v for k, v in ours.fields.items()} == {
+        f.name: f.contents() for f in ref.fields.values() if not f.name.startswith("GGUF.")
+    }
+    assert [(t.name, t.type, t.offset, t.n_bytes) for t in ours.tensors] == [
+        (t.name, t.tensor_type, t.data_offset, t.n_bytes) for t in ref.tensors
+    ]
 
 
 def damage(kind: str, src, dst) -> None:
@@ -101,7 +105,7 @@ DAMAGE = [  # (reason, kind, message fragment)
 def test_damaged_file_one_line_error(reason, kind, fragment, converted, tmp_path):
     bad = tmp_path / "bad.gguf"
     damage(kind, converted(Spec(), "q8_0").path, bad)
-    with pytest.raises(GGUFFileError, match="bad.gguf"):
+    with pytest.raises(GGUFFileError, match=r"bad.gguf"):
         read_info(bad)
     proc = cli("inspect", str(bad))
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and fragment in proc.stderr

@@ -3,15 +3,16 @@
 llama.cpp's source comes from the installed llama-cpp-python's sdist (tests/reftools.py fetches and
 unpacks it once per machine). The reference converter runs in a subprocess with torch and transformers.
 """
+
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import pytest
+from checkpoints import Spec
 from gguf import GGUFReader, GGUFValueType
 
-from checkpoints import Spec
 from marco_gguf import __version__
 
 pytestmark = pytest.mark.slow
@@ -39,8 +40,20 @@ def metadata(reader: GGUFReader) -> dict:
 @pytest.mark.parametrize("reason,spec,preset", CASES, ids=[c[0] for c in CASES])
 def test_same_file_as_llama_cpp_converter(reason, spec, preset, checkpoint, converted, llamacpp_src, tmp_path):
     ref_path = tmp_path / "ref.gguf"
-    subprocess.run([sys.executable, str(llamacpp_src / "convert_hf_to_gguf.py"), str(checkpoint(spec)), "--outtype", preset,
-                    "--outfile", str(ref_path)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            str(llamacpp_src / "convert_hf_to_gguf.py"),
+            str(checkpoint(spec)),
+            "--outtype",
+            preset,
+            "--outfile",
+            str(ref_path),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     ours, ref = GGUFReader(converted(spec, preset).path), GGUFReader(ref_path)
     ours_kv = metadata(ours)
     extra = {k: ours_kv.pop(k) for k in EXTRA_KEYS}

@@ -1,4 +1,5 @@
 """LM Studio: its home and models folder found as LM Studio finds them, the file placed two levels deep."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from checkpoints import Spec
+
 from marco_gguf.errors import ExportError
 from marco_gguf.export import export_lmstudio, lmstudio_home, models_dir
 
@@ -18,12 +19,14 @@ from marco_gguf.export import export_lmstudio, lmstudio_home, models_dir
 def pointer_to(target: str):
     def setup(home: Path) -> None:
         (home / ".lmstudio-home-pointer").write_text(target.format(home=home) + "\n")
+
     return setup
 
 
 def mkdir(rel: str):
     def setup(home: Path) -> None:
         (home / rel).mkdir(parents=True)
+
     return setup
 
 
@@ -31,17 +34,24 @@ def settings(home_rel: str, content: str):
     def setup(home: Path) -> None:
         (home / home_rel).mkdir(parents=True, exist_ok=True)
         (home / home_rel / "settings.json").write_text(content.replace("{home}", str(home)))
+
     return setup
 
 
 HOMES = [  # (reason, setups, expected models folder relative to the fake home)
     ("fresh install: ~/.lmstudio", [], ".lmstudio/models"),
     ("~/.cache/lm-studio exists (older installs)", [mkdir(".cache/lm-studio")], ".cache/lm-studio/models"),
-    ("the pointer file wins over ~/.cache/lm-studio",
-     [mkdir(".cache/lm-studio"), pointer_to("{home}/elsewhere/lms")], "elsewhere/lms/models"),
+    (
+        "the pointer file wins over ~/.cache/lm-studio",
+        [mkdir(".cache/lm-studio"), pointer_to("{home}/elsewhere/lms")],
+        "elsewhere/lms/models",
+    ),
     ("an empty pointer file is ignored", [pointer_to("")], ".lmstudio/models"),
-    ("downloadsFolder in settings.json", [settings(".lmstudio", '{"downloadsFolder": "{home}/big-disk/models"}')],
-     "big-disk/models"),
+    (
+        "downloadsFolder in settings.json",
+        [settings(".lmstudio", '{"downloadsFolder": "{home}/big-disk/models"}')],
+        "big-disk/models",
+    ),
     ("settings.json without downloadsFolder", [settings(".lmstudio", '{"theme": "dark"}')], ".lmstudio/models"),
     ("settings.json that is not JSON", [settings(".lmstudio", "{oops")], ".lmstudio/models"),
 ]
@@ -144,8 +154,12 @@ def test_cli_uses_home_and_prints_lms_import(gguf, tmp_path):
     home = tmp_path / "home"
     (home / ".lmstudio").mkdir(parents=True)
     (home / ".lmstudio" / "settings.json").write_text(json.dumps({"downloadsFolder": str(tmp_path / "models")}))
-    proc = subprocess.run([sys.executable, "-m", "marco_gguf", "export", "lmstudio", str(gguf), "--publisher", "me",
-                           "--copy"], capture_output=True, text=True, env={**os.environ, "HOME": str(home)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "marco_gguf", "export", "lmstudio", str(gguf), "--publisher", "me", "--copy"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(home)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "models" / "me" / "Marco-Test-Instruct-GGUF" / gguf.name).is_file()
     assert proc.stdout.splitlines()[-1] == f"lms import {gguf} --user-repo me/Marco-Test-Instruct-GGUF -c"

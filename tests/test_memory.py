@@ -1,4 +1,5 @@
 """Bounded memory: peak RSS of a conversion does not grow with model size."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from checkpoints import Spec
 
 # 64 experts of 512 x 256: one layer's stacked expert tensor is 32 MiB in float32
@@ -25,8 +25,9 @@ print(json.dumps({"peak_rss": hwm, "seconds": r.seconds, "size": r.size_bytes}))
 
 def peak_rss(folder, preset, out) -> dict:
     # a fresh process: VmHWM is its own high-water mark (ru_maxrss would inherit pytest's)
-    run = subprocess.run([sys.executable, "-c", PROBE, str(folder), preset, str(out)],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", PROBE, str(folder), preset, str(out)], capture_output=True, text=True, check=True
+    )
     return json.loads(run.stdout)
 
 
@@ -36,8 +37,10 @@ def test_peak_rss_does_not_grow_with_layers(preset, checkpoint, tmp_path):
     small = peak_rss(checkpoint(SMALL), preset, tmp_path / "small.gguf")
     large = peak_rss(checkpoint(LARGE), preset, tmp_path / "large.gguf")
     growth = large["peak_rss"] - small["peak_rss"]
-    print(f"{preset}: peak RSS {small['peak_rss'] / 2**20:.1f} MiB (2 layers, {small['size'] / 2**20:.0f} MiB out, "
-          f"{small['seconds']:.2f} s) vs {large['peak_rss'] / 2**20:.1f} MiB (8 layers, "
-          f"{large['size'] / 2**20:.0f} MiB out, {large['seconds']:.2f} s)")
+    print(
+        f"{preset}: peak RSS {small['peak_rss'] / 2**20:.1f} MiB (2 layers, {small['size'] / 2**20:.0f} MiB out, "
+        f"{small['seconds']:.2f} s) vs {large['peak_rss'] / 2**20:.1f} MiB (8 layers, "
+        f"{large['size'] / 2**20:.0f} MiB out, {large['seconds']:.2f} s)"
+    )
     assert large["size"] > 3.5 * small["size"]  # the large model really is ~4x
     assert growth < STACKED_EXPERT_BYTES

@@ -1,4 +1,5 @@
 """Exactness against references nobody here wrote: transformers' float32 forward and llama.cpp's quantizer."""
+
 from __future__ import annotations
 
 import ctypes
@@ -7,12 +8,12 @@ import unicodedata
 import llama_cpp
 import numpy as np
 import pytest
+from checkpoints import Spec, reference_logits
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
-
-from checkpoints import Spec, reference_logits
-from marco_gguf.loader import load_model
 from tokenizer_texts import TEXTS
+
+from marco_gguf.loader import load_model
 
 N_TOKENS = 64
 MAX_REL_ERR = 2e-3  # the issue's bound; measured errors are ~1e-6 (F32 weights, F32 KV cache)

@@ -1,9 +1,10 @@
 """Preset decisions tensor by tensor, checked against llama.cpp's rules for qwen3moe."""
+
 from __future__ import annotations
 
 import pytest
-from gguf import GGMLQuantizationType as Q
 from gguf import MODEL_TENSOR as T
+from gguf import GGMLQuantizationType as Q
 
 from marco_gguf.presets import builtin_presets, load_preset, parse_overrides
 from marco_gguf.qwen3moe import Piece, PlannedTensor, gguf_name
@@ -14,9 +15,16 @@ NANO = dict(n_layers=28, hidden=1024, ff=384, experts=232)
 
 def tensor(kind: T, layer: int | None, m: dict) -> PlannedTensor:
     h, ff, e = m["hidden"], m["ff"], m["experts"]
-    shapes = {T.ATTN_V: (1024, h), T.ATTN_Q: (2048, h), T.ATTN_NORM: (h,), T.FFN_GATE_INP: (e, h),
-              T.FFN_DOWN_EXP: (e, h, ff), T.FFN_GATE_EXP: (e, ff, h), T.TOKEN_EMBD: (151936, h),
-              T.OUTPUT: (151936, h)}
+    shapes = {
+        T.ATTN_V: (1024, h),
+        T.ATTN_Q: (2048, h),
+        T.ATTN_NORM: (h,),
+        T.FFN_GATE_INP: (e, h),
+        T.FFN_DOWN_EXP: (e, h, ff),
+        T.FFN_GATE_EXP: (e, ff, h),
+        T.TOKEN_EMBD: (151936, h),
+        T.OUTPUT: (151936, h),
+    }
     return PlannedTensor(gguf_name(kind, layer), kind, layer, shapes[kind], (Piece("x", 0, 1),))
 
 
@@ -28,8 +36,24 @@ CASES = [  # (reason, preset, model, tensor kind, layer, tied, expected)
     ("Q4_K_M attn_v on layer 24: last eighth", "q4_k_m", MINI, T.ATTN_V, 24, True, Q.Q6_K),
     ("Q4_K_M ffn_down_exps more_bits layer, Mini", "q4_k_m", MINI, T.FFN_DOWN_EXP, 8, True, Q.Q6_K),
     ("Q4_K_M ffn_down_exps ordinary layer, Mini", "q4_k_m", MINI, T.FFN_DOWN_EXP, 9, True, Q.Q4_K),
-    ("Q4_K_M ffn_down_exps more_bits, Nano 384-wide rows: Q6_K -> Q8_0", "q4_k_m", NANO, T.FFN_DOWN_EXP, 8, True, Q.Q8_0),
-    ("Q4_K_M ffn_down_exps ordinary, Nano 384-wide rows: Q4_K -> Q5_0", "q4_k_m", NANO, T.FFN_DOWN_EXP, 9, True, Q.Q5_0),
+    (
+        "Q4_K_M ffn_down_exps more_bits, Nano 384-wide rows: Q6_K -> Q8_0",
+        "q4_k_m",
+        NANO,
+        T.FFN_DOWN_EXP,
+        8,
+        True,
+        Q.Q8_0,
+    ),
+    (
+        "Q4_K_M ffn_down_exps ordinary, Nano 384-wide rows: Q4_K -> Q5_0",
+        "q4_k_m",
+        NANO,
+        T.FFN_DOWN_EXP,
+        9,
+        True,
+        Q.Q5_0,
+    ),
     ("Q4_K_M gate experts, Nano: rows of 1024 fit Q4_K", "q4_k_m", NANO, T.FFN_GATE_EXP, 9, True, Q.Q4_K),
     ("Q4_K_M tied embeddings serve as output: Q6_K", "q4_k_m", MINI, T.TOKEN_EMBD, None, True, Q.Q6_K),
     ("Q4_K_M untied embeddings: default", "q4_k_m", MINI, T.TOKEN_EMBD, None, False, Q.Q4_K),
@@ -72,6 +96,7 @@ OVERRIDE_CASES = [  # (reason, overrides, tensor kind, layer, expected)
 
 @pytest.mark.parametrize("reason,overrides,kind,layer,expected", OVERRIDE_CASES, ids=[c[0] for c in OVERRIDE_CASES])
 def test_tensor_type_overrides(reason, overrides, kind, layer, expected):
-    got = load_preset("q4_k_m").tensor_type(tensor(kind, layer, MINI), n_layers=28, tied=True, n_experts=256,
-                                             overrides=parse_overrides(overrides))
+    got = load_preset("q4_k_m").tensor_type(
+        tensor(kind, layer, MINI), n_layers=28, tied=True, n_experts=256, overrides=parse_overrides(overrides)
+    )
     assert got == expected

@@ -1,14 +1,15 @@
 """The IQ and low-bit presets at Marco's real shapes (28 layers, 16/8 heads), from llama-quant.cpp's rules;
 byte parity on small fixtures is in test_imatrix_quantize.py. Nano's 384-wide ffn_down_exps rows take each
 new type's fallback (tensor_type_fallback)."""
+
 from __future__ import annotations
 
 import pytest
-from gguf import GGMLQuantizationType as Q
 from gguf import MODEL_TENSOR as T
+from gguf import GGMLQuantizationType as Q
+from test_presets import MINI, NANO, tensor
 
 from marco_gguf.presets import load_preset
-from test_presets import MINI, NANO, tensor
 
 CASES = [  # (reason, preset, model, kind, layer, imatrix, expected)
     ("Q2_K default", "q2_k", MINI, T.ATTN_Q, 5, False, Q.Q2_K),
@@ -48,15 +49,21 @@ CASES = [  # (reason, preset, model, kind, layer, imatrix, expected)
 
 @pytest.mark.parametrize("reason,preset,model,kind,layer,imatrix,expected", CASES, ids=[c[0] for c in CASES])
 def test_lowbit_preset_types(reason, preset, model, kind, layer, imatrix, expected):
-    got = load_preset(preset).tensor_type(tensor(kind, layer, model), n_layers=28, tied=True,
-                                          n_experts=model["experts"], n_gqa=2, imatrix=imatrix)
+    got = load_preset(preset).tensor_type(
+        tensor(kind, layer, model), n_layers=28, tied=True, n_experts=model["experts"], n_gqa=2, imatrix=imatrix
+    )
     assert got == expected
 
 
-@pytest.mark.parametrize("preset,name,needs", [
-    ("iq2_xs", "blk.0.ffn_up_exps.weight", True), ("iq3_xxs", "blk.0.attn_q.weight", True),
-    ("iq2_xs", "token_embd.weight", False), ("q2_k", "blk.0.ffn_up_exps.weight", False),
-])
+@pytest.mark.parametrize(
+    "preset,name,needs",
+    [
+        ("iq2_xs", "blk.0.ffn_up_exps.weight", True),
+        ("iq3_xxs", "blk.0.attn_q.weight", True),
+        ("iq2_xs", "token_embd.weight", False),
+        ("q2_k", "blk.0.ffn_up_exps.weight", False),
+    ],
+)
 def test_requires_imatrix(preset, name, needs):
     p = load_preset(preset)
     assert p.requires_imatrix(name, p.default_type if name != "blk.0.attn_q.weight" else Q.IQ2_S) is needs

@@ -1,10 +1,11 @@
 """Every long-running library call reports one event type carrying its unit, and the CLI draws it by unit."""
+
 from __future__ import annotations
 
 import pytest
+from checkpoints import Spec
 from rich.console import Console
 
-from checkpoints import Spec
 from marco_gguf import convert, synthesize
 from marco_gguf.bench import bench
 from marco_gguf.cli import ui
@@ -25,19 +26,38 @@ def text(tmp_path_factory):
 
 # (reason, call(fixtures, tmp, progress), unit the events carry)
 CALLS = [
-    ("convert counts the bytes it writes",
-     lambda f, tmp, p: convert(f.ckpt, preset="q8_0", outdir=tmp, threads=1, progress=p), "bytes"),
-    ("synth counts the bytes it writes",
-     lambda f, tmp, p: synthesize(tmp / "s", shape="tiny", layers=1, vocab="small", progress=p), "bytes"),
-    ("verify counts parameters, which it compares (not bytes)",
-     lambda f, tmp, p: verify(f.gguf, source=f.ckpt, load=False, progress=p), "parameters"),
-    ("imatrix counts text chunks",
-     lambda f, tmp, p: compute_imatrix(f.gguf, text=f.text, outfile=tmp / "i.gguf", ctx=64, chunks=3, threads=1,
-                                       progress=p), "chunks"),
-    ("quality counts the chunks of every pass",
-     lambda f, tmp, p: quality(f.gguf, ref=f.gguf, text=f.text, n_ctx=64, chunks=2, threads=1, progress=p), "chunks"),
-    ("bench counts its steps (probes, warm-ups, repetitions)",
-     lambda f, tmp, p: bench(f.gguf, n_prompt=8, n_gen=4, threads=1, reps=1, progress=p), "steps"),
+    (
+        "convert counts the bytes it writes",
+        lambda f, tmp, p: convert(f.ckpt, preset="q8_0", outdir=tmp, threads=1, progress=p),
+        "bytes",
+    ),
+    (
+        "synth counts the bytes it writes",
+        lambda f, tmp, p: synthesize(tmp / "s", shape="tiny", layers=1, vocab="small", progress=p),
+        "bytes",
+    ),
+    (
+        "verify counts parameters, which it compares (not bytes)",
+        lambda f, tmp, p: verify(f.gguf, source=f.ckpt, load=False, progress=p),
+        "parameters",
+    ),
+    (
+        "imatrix counts text chunks",
+        lambda f, tmp, p: compute_imatrix(
+            f.gguf, text=f.text, outfile=tmp / "i.gguf", ctx=64, chunks=3, threads=1, progress=p
+        ),
+        "chunks",
+    ),
+    (
+        "quality counts the chunks of every pass",
+        lambda f, tmp, p: quality(f.gguf, ref=f.gguf, text=f.text, n_ctx=64, chunks=2, threads=1, progress=p),
+        "chunks",
+    ),
+    (
+        "bench counts its steps (probes, warm-ups, repetitions)",
+        lambda f, tmp, p: bench(f.gguf, n_prompt=8, n_gen=4, threads=1, reps=1, progress=p),
+        "steps",
+    ),
 ]
 
 
@@ -60,10 +80,19 @@ def test_each_call_reports_progress_events_in_its_unit(reason, call, unit, check
 
 
 FIGURES = [
-    ("bytes: sizes and speed", ProgressEvent(3 * 2**30, 6 * 2**30, "bytes", "blk.3"), 2**30, "3.00 GiB/6.00 GiB · 1.00 GiB/s"),
+    (
+        "bytes: sizes and speed",
+        ProgressEvent(3 * 2**30, 6 * 2**30, "bytes", "blk.3"),
+        2**30,
+        "3.00 GiB/6.00 GiB · 1.00 GiB/s",
+    ),
     ("parameters: a count of the unit", ProgressEvent(1500, 3000, "parameters"), 0.0, "1,500/3,000 parameters"),
-    ("chunks with the running tokens/s", ProgressEvent(3, 10, "chunks", rate=1234.4, rate_unit="tokens/s"), 0.0,
-     "3/10 chunks · 1,234 tokens/s"),
+    (
+        "chunks with the running tokens/s",
+        ProgressEvent(3, 10, "chunks", rate=1234.4, rate_unit="tokens/s"),
+        0.0,
+        "3/10 chunks · 1,234 tokens/s",
+    ),
 ]
 
 

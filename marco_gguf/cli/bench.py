@@ -1,4 +1,5 @@
 """`bench`: llama-bench style pp/tg speeds with the memory roofline, over `marco_gguf.bench.bench`."""
+
 from __future__ import annotations
 
 import inspect
@@ -31,9 +32,15 @@ def _num(x: float) -> str:
 
 def bench(
     model: Annotated[Path, typer.Argument(help="A Marco (qwen3moe) GGUF file.")],
-    n_prompt: Annotated[int, typer.Option("-p", "--n-prompt", min=0, help="Prompt length of the pp test (0: skip).")] = D["n_prompt"],
-    n_gen: Annotated[int, typer.Option("-n", "--n-gen", min=0, help="Generated tokens of the tg test (0: skip).")] = D["n_gen"],
-    threads: Annotated[str, typer.Option("--threads", "-t", help="Thread counts to test, comma-separated.")] = ",".join(map(str, D["threads"])),
+    n_prompt: Annotated[
+        int, typer.Option("-p", "--n-prompt", min=0, help="Prompt length of the pp test (0: skip).")
+    ] = D["n_prompt"],
+    n_gen: Annotated[int, typer.Option("-n", "--n-gen", min=0, help="Generated tokens of the tg test (0: skip).")] = D[
+        "n_gen"
+    ],
+    threads: Annotated[str, typer.Option("--threads", "-t", help="Thread counts to test, comma-separated.")] = ",".join(
+        map(str, D["threads"])
+    ),
     reps: Annotated[int, typer.Option("--reps", "-r", min=1, help="Repetitions after one warm-up.")] = D["reps"],
     json_out: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list on stdout.")] = False,
 ) -> None:
@@ -41,25 +48,33 @@ def bench(
     counts = _thread_counts(threads)
     if n_prompt + n_gen == 0:
         raise typer.BadParameter("-p and -n cannot both be 0")
-    with ui.errors_to_exit():
-        with ui.progress_bar("benchmarking", quiet=json_out) as progress:
-            result = lib_bench(model, n_prompt=n_prompt, n_gen=n_gen, threads=counts, reps=reps, progress=progress)
+    with ui.errors_to_exit(), ui.progress_bar("benchmarking", quiet=json_out) as progress:
+        result = lib_bench(model, n_prompt=n_prompt, n_gen=n_gen, threads=counts, reps=reps, progress=progress)
     if json_out:
         ui.print_json([r.as_dict() for r in result.rows])
         return
-    table = Table(title=f"{result.path.name} (median ± standard deviation of {reps} runs after a warm-up)",
-                  title_justify="left")
+    table = Table(
+        title=f"{result.path.name} (median ± standard deviation of {reps} runs after a warm-up)", title_justify="left"
+    )
     for col in ("model", "size", "bits/weight", "threads", "test", "t/s", "roofline t/s", "of roofline"):
         table.add_column(col, justify="left" if col in ("model", "test") else "right")
     for r in result.rows:
-        table.add_row(r.model, ui.human_bytes(r.size_bytes), f"{r.bits_per_weight:.2f}", str(r.threads), r.test,
-                      f"{_num(r.tokens_per_s)} ± {_num(r.spread)}",
-                      f"{r.roofline_tokens_per_s:,.1f}" if r.roofline_tokens_per_s else "",
-                      f"{r.roofline_fraction:.0%}" if r.roofline_fraction is not None else "")
+        table.add_row(
+            r.model,
+            ui.human_bytes(r.size_bytes),
+            f"{r.bits_per_weight:.2f}",
+            str(r.threads),
+            r.test,
+            f"{_num(r.tokens_per_s)} ± {_num(r.spread)}",
+            f"{r.roofline_tokens_per_s:,.1f}" if r.roofline_tokens_per_s else "",
+            f"{r.roofline_fraction:.0%}" if r.roofline_fraction is not None else "",
+        )
     # a pipe or a file gets the whole table rather than Rich's 80 columns
     (ui.out if ui.out.is_terminal else Console(highlight=False, width=160)).print(table)
     bw = ", ".join(f"{gbps:,.1f} GB/s with {t} thread(s)" for t, gbps in result.bandwidth_gbps.items())
     ui.out.print(f"memory bandwidth (STREAM-like copy/add over 3 x 256 MiB arrays, best of 5): {bw}", soft_wrap=True)
-    ui.out.print(f"bytes read per generated token: {ui.human_bytes(result.bytes_per_token)} (routed experts' share, "
-                 "attention, router, norms, output matrix, one embedding row); roofline = bandwidth / that",
-                 soft_wrap=True)
+    ui.out.print(
+        f"bytes read per generated token: {ui.human_bytes(result.bytes_per_token)} (routed experts' share, "
+        "attention, router, norms, output matrix, one embedding row); roofline = bandwidth / that",
+        soft_wrap=True,
+    )

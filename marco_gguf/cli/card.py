@@ -1,8 +1,9 @@
 """`card`: a README.md for a folder of GGUFs."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -15,8 +16,10 @@ from . import ui
 def card(
     folder: Annotated[Path, typer.Argument(help="A folder of .gguf files.")],
     force: Annotated[bool, typer.Option("--force", help="Replace a README.md marco-gguf did not write.")] = False,
-    quality: Annotated[Optional[list[Path]], typer.Option(
-        "--quality", help="A `marco-gguf quality --json` result for files of FOLDER (repeatable).")] = None,
+    quality: Annotated[
+        list[Path] | None,
+        typer.Option("--quality", help="A `marco-gguf quality --json` result for files of FOLDER (repeatable)."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Write FOLDER/README.md: source, license, a table of the files, measured quality, prompt format, how to run each."""

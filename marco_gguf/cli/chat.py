@@ -4,14 +4,16 @@ The loop is plain control flow: read a message (a trailing \\ or a \"\"\" block 
 slash command or stream the reply, print the measured figures. Replies go to stdout as they are
 generated; notices and the dim stats line go to stderr.
 """
+
 from __future__ import annotations
 
 import inspect
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 from rich.text import Text
@@ -37,8 +39,10 @@ BLOCK = '"""'
 
 def chat(
     model: Annotated[Path, typer.Argument(help="A Marco (qwen3moe) GGUF file.")],
-    system: Annotated[Optional[str], typer.Option("--system", help="System message.")] = D["system"],
-    ctx: Annotated[int, typer.Option("--ctx", min=16, help="Context length in tokens (Marco was fine-tuned at 8192).")] = D["ctx"],
+    system: Annotated[str | None, typer.Option("--system", help="System message.")] = D["system"],
+    ctx: Annotated[
+        int, typer.Option("--ctx", min=16, help="Context length in tokens (Marco was fine-tuned at 8192).")
+    ] = D["ctx"],
     threads: Threads = D["threads"],
     temp: Temp = D["temp"],
     top_p: TopP = D["top_p"],
@@ -47,15 +51,30 @@ def chat(
     repeat_penalty: RepeatPenalty = D["repeat_penalty"],
     seed: Seed = D["seed"],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Longest reply.")] = D["max_tokens"],
-    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Ask one question, print the answer, exit.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="With -p: print text and figures as one JSON object.")] = False,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Ask one question, print the answer, exit.")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="With -p: print text and figures as one JSON object.")
+    ] = False,
 ) -> None:
     """Chat with a Marco GGUF in the terminal, with measured speed after every reply."""
     if json_out and prompt is None:
         raise typer.BadParameter("--json needs -p/--prompt", param_hint="--json")
     with ui.errors_to_exit():
-        session = ChatSession(model, system=system, ctx=ctx, threads=threads, temp=temp, top_p=top_p, top_k=top_k,
-                              min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
+        session = ChatSession(
+            model,
+            system=system,
+            ctx=ctx,
+            threads=threads,
+            temp=temp,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+            max_tokens=max_tokens,
+        )
     with session:
         if not session.template.from_gguf:
             notice("the GGUF has no chat template: using ChatML, Marco-Instruct's format")
@@ -94,13 +113,13 @@ def read_message(read: Callable[[str], str]) -> str:
     """One message: a line; lines ending in \\ continue it; a line starting with \"\"\" opens a block."""
     line = read(">>> ")
     if line.lstrip().startswith(BLOCK):
-        rest = line.lstrip()[len(BLOCK):]
+        rest = line.lstrip()[len(BLOCK) :]
         if rest.rstrip().endswith(BLOCK):  # \"\"\"one line\"\"\"
-            return rest.rstrip()[:-len(BLOCK)]
+            return rest.rstrip()[: -len(BLOCK)]
         lines = [rest] if rest else []
         while not (line := read("... ")).rstrip().endswith(BLOCK):
             lines.append(line)
-        return "\n".join([*lines, line.rstrip()[:-len(BLOCK)]]).strip("\n")
+        return "\n".join([*lines, line.rstrip()[: -len(BLOCK)]]).strip("\n")
     lines = []
     while line.endswith("\\"):
         lines.append(line[:-1])
@@ -123,13 +142,19 @@ def run_command(session: ChatSession, text: str) -> str | None:
         notice(f"system message set ({len(arg)} characters)" if arg else "system message removed")
     elif name == "/stats":
         t = session.totals
-        ui.print_fields("session", [
-            ("turns", f"{t.turns} ({t.interrupted} interrupted, {t.dropped_turns} old turns dropped)"),
-            ("prompt", f"{t.prompt_tokens:,} tokens evaluated at {t.prompt_tokens_per_s:,.1f} tok/s, "
-                       f"{t.cached_tokens:,} reused from the KV cache"),
-            ("generated", f"{t.completion_tokens:,} tokens at {t.completion_tokens_per_s:,.1f} tok/s"),
-            ("context", f"{session.context_tokens:,} of {session.ctx:,} tokens in the KV cache"),
-        ])
+        ui.print_fields(
+            "session",
+            [
+                ("turns", f"{t.turns} ({t.interrupted} interrupted, {t.dropped_turns} old turns dropped)"),
+                (
+                    "prompt",
+                    f"{t.prompt_tokens:,} tokens evaluated at {t.prompt_tokens_per_s:,.1f} tok/s, "
+                    f"{t.cached_tokens:,} reused from the KV cache",
+                ),
+                ("generated", f"{t.completion_tokens:,} tokens at {t.completion_tokens_per_s:,.1f} tok/s"),
+                ("context", f"{session.context_tokens:,} of {session.ctx:,} tokens in the KV cache"),
+            ],
+        )
     elif name in ("/save", "/load") and not arg:
         raise ChatError(f"{name} needs a FILE")
     elif name == "/save":
@@ -167,9 +192,11 @@ def show(reply: Reply) -> None:
 
 def stats_line(s: GenerationStats) -> str:
     cached = f" (+{s.cached_tokens:,} cached)" if s.cached_tokens else ""
-    return (f"prompt {s.prompt_tokens:,} tokens{cached} at {s.prompt_tokens_per_s:,.1f} tok/s · generated "
-            f"{s.completion_tokens:,} tokens at {s.completion_tokens_per_s:,.1f} tok/s · first token "
-            f"{s.time_to_first_token_s * 1000:,.0f} ms · stop: {s.stop_reason}")
+    return (
+        f"prompt {s.prompt_tokens:,} tokens{cached} at {s.prompt_tokens_per_s:,.1f} tok/s · generated "
+        f"{s.completion_tokens:,} tokens at {s.completion_tokens_per_s:,.1f} tok/s · first token "
+        f"{s.time_to_first_token_s * 1000:,.0f} ms · stop: {s.stop_reason}"
+    )
 
 
 def dim(text: str) -> None:

@@ -1,8 +1,9 @@
 """`export ollama` and `export lmstudio`: hand a GGUF to the desktop tools."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -10,8 +11,12 @@ from ..export import export_lmstudio, export_ollama
 from ..export.lmstudio import DEFAULT_PUBLISHER
 from . import ui
 
-app = typer.Typer(name="export", no_args_is_help=True, add_completion=False,
-                  help="Hand a GGUF to Ollama (a Modelfile) or LM Studio (its models folder).")
+app = typer.Typer(
+    name="export",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Hand a GGUF to Ollama (a Modelfile) or LM Studio (its models folder).",
+)
 
 File = Annotated[Path, typer.Argument(help="A GGUF file.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace what is already there.")]
@@ -21,8 +26,10 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on 
 @app.command()
 def ollama(
     file: File,
-    outdir: Annotated[Optional[Path], typer.Option("--outdir", help="Folder for the Modelfile (default: the GGUF's).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Ollama model name (default: the file's name).")] = None,
+    outdir: Annotated[
+        Path | None, typer.Option("--outdir", help="Folder for the Modelfile (default: the GGUF's).")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Ollama model name (default: the file's name).")] = None,
     force: Force = False,
     json_out: Json = False,
 ) -> None:
@@ -32,11 +39,14 @@ def ollama(
     if json_out:
         ui.print_json(r.as_dict())
         return
-    ui.print_fields(f"wrote {r.modelfile}", [
-        ("chat format", f"{r.template_format}{' (tools supported)' if r.tools else ''}"),
-        ("parameters", ", ".join(f"{k} {v}" for k, v in r.parameters)),
-        ("license", r.license or "none recorded in the GGUF"),
-    ])
+    ui.print_fields(
+        f"wrote {r.modelfile}",
+        [
+            ("chat format", f"{r.template_format}{' (tools supported)' if r.tools else ''}"),
+            ("parameters", ", ".join(f"{k} {v}" for k, v in r.parameters)),
+            ("license", r.license or "none recorded in the GGUF"),
+        ],
+    )
     for note in r.notes:
         ui.err.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     ui.out.print("register it with:", style="bold")
@@ -46,8 +56,9 @@ def ollama(
 @app.command()
 def lmstudio(
     file: File,
-    publisher: Annotated[str, typer.Option("--publisher", help="Publisher folder in LM Studio's models folder.")]
-    = DEFAULT_PUBLISHER,
+    publisher: Annotated[
+        str, typer.Option("--publisher", help="Publisher folder in LM Studio's models folder.")
+    ] = DEFAULT_PUBLISHER,
     copy: Annotated[bool, typer.Option("--copy", help="Copy the file.")] = False,
     link: Annotated[bool, typer.Option("--link", help="Hard-link the file (same filesystem only).")] = False,
     symlink: Annotated[bool, typer.Option("--symlink", help="Symlink to the file.")] = False,

@@ -1,8 +1,9 @@
 """`imatrix`: an importance matrix for a GGUF, over `marco_gguf.imatrix.compute_imatrix`."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,26 +14,34 @@ from . import ui
 def imatrix(
     model: Annotated[Path, typer.Argument(help="A Marco (qwen3moe) GGUF, e.g. its Q8_0 or F16 file.")],
     outfile: Annotated[Path, typer.Option("--outfile", "-o", help="Output imatrix (llama.cpp's GGUF imatrix format).")],
-    text: Annotated[Optional[Path], typer.Option("--text", "-f", help="Calibration text, UTF-8 (default: the built-in "
-                                                 "multilingual text).")] = None,
+    text: Annotated[
+        Path | None,
+        typer.Option("--text", "-f", help="Calibration text, UTF-8 (default: the built-in multilingual text)."),
+    ] = None,
     ctx: Annotated[int, typer.Option("--ctx", "-c", min=16, help="Tokens per chunk.")] = 512,
-    chunks: Annotated[Optional[int], typer.Option("--chunks", min=1, help="Use at most this many chunks.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Threads (default: llama.cpp's).")] = None,
+    chunks: Annotated[int | None, typer.Option("--chunks", min=1, help="Use at most this many chunks.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", "-t", min=1, help="Threads (default: llama.cpp's).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compute an importance matrix (llama-imatrix's sums of squared activations) for `convert --imatrix`."""
     with ui.errors_to_exit(), ui.progress_bar("imatrix", quiet=quiet or json_out) as progress:
-        r = compute_imatrix(model, text=text, outfile=outfile, ctx=ctx, chunks=chunks, threads=threads, force=force,
-                            progress=progress)
+        r = compute_imatrix(
+            model, text=text, outfile=outfile, ctx=ctx, chunks=chunks, threads=threads, force=force, progress=progress
+        )
     if json_out:
         ui.print_json(r.as_dict())
         return
-    ui.print_fields(f"wrote {r.path}", [
-        ("text", f"{r.dataset} ({r.n_tokens:,} tokens)"),
-        ("chunks", f"{r.chunks} of {r.ctx} tokens"),
-        ("entries", f"{r.n_entries} weight tensors"),
-        ("speed", f"{r.tokens_per_s:,.0f} tokens/s"),
-        ("seconds", f"{r.seconds:.1f}"),
-    ])
+    ui.print_fields(
+        f"wrote {r.path}",
+        [
+            ("text", f"{r.dataset} ({r.n_tokens:,} tokens)"),
+            ("chunks", f"{r.chunks} of {r.ctx} tokens"),
+            ("entries", f"{r.n_entries} weight tensors"),
+            ("speed", f"{r.tokens_per_s:,.0f} tokens/s"),
+            ("seconds", f"{r.seconds:.1f}"),
+        ],
+    )

@@ -1,8 +1,9 @@
 """`prune`: keep the N best experts of every layer, over `marco_gguf.prune.prune`."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,30 +13,63 @@ from . import ui
 
 def prune(
     source: Annotated[Path, typer.Argument(help="A Marco GGUF (sliced, not requantized) or a checkpoint folder.")],
-    keep: Annotated[int, typer.Option("--keep", help="Experts to keep in every layer (experts per token .. expert count).")],
+    keep: Annotated[
+        int, typer.Option("--keep", help="Experts to keep in every layer (experts per token .. expert count).")
+    ],
     usage: Annotated[Path, typer.Option("--usage", help="What `marco-gguf experts --usage` measured on this model.")],
-    method: Annotated[str, typer.Option("--method", help="reap (gate weight x output norm) or frequency (tokens routed).")] = "reap",
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Preset for a checkpoint SOURCE (default q8_0).")] = None,
-    imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance matrix of the whole model: sliced "
-                                                    "alike (quantizes a checkpoint; written beside a pruned GGUF).")] = None,
-    outfile: Annotated[Optional[Path], typer.Option("--outfile", "-o", help="Output file (or folder with --format hf).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="gguf, or hf: a pruned Hugging Face checkpoint (checkpoint SOURCE).")] = "gguf",
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Quantizer threads.")] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="reap (gate weight x output norm) or frequency (tokens routed).")
+    ] = "reap",
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Preset for a checkpoint SOURCE (default q8_0).")
+    ] = None,
+    imatrix: Annotated[
+        Path | None,
+        typer.Option(
+            "--imatrix",
+            help="Importance matrix of the whole model: sliced "
+            "alike (quantizes a checkpoint; written beside a pruned GGUF).",
+        ),
+    ] = None,
+    outfile: Annotated[
+        Path | None, typer.Option("--outfile", "-o", help="Output file (or folder with --format hf).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="gguf, or hf: a pruned Hugging Face checkpoint (checkpoint SOURCE).")
+    ] = "gguf",
+    threads: Annotated[int | None, typer.Option("--threads", "-t", min=1, help="Quantizer threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """A smaller Marco: the N best experts of every layer by REAP score or routing frequency."""
     with ui.errors_to_exit(), ui.progress_bar("pruning", quiet=quiet or json_out) as progress:
-        r = lib_prune(source, keep=keep, usage=usage, method=method, preset=preset, imatrix=imatrix, outfile=outfile,
-                      format=fmt, threads=threads, force=force, progress=progress)
+        r = lib_prune(
+            source,
+            keep=keep,
+            usage=usage,
+            method=method,
+            preset=preset,
+            imatrix=imatrix,
+            outfile=outfile,
+            format=fmt,
+            threads=threads,
+            force=force,
+            progress=progress,
+        )
     if json_out:
         ui.print_json(r.as_dict())
         return
-    ui.print_fields(f"wrote {r.path}", [
-        ("experts", f"{r.experts_after} of {r.experts_before} per layer, by {r.method}"),
-        ("size", f"{ui.human_bytes(r.size_bytes)} ({r.size_bytes:,} bytes)"),
-        ("seconds", f"{r.seconds:.1f}"),
-    ] + ([("imatrix", str(r.imatrix))] if r.imatrix else []))
-    ui.out.print("[dim]measure what pruning cost before trusting the file: marco-gguf quality PRUNED.gguf --ref "
-                 "ORIGINAL.gguf --text eval.txt[/dim]")
+    ui.print_fields(
+        f"wrote {r.path}",
+        [
+            ("experts", f"{r.experts_after} of {r.experts_before} per layer, by {r.method}"),
+            ("size", f"{ui.human_bytes(r.size_bytes)} ({r.size_bytes:,} bytes)"),
+            ("seconds", f"{r.seconds:.1f}"),
+        ]
+        + ([("imatrix", str(r.imatrix))] if r.imatrix else []),
+    )
+    ui.out.print(
+        "[dim]measure what pruning cost before trusting the file: marco-gguf quality PRUNED.gguf --ref "
+        "ORIGINAL.gguf --text eval.txt[/dim]"
+    )

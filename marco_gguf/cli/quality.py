@@ -1,14 +1,16 @@
 """`quality`: perplexity and KL divergence against a reference GGUF, over `marco_gguf.quality.quality`."""
+
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from ..quality import FileQuality, quality as lib_quality
+from ..quality import FileQuality
+from ..quality import quality as lib_quality
 from . import ui
 
 D = {name: p.default for name, p in inspect.signature(lib_quality).parameters.items()}
@@ -36,10 +38,18 @@ def quality(
     files: Annotated[list[Path], typer.Argument(help="GGUF file(s) to measure.")],
     ref: Annotated[Path, typer.Option("--ref", help="Reference GGUF of the same model (e.g. F16, BF16 or Q8_0).")],
     text: Annotated[Path, typer.Option("--text", help="UTF-8 evaluation text (at least 2 chunks of -c tokens).")],
-    n_ctx: Annotated[int, typer.Option("-c", "--ctx-size", min=4, help="Tokens per chunk; the second half is scored.")] = D["n_ctx"],
-    chunks: Annotated[Optional[int], typer.Option("--chunks", min=1, help="Score at most N chunks (default: all).")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Threads (default: physical cores).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (`card --quality` reads it).")] = False,
+    n_ctx: Annotated[
+        int, typer.Option("-c", "--ctx-size", min=4, help="Tokens per chunk; the second half is scored.")
+    ] = D["n_ctx"],
+    chunks: Annotated[
+        int | None, typer.Option("--chunks", min=1, help="Score at most N chunks (default: all).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", "-t", min=1, help="Threads (default: physical cores).")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON on stdout (`card --quality` reads it).")
+    ] = False,
 ) -> None:
     """Perplexity and KL divergence from REF of each FILE, as llama-perplexity --kl-divergence measures them."""
     with ui.errors_to_exit(), ui.progress_bar("scoring", quiet=json_out) as progress:
@@ -47,11 +57,19 @@ def quality(
     if json_out:
         ui.print_json(report.as_dict())
         return
-    ui.out.print(f"{report.text}: {report.text_tokens:,} tokens, {report.chunks} chunks of {report.n_ctx}, "
-                 f"{report.scored_tokens:,} scored (the second half of each chunk)", soft_wrap=True, markup=False)
-    ui.print_fields(f"reference {Path(report.ref).name}", [
-        ("size", f"{ui.human_bytes(report.ref_size_bytes)}, {report.ref_bits_per_weight:.2f} bits/weight"),
-        ("PPL", _pm(report.ref_ppl))])
+    ui.out.print(
+        f"{report.text}: {report.text_tokens:,} tokens, {report.chunks} chunks of {report.n_ctx}, "
+        f"{report.scored_tokens:,} scored (the second half of each chunk)",
+        soft_wrap=True,
+        markup=False,
+    )
+    ui.print_fields(
+        f"reference {Path(report.ref).name}",
+        [
+            ("size", f"{ui.human_bytes(report.ref_size_bytes)}, {report.ref_bits_per_weight:.2f} bits/weight"),
+            ("PPL", _pm(report.ref_ppl)),
+        ],
+    )
     for r in report.results:
         ui.print_fields(r.name, _rows(r))
     if len(report.results) > 1:
@@ -59,6 +77,11 @@ def quality(
         for col in ("file", "bits/weight", "PPL", "mean KLD", "same top p"):
             table.add_column(col, justify="left" if col == "file" else "right")
         for r in report.results:
-            table.add_row(r.name, f"{r.bits_per_weight:.2f}", f"{r.ppl.value:.4f}", f"{r.kld.value:.6f}",
-                          f"{100 * r.same_top_p.value:.3f} %")
+            table.add_row(
+                r.name,
+                f"{r.bits_per_weight:.2f}",
+                f"{r.ppl.value:.4f}",
+                f"{r.kld.value:.6f}",
+                f"{100 * r.same_top_p.value:.3f} %",
+            )
         ui.out.print(table)

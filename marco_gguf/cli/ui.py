@@ -1,4 +1,5 @@
 """Rendering for the CLI: one progress bar on stderr, results on stdout, errors as one red line."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +7,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -37,8 +39,13 @@ def progress_bar(label: str, *, quiet: bool) -> Iterator[Callable[[ProgressEvent
     if quiet or not err.is_terminal:
         yield None
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
-               TimeRemainingColumn(), TextColumn("[dim]{task.fields[what]}"))
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[count]}"),
+        TimeRemainingColumn(),
+        TextColumn("[dim]{task.fields[what]}"),
+    )
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(label, total=None, count="", what="")
         unit, t0 = [""], [0.0]  # the unit being counted and when its count started

@@ -3,10 +3,23 @@
 `export_ollama(gguf, outdir=, name=, force=)`, `export_lmstudio(gguf, publisher=, copy=, link=, symlink=,
 home=, force=)` and `write_card(folder, force=)`; each returns a result dataclass with `as_dict()`.
 """
+
 from .card import CardResult, CardRow, write_card
 from .lmstudio import LMStudioExport, export_lmstudio, lmstudio_home, models_dir
 from .ollama import OllamaExport, export_ollama
 from .templates import GoTemplate, go_template_for, render_chat
 
-__all__ = ["export_ollama", "OllamaExport", "export_lmstudio", "LMStudioExport", "lmstudio_home", "models_dir",
-           "write_card", "CardResult", "CardRow", "go_template_for", "GoTemplate", "render_chat"]
+__all__ = [
+    "CardResult",
+    "CardRow",
+    "GoTemplate",
+    "LMStudioExport",
+    "OllamaExport",
+    "export_lmstudio",
+    "export_ollama",
+    "go_template_for",
+    "lmstudio_home",
+    "models_dir",
+    "render_chat",
+    "write_card",
+]

@@ -3,12 +3,14 @@
 Every figure is read from the files themselves (type, size, bits per weight, source, license, chat
 template); only the prose around them is fixed here. Descriptions come from the presets' own data.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import gguf
 
@@ -30,13 +32,28 @@ SIZE_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))  # decimal, as publishers a
 
 # How to run one file, per tool: (heading, lines); {file}, {name}, {model}, {publisher}, {ctx} are filled in.
 RUNNERS = (
-    ("marco-gguf", ("marco-gguf chat {file}   # streams replies, shows prompt and generation tokens/s",
-                    "marco-gguf bench {file}   # pp512 / tg128 tokens/s and the memory roofline")),
-    ("llama.cpp", ("llama-cli -m {file} --jinja -c {ctx}",
-                   "llama-server -m {file} --jinja -c {ctx}   # OpenAI-compatible API on :8080")),
-    ("Ollama", ("marco-gguf export ollama {file} --outdir ollama/{name}   # writes a Modelfile for it",
-                "ollama create {name} -f ollama/{name}/Modelfile",
-                "ollama run {name}")),
+    (
+        "marco-gguf",
+        (
+            "marco-gguf chat {file}   # streams replies, shows prompt and generation tokens/s",
+            "marco-gguf bench {file}   # pp512 / tg128 tokens/s and the memory roofline",
+        ),
+    ),
+    (
+        "llama.cpp",
+        (
+            "llama-cli -m {file} --jinja -c {ctx}",
+            "llama-server -m {file} --jinja -c {ctx}   # OpenAI-compatible API on :8080",
+        ),
+    ),
+    (
+        "Ollama",
+        (
+            "marco-gguf export ollama {file} --outdir ollama/{name}   # writes a Modelfile for it",
+            "ollama create {name} -f ollama/{name}/Modelfile",
+            "ollama run {name}",
+        ),
+    ),
     ("LM Studio", ("marco-gguf export lmstudio {file}   # or: lms import {file} --user-repo {publisher}/{model} -c",)),
 )
 
@@ -61,8 +78,12 @@ class CardResult:
     license: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "source": self.source, "license": self.license,
-                "files": [r.__dict__ for r in self.rows]}
+        return {
+            "path": str(self.path),
+            "source": self.source,
+            "license": self.license,
+            "files": [r.__dict__ for r in self.rows],
+        }
 
 
 def human_size(n: int) -> str:
@@ -94,8 +115,14 @@ def _row(path: Path, quant_types: dict[int, tuple[str, str]]) -> CardRow:
         dataset = fields.get("quantize.imatrix.dataset") or "text not recorded"
         chunks = fields.get("quantize.imatrix.chunks_count")
         on = f"{dataset}, {chunks} chunks" if chunks else dataset
-        return CardRow(path.name, f"i1-{name}", info.file_size, info.bits_per_weight,
-                       f"Importance-matrix quant (imatrix from {on}). {description}".rstrip(), dataset)
+        return CardRow(
+            path.name,
+            f"i1-{name}",
+            info.file_size,
+            info.bits_per_weight,
+            f"Importance-matrix quant (imatrix from {on}). {description}".rstrip(),
+            dataset,
+        )
     return CardRow(path.name, name, info.file_size, info.bits_per_weight, description)
 
 
@@ -114,8 +141,15 @@ def _front_matter(source: str | None, fields: dict[str, Any]) -> list[str]:
         lines.append(f"license: {fields['general.license']}")
     if fields.get("general.languages"):
         lines += ["language:"] + [f"- {lang}" for lang in fields["general.languages"]]
-    lines += ["pipeline_tag: text-generation", "quantized_by: marco-gguf", "tags:", "- gguf", "- marco-gguf",
-              f"- {fields.get('general.architecture', 'qwen3moe')}", "---"]
+    lines += [
+        "pipeline_tag: text-generation",
+        "quantized_by: marco-gguf",
+        "tags:",
+        "- gguf",
+        "- marco-gguf",
+        f"- {fields.get('general.architecture', 'qwen3moe')}",
+        "---",
+    ]
     return lines
 
 
@@ -123,16 +157,26 @@ def _prompt_format(template: str | None, fields: dict[str, Any]) -> list[str]:
     if not template:
         return ["No chat template is embedded: the files complete raw text."]
     tokens = fields.get("tokenizer.ggml.tokens", [])
-    special = {f"{k}_token": tokens[fields[f"tokenizer.ggml.{k}_token_id"]] for k in ("bos", "eos")
-               if isinstance(fields.get(f"tokenizer.ggml.{k}_token_id"), int)
-               and fields[f"tokenizer.ggml.{k}_token_id"] < len(tokens)}
+    special = {
+        f"{k}_token": tokens[fields[f"tokenizer.ggml.{k}_token_id"]]
+        for k in ("bos", "eos")
+        if isinstance(fields.get(f"tokenizer.ggml.{k}_token_id"), int)
+        and fields[f"tokenizer.ggml.{k}_token_id"] < len(tokens)
+    }
     prompt = render_chat(template, PROMPT_PLACEHOLDERS, **special)
-    return ["Rendered from the chat template embedded in the files (llama.cpp, Ollama >= 0.30 and LM Studio "
-            "apply it themselves):", "", "```", prompt.rstrip("\n"), "```"]
+    return [
+        "Rendered from the chat template embedded in the files (llama.cpp, Ollama >= 0.30 and LM Studio "
+        "apply it themselves):",
+        "",
+        "```",
+        prompt.rstrip("\n"),
+        "```",
+    ]
 
 
-def card_text(folder: Path, rows: list[CardRow], fields: dict[str, Any], version: str,
-              quality: Sequence[QualityReport] = ()) -> str:
+def card_text(
+    folder: Path, rows: list[CardRow], fields: dict[str, Any], version: str, quality: Sequence[QualityReport] = ()
+) -> str:
     source, url = _source(fields)
     title = fields.get("general.name") or folder.resolve().name
     source_md = f"[{source}]({url})" if source and url else (source or title)
@@ -140,27 +184,40 @@ def card_text(folder: Path, rows: list[CardRow], fields: dict[str, Any], version
     arch = fields.get("general.architecture", "?")
     used, experts = fields.get(f"{arch}.expert_used_count"), fields.get(f"{arch}.expert_count")
     lines = _front_matter(source, fields) + [
-        f"{MARKER} {version}: `marco-gguf card {folder.name}` rewrites this file -->", "",
-        f"# {title} GGUF", "",
-        f"GGUF files of {source_md} for llama.cpp, Ollama and LM Studio, converted with marco-gguf {version}.", "",
+        f"{MARKER} {version}: `marco-gguf card {folder.name}` rewrites this file -->",
+        "",
+        f"# {title} GGUF",
+        "",
+        f"GGUF files of {source_md} for llama.cpp, Ollama and LM Studio, converted with marco-gguf {version}.",
+        "",
         f"- **Source model**: {source_md if source else 'not recorded in the files'}",
         f"- **License**: {license_ or 'not recorded in the files: see the source model'}",
         f"- **Architecture**: {arch}" + (f", {used} of {experts} experts active per token" if used and experts else ""),
-        f"- **Quantized by**: {fields.get('general.quantized_by') or 'marco-gguf'}", "",
-        "## Files", "",
+        f"- **Quantized by**: {fields.get('general.quantized_by') or 'marco-gguf'}",
+        "",
+        "## Files",
+        "",
         "| Filename | Quant type | File size | Bits/weight | Description |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| [{r.filename}](./{r.filename}) | {r.quant_type} | {human_size(r.size_bytes)} | "
-              f"{r.bits_per_weight:.2f} | {r.description} |" for r in rows]
+    lines += [
+        f"| [{r.filename}](./{r.filename}) | {r.quant_type} | {human_size(r.size_bytes)} | "
+        f"{r.bits_per_weight:.2f} | {r.description} |"
+        for r in rows
+    ]
     lines += ["", *quality_section(quality), "## Prompt format", ""]
     lines += _prompt_format(fields.get("tokenizer.chat_template"), fields)
     lines += ["", "## Running", ""]
     for tool, commands in RUNNERS:
         lines += [f"### {tool}", "", "```"]
         for r in rows:
-            values = {"file": r.filename, "name": default_model_name(Path(r.filename)), "ctx": NUM_CTX,
-                      "model": default_model_folder(Path(r.filename)), "publisher": DEFAULT_PUBLISHER}
+            values = {
+                "file": r.filename,
+                "name": default_model_name(Path(r.filename)),
+                "ctx": NUM_CTX,
+                "model": default_model_folder(Path(r.filename)),
+                "publisher": DEFAULT_PUBLISHER,
+            }
             lines += [c.format(**values) for c in commands]
         lines += ["```", ""]
     return "\n".join(lines)

@@ -3,10 +3,11 @@
 Each result must describe a file of the folder as it is now (same name and size), so a card cannot
 show numbers measured on another file or on an earlier conversion.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ExportError
 from ..quality import Estimate, QualityReport, load_report
@@ -24,8 +25,9 @@ def load_reports(paths: Sequence[str | Path], sizes: dict[str, int]) -> list[Qua
             if name not in sizes:
                 raise ExportError(f"{p}: measures {name}, which is not among the folder's files", HINT)
             if sizes[name] != r.size_bytes:
-                raise ExportError(f"{p}: measured {name} at {r.size_bytes:,} bytes, the file now has "
-                                  f"{sizes[name]:,}", HINT)
+                raise ExportError(
+                    f"{p}: measured {name} at {r.size_bytes:,} bytes, the file now has {sizes[name]:,}", HINT
+                )
         reports.append(report)
     return reports
 
@@ -38,20 +40,29 @@ def quality_section(reports: Sequence[QualityReport]) -> list[str]:
     """Markdown lines: one table per measurement (a text and a reference), rows in the result's order."""
     if not reports:
         return []
-    lines = ["## Measured quality", "",
-             "Measured with `marco-gguf quality`, which computes what llama.cpp's `llama-perplexity "
-             "--kl-divergence` does: perplexity (lower is better), the mean KL divergence of each file's "
-             "next-token distribution from the reference's (0 = identical), and how often both pick the same "
-             "most likely token.", ""]
+    lines = [
+        "## Measured quality",
+        "",
+        "Measured with `marco-gguf quality`, which computes what llama.cpp's `llama-perplexity "
+        "--kl-divergence` does: perplexity (lower is better), the mean KL divergence of each file's "
+        "next-token distribution from the reference's (0 = identical), and how often both pick the same "
+        "most likely token.",
+        "",
+    ]
     for rep in reports:
         ref = Path(rep.ref).name
-        lines += [f"On `{Path(rep.text).name}` ({rep.scored_tokens:,} tokens scored: the second half of "
-                  f"{rep.chunks} chunks of {rep.n_ctx}), against `{ref}`:", "",
-                  "| Filename | Bits/weight | PPL | ln(PPL/PPL(ref)) | Mean KLD | 99 % KLD | Same top p |",
-                  "|---|---|---|---|---|---|---|",
-                  f"| {ref} | {rep.ref_bits_per_weight:.2f} | {_pm(rep.ref_ppl, 4)} | reference | | | |"]
-        lines += [f"| {r.name} | {r.bits_per_weight:.2f} | {_pm(r.ppl, 4)} | {_pm(r.ln_ppl_ratio, 5)} | "
-                  f"{_pm(r.kld, 6)} | {r.kld_distribution['99']:.6f} | {_pm(r.same_top_p, 2, 100, ' %')} |"
-                  for r in rep.results]
+        lines += [
+            f"On `{Path(rep.text).name}` ({rep.scored_tokens:,} tokens scored: the second half of "
+            f"{rep.chunks} chunks of {rep.n_ctx}), against `{ref}`:",
+            "",
+            "| Filename | Bits/weight | PPL | ln(PPL/PPL(ref)) | Mean KLD | 99 % KLD | Same top p |",
+            "|---|---|---|---|---|---|---|",
+            f"| {ref} | {rep.ref_bits_per_weight:.2f} | {_pm(rep.ref_ppl, 4)} | reference | | | |",
+        ]
+        lines += [
+            f"| {r.name} | {r.bits_per_weight:.2f} | {_pm(r.ppl, 4)} | {_pm(r.ln_ppl_ratio, 5)} | "
+            f"{_pm(r.kld, 6)} | {r.kld_distribution['99']:.6f} | {_pm(r.same_top_p, 2, 100, ' %')} |"
+            for r in rep.results
+        ]
         lines.append("")
     return lines

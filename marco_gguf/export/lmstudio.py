@@ -4,6 +4,7 @@ LM Studio lists `<models folder>/<publisher>/<model>/<file>.gguf`, exactly two f
 home and models folder are found as lms does (lmstudio-js findLMStudioHome, lms modelsFolder.ts);
 unlike LM Studio we never write its pointer file: we only read.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from ..reader import read_header
 from ..files import copy_atomic, link_atomic
+from ..reader import read_header
 
 POINTER_FILE = ".lmstudio-home-pointer"  # in the user's home: the path of LM Studio's home
 DEFAULT_PUBLISHER = "marco-gguf"
@@ -45,8 +46,13 @@ class LMStudioExport:
     command: str  # the equivalent lms import
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": str(self.source), "target": str(self.target), "method": self.method,
-                "models_dir": str(self.models_dir), "command": self.command}
+        return {
+            "source": str(self.source),
+            "target": str(self.target),
+            "method": self.method,
+            "models_dir": str(self.models_dir),
+            "command": self.command,
+        }
 
 
 def lmstudio_home(home: Path | None = None) -> Path:
@@ -102,18 +108,28 @@ def _place(src: Path, target: Path, mode: str) -> str:
             return "hardlink"
         except OSError as e:  # a filesystem without hard links
             if mode == "hardlink":
-                raise ExportError(f"cannot hard-link {src} into {target.parent} ({e.strerror})",
-                                  "use --copy or --symlink") from None
+                raise ExportError(
+                    f"cannot hard-link {src} into {target.parent} ({e.strerror})", "use --copy or --symlink"
+                ) from None
     elif mode == "hardlink":
-        raise ExportError(f"cannot hard-link {src}: {target.parent} is on another filesystem",
-                          "use --copy or --symlink")
+        raise ExportError(
+            f"cannot hard-link {src}: {target.parent} is on another filesystem", "use --copy or --symlink"
+        )
     copy_atomic(src, target)
     return "copy"
 
 
-def export_lmstudio(gguf: str | Path, *, publisher: str = DEFAULT_PUBLISHER, model: str | None = None,
-                    copy: bool = False, link: bool = False, symlink: bool = False, home: str | Path | None = None,
-                    force: bool = False) -> LMStudioExport:
+def export_lmstudio(
+    gguf: str | Path,
+    *,
+    publisher: str = DEFAULT_PUBLISHER,
+    model: str | None = None,
+    copy: bool = False,
+    link: bool = False,
+    symlink: bool = False,
+    home: str | Path | None = None,
+    force: bool = False,
+) -> LMStudioExport:
     """Place `gguf` at <models>/<publisher>/<model>/<file>.gguf: a hard link on the same filesystem, else a copy."""
     mode = _mode(copy, link, symlink)
     src = Path(gguf).resolve()
@@ -137,7 +153,9 @@ def export_lmstudio(gguf: str | Path, *, publisher: str = DEFAULT_PUBLISHER, mod
                 d.rmdir()
             if isinstance(e, ExportError):
                 raise
-            raise ExportError(f"cannot write {target} ({e.strerror or e})", "check the space and permissions there") from None
+            raise ExportError(
+                f"cannot write {target} ({e.strerror or e})", "check the space and permissions there"
+            ) from None
     flag = LMS_FLAGS.get(method if method != "existing" else "hardlink")
     command = f"lms import {shlex.quote(str(src))} --user-repo {shlex.quote(f'{publisher}/{model}')} {flag}"
     return LMStudioExport(src, target, method, folder, command)

@@ -5,6 +5,7 @@ which Qwen3's is not, so the Modelfile carries an explicit Go TEMPLATE (see temp
 stop strings. Everything else is read from the GGUF: sampling defaults (general.sampling.*, present
 when the checkpoint's generation_config.json had them) and the license.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,10 @@ SAMPLING_PARAMETERS = {
 
 # Ollama's model name rules (types/model/name.go): [namespace/]model[:tag], parts start with a letter,
 # digit or underscore; model and tag may also hold '.', '-', '_'; at most 80 characters each.
-OLLAMA_NAME = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_-]{0,79}/)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
-                         r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?")
+OLLAMA_NAME = re.compile(
+    r"(?:[A-Za-z0-9_][A-Za-z0-9_-]{0,79}/)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?"
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,17 @@ class OllamaExport:
     notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"modelfile": str(self.modelfile), "gguf": str(self.gguf), "name": self.name, "command": self.command,
-                "template_format": self.template_format, "tools": self.tools,
-                "parameters": [list(p) for p in self.parameters], "license": self.license, "notes": list(self.notes)}
+        return {
+            "modelfile": str(self.modelfile),
+            "gguf": str(self.gguf),
+            "name": self.name,
+            "command": self.command,
+            "template_format": self.template_format,
+            "tools": self.tools,
+            "parameters": [list(p) for p in self.parameters],
+            "license": self.license,
+            "notes": list(self.notes),
+        }
 
 
 def _number(v: Any) -> str:
@@ -82,8 +93,9 @@ def _from_line(gguf_path: Path, outdir: Path) -> str:
     return rel if rel.startswith("..") else f"./{rel}"
 
 
-def modelfile_text(*, from_path: str, template: str, parameters: tuple[tuple[str, str], ...],
-                   license: str | None, header: str) -> str:
+def modelfile_text(
+    *, from_path: str, template: str, parameters: tuple[tuple[str, str], ...], license: str | None, header: str
+) -> str:
     """A Modelfile in Ollama's syntax; TEMPLATE and LICENSE as triple-quoted multi-line values."""
     for what, text in (("TEMPLATE", template), ("LICENSE", license or "")):
         if '"""' in text:
@@ -96,30 +108,44 @@ def modelfile_text(*, from_path: str, template: str, parameters: tuple[tuple[str
     return "\n".join(lines) + "\n"
 
 
-def export_ollama(gguf: str | Path, *, outdir: str | Path | None = None, name: str | None = None,
-                  force: bool = False) -> OllamaExport:
+def export_ollama(
+    gguf: str | Path, *, outdir: str | Path | None = None, name: str | None = None, force: bool = False
+) -> OllamaExport:
     """Write `<outdir>/Modelfile` (default: beside the GGUF) for `ollama create NAME -f <outdir>/Modelfile`."""
 
     gguf_path = Path(gguf)
     fields = read_header(gguf_path).fields
     name = name or default_model_name(gguf_path)
     if not OLLAMA_NAME.fullmatch(name):
-        raise ExportError(f"{name!r} is not a valid Ollama model name",
-                          "use letters, digits, '_', '-', '.', optionally namespace/ and :tag, e.g. marco-mini:q4_k_m")
+        raise ExportError(
+            f"{name!r} is not a valid Ollama model name",
+            "use letters, digits, '_', '-', '.', optionally namespace/ and :tag, e.g. marco-mini:q4_k_m",
+        )
     folder = Path(outdir) if outdir is not None else gguf_path.parent
     modelfile = folder / "Modelfile"
     if modelfile.exists() and not force:
         raise ExportError(f"{modelfile} already exists", "pass --force to overwrite it")
     template = go_template_for(fields.get("tokenizer.chat_template"))
-    parameters = tuple(("stop", s) for s in STOPS) + (("num_ctx", str(NUM_CTX)),) + tuple(
-        (param, _number(fields[key])) for key, param in SAMPLING_PARAMETERS.items() if key in fields)
+    parameters = (
+        tuple(("stop", s) for s in STOPS)
+        + (("num_ctx", str(NUM_CTX)),)
+        + tuple((param, _number(fields[key])) for key, param in SAMPLING_PARAMETERS.items() if key in fields)
+    )
     license = _license(fields)
     command = f"ollama create {name} -f {shlex.quote(str(modelfile))}"
-    header = (f"{gguf_path.name}: written by marco-gguf {__version__}\n"
-              f"chat format: {template.format} (recognised from the GGUF's chat template)\n{command}")
+    header = (
+        f"{gguf_path.name}: written by marco-gguf {__version__}\n"
+        f"chat format: {template.format} (recognised from the GGUF's chat template)\n{command}"
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    text = modelfile_text(from_path=_from_line(gguf_path, folder), template=template.text, parameters=parameters,
-                          license=license, header=header)
+    text = modelfile_text(
+        from_path=_from_line(gguf_path, folder),
+        template=template.text,
+        parameters=parameters,
+        license=license,
+        header=header,
+    )
     write_text_atomic(modelfile, text)
-    return OllamaExport(modelfile, gguf_path, name, command, template.format, template.tools, parameters, license,
-                        template.notes)
+    return OllamaExport(
+        modelfile, gguf_path, name, command, template.format, template.tools, parameters, license, template.notes
+    )

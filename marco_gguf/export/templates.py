@@ -15,10 +15,12 @@ Ollama's conventions, which the Go templates follow:
   json.Marshal), where transformers' `tojson` puts a space after `:` and `,`: the JSON is equal,
   the whitespace is not.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..chat_template import render_template
 from ..errors import ExportError
@@ -93,10 +95,18 @@ GO_CHATML = """\
 {{ end }}
 {{- end }}"""
 
-_WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
-                   "required": ["city"]}}}
+_WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 def _call(name: str, **arguments: Any) -> dict:
@@ -114,27 +124,44 @@ class Probe:
 
 # Conversations ending with a user or tool message, rendered with add_generation_prompt=True.
 CHAT_PROBES = (
-    Probe("system message and several turns", (
-        {"role": "system", "content": "You are a terse assistant."},
-        {"role": "user", "content": "Hello!"},
-        {"role": "assistant", "content": "Hi. What do you need?"},
-        {"role": "user", "content": "Two lines:\nthe second one."})),
+    Probe(
+        "system message and several turns",
+        (
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "Hello!"},
+            {"role": "assistant", "content": "Hi. What do you need?"},
+            {"role": "user", "content": "Two lines:\nthe second one."},
+        ),
+    ),
     Probe("no system message", ({"role": "user", "content": "Bonjour, ça va ?"},)),
 )
 TOOL_PROBES = (
-    Probe("tool calls and tool responses", (
-        {"role": "system", "content": "Use tools when they help."},
-        {"role": "user", "content": "Weather in Paris and Oslo?"},
-        {"role": "assistant", "content": "", "tool_calls": [_call("get_weather", city="Paris"),
-                                                            _call("get_weather", city="Oslo", unit="C")]},
-        {"role": "tool", "content": "18 C, sunny"},
-        {"role": "tool", "content": "4 C, snow"},
-        {"role": "assistant", "content": "Paris 18 C, Oslo 4 C."},
-        {"role": "user", "content": "Thanks"}), (_WEATHER,)),
-    Probe("tools without a system message", (
-        {"role": "user", "content": "Weather in Rome?"},
-        {"role": "assistant", "content": "Checking.", "tool_calls": [_call("get_weather", city="Rome")]},
-        {"role": "tool", "content": "25 C"}), (_WEATHER,)),
+    Probe(
+        "tool calls and tool responses",
+        (
+            {"role": "system", "content": "Use tools when they help."},
+            {"role": "user", "content": "Weather in Paris and Oslo?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [_call("get_weather", city="Paris"), _call("get_weather", city="Oslo", unit="C")],
+            },
+            {"role": "tool", "content": "18 C, sunny"},
+            {"role": "tool", "content": "4 C, snow"},
+            {"role": "assistant", "content": "Paris 18 C, Oslo 4 C."},
+            {"role": "user", "content": "Thanks"},
+        ),
+        (_WEATHER,),
+    ),
+    Probe(
+        "tools without a system message",
+        (
+            {"role": "user", "content": "Weather in Rome?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [_call("get_weather", city="Rome")]},
+            {"role": "tool", "content": "25 C"},
+        ),
+        (_WEATHER,),
+    ),
 )
 
 
@@ -148,14 +175,21 @@ class GoTemplate:
     notes: tuple[str, ...] = ()
 
 
-def render_chat(template: str, messages: Sequence[dict], *, tools: Sequence[dict] = (),
-                add_generation_prompt: bool = True, **special_tokens: str) -> str:
+def render_chat(
+    template: str,
+    messages: Sequence[dict],
+    *,
+    tools: Sequence[dict] = (),
+    add_generation_prompt: bool = True,
+    **special_tokens: str,
+) -> str:
     """The prompt text a Jinja chat template gives, rendered the way transformers renders it."""
     import jinja2
 
     try:
-        return render_template(template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                               **special_tokens)
+        return render_template(
+            template, messages, tools=tools, add_generation_prompt=add_generation_prompt, **special_tokens
+        )
     except jinja2.TemplateError as e:
         raise ExportError(f"the chat template failed to render ({e})") from None
 
@@ -171,18 +205,27 @@ def _first_difference(template: str, probes: Sequence[Probe]) -> tuple[Probe, st
 def go_template_for(jinja_template: str | None) -> GoTemplate:
     """The Go template that renders like `jinja_template`, recognised by behaviour on the probes."""
     if not jinja_template:
-        raise ExportError("the GGUF has no chat template (tokenizer.chat_template)",
-                          "convert from a checkpoint whose tokenizer_config.json carries one")
+        raise ExportError(
+            "the GGUF has no chat template (tokenizer.chat_template)",
+            "convert from a checkpoint whose tokenizer_config.json carries one",
+        )
     differs = _first_difference(jinja_template, CHAT_PROBES)
     if differs is not None:
         p, got, want = differs
-        raise ExportError(f"the GGUF's chat template is not Qwen3's ChatML: for a conversation with {p.name} it "
-                          f"renders {got[:120]!r}, ChatML gives {want[:120]!r}",
-                          "write the Modelfile's TEMPLATE by hand (Ollama >= 0.30 can use the embedded template)")
+        raise ExportError(
+            f"the GGUF's chat template is not Qwen3's ChatML: for a conversation with {p.name} it "
+            f"renders {got[:120]!r}, ChatML gives {want[:120]!r}",
+            "write the Modelfile's TEMPLATE by hand (Ollama >= 0.30 can use the embedded template)",
+        )
     tool_difference = _first_difference(jinja_template, TOOL_PROBES)
     if tool_difference is None:
         return GoTemplate(GO_QWEN3_CHATML_TOOLS, "Qwen3 ChatML with tool calls", tools=True)
-    notes = () if "tool" not in jinja_template else (
-        f"the chat template's tool calling differs from Qwen3's ({tool_difference[0].name}): "
-        "the Modelfile has no tool support",)
+    notes = (
+        ()
+        if "tool" not in jinja_template
+        else (
+            f"the chat template's tool calling differs from Qwen3's ({tool_difference[0].name}): "
+            "the Modelfile has no tool support",
+        )
+    )
     return GoTemplate(GO_CHATML, "ChatML", tools=False, notes=notes)

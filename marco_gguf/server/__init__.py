@@ -5,19 +5,20 @@ typed error; the server then answers at once (GET /health: 503 while loading, 20
 the weights load in a thread. SIGINT/SIGTERM: uvicorn stops accepting, the engine ends every
 in-flight request with a final chunk (finish_reason length), the streams close, exit status 0.
 """
+
 from __future__ import annotations
 
 import contextlib
 import signal
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
-from ..progress import Progress, ProgressEvent
 from ..engine import MAX_PARALLEL, Engine, Sampling
 from ..errors import MarcoGGUFError, ServeError
 from ..loader import _quiet_stderr, check_model
+from ..progress import Progress, ProgressEvent
 from ..runtime import DEFAULT_CTX
 from .app import ServerState, create_app, model_id
 
@@ -31,8 +32,10 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ServeError(f"cannot listen on {host}:{port} ({e.strerror or e})",
-                         "choose another --port or --host, or stop the program using it") from None
+        raise ServeError(
+            f"cannot listen on {host}:{port} ({e.strerror or e})",
+            "choose another --port or --host, or stop the program using it",
+        ) from None
     return sock
 
 
@@ -59,15 +62,32 @@ def _uvicorn_server(app, on_exit: Callable[[], None]):
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=GRACE_S)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=GRACE_S
+    )
     return Server(config)
 
 
-def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8080, parallel: int = 4, ctx: int = DEFAULT_CTX,
-          threads: int | None = None, api_key: str | None = None, queue: int = 64, cors: str | None = None,
-          temp: float = 0.7, top_p: float = 0.8, top_k: int = 20, min_p: float = 0.0, repeat_penalty: float = 1.0,
-          seed: int | None = None, max_tokens: int | None = 2048, progress: Progress | None = None) -> None:
+def serve(
+    model: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    parallel: int = 4,
+    ctx: int = DEFAULT_CTX,
+    threads: int | None = None,
+    api_key: str | None = None,
+    queue: int = 64,
+    cors: str | None = None,
+    temp: float = 0.7,
+    top_p: float = 0.8,
+    top_k: int = 20,
+    min_p: float = 0.0,
+    repeat_penalty: float = 1.0,
+    seed: int | None = None,
+    max_tokens: int | None = 2048,
+    progress: Progress | None = None,
+) -> None:
     """Serve `model` until SIGINT/SIGTERM. The sampling options are the defaults of requests that do not
     set them; `max_tokens` None lets a reply run to the end of the context."""
     info = check_model(model, ctx=ctx)
@@ -75,16 +95,26 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8080, paral
         raise ServeError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}")
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
-    state = ServerState(model_id(info.path), max_tokens=max_tokens,
-                        defaults=Sampling(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p,
-                                          repeat_penalty=repeat_penalty, seed=seed),
-                        load=lambda: Engine(info.path, ctx=ctx, parallel=parallel, threads=threads, queue_size=queue),
-                        on_ready=lambda: report(ProgressEvent(2, 2, "steps", "ready")))
+    state = ServerState(
+        model_id(info.path),
+        max_tokens=max_tokens,
+        defaults=Sampling(
+            temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed
+        ),
+        load=lambda: Engine(info.path, ctx=ctx, parallel=parallel, threads=threads, queue_size=queue),
+        on_ready=lambda: report(ProgressEvent(2, 2, "steps", "ready")),
+    )
     server = _uvicorn_server(create_app(state, api_key=api_key, cors=cors), state.stop_engine)
     state.on_failure = lambda: setattr(server, "should_exit", True)
     bound_port = sock.getsockname()[1]
-    report(ProgressEvent(1, 2, "steps", f"loading {info.path.name}; listening on "
-                                        f"http://{host if ':' not in host else f'[{host}]'}:{bound_port}"))
+    report(
+        ProgressEvent(
+            1,
+            2,
+            "steps",
+            f"loading {info.path.name}; listening on http://{host if ':' not in host else f'[{host}]'}:{bound_port}",
+        )
+    )
     try:
         server.run(sockets=[sock])
     finally:
@@ -98,4 +128,4 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8080, paral
         raise ServeError(f"{info.path.name}: the model failed to load ({state.failed})") from state.failed
 
 
-__all__ = ["serve", "create_app", "ServerState"]
+__all__ = ["ServerState", "create_app", "serve"]

@@ -7,6 +7,7 @@ goes away cancels its job: Starlette cancels a stream's generator on `http.disco
 non-streaming request watches for it; the engine frees the slot at its next step. Every error is
 OpenAI's error JSON (never a traceback); the API key and the body size are checked before any route.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,10 +18,11 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,8 +39,10 @@ from .tools import ToolCallParser
 
 DEFAULTS_SLOT = '<script id="defaults" type="application/json">{}</script>'
 # the page may talk to this server only, and runs no script it did not bring (inline, its own)
-PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-            "img-src 'self' blob: data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+    "img-src 'self' blob: data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 OPEN_PATHS = ("/", "/health")  # the page asks for the key itself; the API behind it does not answer without one
 MAX_BODY = 4 * 2**20  # bytes; a full 32k-token conversation is well under 1 MiB of JSON
 log = logging.getLogger("marco_gguf.server")
@@ -60,8 +64,10 @@ class ServerState:
 
     def ready(self) -> Engine:
         if self.engine is None:
-            raise ServerBusyError("the model is loading" if self.failed is None else "the model failed to load",
-                                  "retry in a few seconds (GET /health says when it is ready)")
+            raise ServerBusyError(
+                "the model is loading" if self.failed is None else "the model failed to load",
+                "retry in a few seconds (GET /health says when it is ready)",
+            )
         return self.engine
 
     async def start(self) -> None:
@@ -79,8 +85,9 @@ class ServerState:
             self.engine.stop()
 
 
-def error_response(status: int, message: str, kind: str, param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, kind: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
     return JSONResponse(api.error_body(message, kind, param, code), status_code=status)
 
 
@@ -119,10 +126,16 @@ async def _json_body(request: Request) -> dict:
 
 # --- generation -----------------------------------------------------------------------------------
 
+
 def _submit(engine: Engine, gen: api.Generation) -> tuple[Any, asyncio.Queue]:
     loop, events = asyncio.get_running_loop(), asyncio.Queue[str | Result]()
-    job = engine.submit(gen.prompt, max_tokens=gen.max_tokens, sampling=gen.sampling, stop=gen.stop,
-                        sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+    job = engine.submit(
+        gen.prompt,
+        max_tokens=gen.max_tokens,
+        sampling=gen.sampling,
+        stop=gen.stop,
+        sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+    )
     return job, events
 
 
@@ -148,8 +161,9 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(job, events: asyncio.Queue, gen: api.Generation, rid: str, model: str,
-                  chat: bool) -> AsyncIterator[str]:
+async def _stream(
+    job, events: asyncio.Queue, gen: api.Generation, rid: str, model: str, chat: bool
+) -> AsyncIterator[str]:
     """SSE chunks: (chat) a role delta, content / tool-call deltas, a final chunk with finish_reason and
     timings, the usage chunk if asked for, then [DONE]."""
     head = api.envelope("chat.completion.chunk" if chat else "text_completion", rid, model)
@@ -186,14 +200,19 @@ async def _generate(request: Request, parse: Callable, chat: bool) -> Response:
     job, events = _submit(engine, gen)
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     if gen.stream:
-        return StreamingResponse(_stream(job, events, gen, rid, state.model_id, chat), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _stream(job, events, gen, rid, state.model_id, chat),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     result = await _result(request, job, events)
     if result.finish_reason == "cancelled":
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
     if result.finish_reason == "error":
         return error_response(500, result.error or "generation failed", "server_error")
-    body = api.chat_response(result, gen, rid, state.model_id) if chat else api.text_response(result, rid, state.model_id)
+    body = (
+        api.chat_response(result, gen, rid, state.model_id) if chat else api.text_response(result, rid, state.model_id)
+    )
     return JSONResponse(body)
 
 
@@ -207,6 +226,7 @@ async def completions(request: Request) -> Response:
 
 # --- the rest -------------------------------------------------------------------------------------
 
+
 def _model_card(state: ServerState) -> dict:
     return {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "marco-gguf"}
 
@@ -218,8 +238,13 @@ async def models(request: Request) -> Response:
 async def model(request: Request) -> Response:
     state: ServerState = request.app.state.marco
     if request.path_params["model"] != state.model_id:
-        return error_response(404, f"the model {request.path_params['model']!r} does not exist (this server has "
-                                   f"{state.model_id!r})", "not_found_error", "model", "model_not_found")
+        return error_response(
+            404,
+            f"the model {request.path_params['model']!r} does not exist (this server has {state.model_id!r})",
+            "not_found_error",
+            "model",
+            "model_not_found",
+        )
     return JSONResponse(_model_card(state))
 
 
@@ -232,8 +257,13 @@ async def page(request: Request) -> Response:
     """The chat page (static/index.html), with this server's sampling defaults filled in."""
     state: ServerState = request.app.state.marco
     d = state.defaults
-    defaults = {"model": state.model_id, "temperature": d.temperature, "top_p": d.top_p, "top_k": d.top_k,
-                "max_tokens": state.max_tokens}
+    defaults = {
+        "model": state.model_id,
+        "temperature": d.temperature,
+        "top_p": d.top_p,
+        "top_k": d.top_k,
+        "max_tokens": state.max_tokens,
+    }
     data = json.dumps(defaults).replace("<", "\\u003c")  # JSON inside <script>: no "</script>" can end it early
     html = _page_source().replace(DEFAULTS_SLOT, DEFAULTS_SLOT.replace("{}", data))
     return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
@@ -242,8 +272,9 @@ async def page(request: Request) -> Response:
 async def health(request: Request) -> Response:
     state: ServerState = request.app.state.marco
     if state.engine is None:
-        return error_response(503, "the model is loading" if state.failed is None else "the model failed to load",
-                              "unavailable_error")
+        return error_response(
+            503, "the model is loading" if state.failed is None else "the model failed to load", "unavailable_error"
+        )
     return JSONResponse({"status": "ok"})
 
 
@@ -268,13 +299,18 @@ class Guard:
             given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(given, self.key):
                 reason = "a wrong API key" if given else "no API key"
-                return await error_response(401, f"{reason} (send the header Authorization: Bearer KEY)",
-                                            "authentication_error", code="invalid_api_key")(scope, receive, send)
+                return await error_response(
+                    401,
+                    f"{reason} (send the header Authorization: Bearer KEY)",
+                    "authentication_error",
+                    code="invalid_api_key",
+                )(scope, receive, send)
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
             status, what = (413, f"{int(length):,} bytes") if length.isdigit() else (400, f"{length!r}")
-            return await error_response(status, f"the request body is {what}, the limit is {self.max_body:,} bytes",
-                                        "invalid_request_error")(scope, receive, send)
+            return await error_response(
+                status, f"the request body is {what}, the limit is {self.max_body:,} bytes", "invalid_request_error"
+            )(scope, receive, send)
         seen = 0
 
         async def counted():  # a chunked body has no Content-Length: count as it arrives
@@ -288,8 +324,9 @@ class Guard:
         await self.app(scope, counted, send)
 
 
-def create_app(state: ServerState, *, api_key: str | None = None, cors: str | None = None,
-               max_body: int = MAX_BODY) -> Starlette:
+def create_app(
+    state: ServerState, *, api_key: str | None = None, cors: str | None = None, max_body: int = MAX_BODY
+) -> Starlette:
     """The ASGI app; `state.engine` is used as given, or built by `state.load` in a thread at startup."""
     from starlette.middleware.cors import CORSMiddleware
 
@@ -300,13 +337,24 @@ def create_app(state: ServerState, *, api_key: str | None = None, cors: str | No
         if loading is not None:  # a load cannot be interrupted: let it end (serve() closes the engine)
             await loading
 
-    routes = [Route("/", page), Route("/health", health), Route("/metrics", metrics), Route("/v1/models", models),
-              Route("/v1/models/{model:path}", model), Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-              Route("/v1/completions", completions, methods=["POST"])]
-    middleware = ([Middleware(CORSMiddleware, allow_origins=[cors], allow_methods=["*"], allow_headers=["*"])]
-                  if cors else []) + [Middleware(Guard, api_key=api_key, max_body=max_body)]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={Exception: _on_error, HTTPException: _on_error, MarcoGGUFError: _on_error})
+    routes = [
+        Route("/", page),
+        Route("/health", health),
+        Route("/metrics", metrics),
+        Route("/v1/models", models),
+        Route("/v1/models/{model:path}", model),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    middleware = (
+        [Middleware(CORSMiddleware, allow_origins=[cors], allow_methods=["*"], allow_headers=["*"])] if cors else []
+    ) + [Middleware(Guard, api_key=api_key, max_body=max_body)]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={Exception: _on_error, HTTPException: _on_error, MarcoGGUFError: _on_error},
+    )
     app.state.marco = state
     return app
 

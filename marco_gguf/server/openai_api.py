@@ -5,6 +5,7 @@ A field of the wrong type or an unsupported value is a RequestError naming it (H
 error JSON with `param`); fields this server does not use (user, metadata, store, ...) are ignored,
 as llama-server ignores them. Field names and meanings follow OpenAI's API reference.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,7 +41,7 @@ class Body(Fields):
             raise RequestError(f"{self.where}{key} is missing", param=f"{self.where}{key}")
         return default if v is None else v
 
-    def sub(self, key: str) -> "Body":
+    def sub(self, key: str) -> Body:
         return Body(self.obj(key, default={}), f"{self.where}{key}.")
 
     def only(self, key: str, allowed: tuple, why: str) -> None:
@@ -74,27 +75,38 @@ def common(body: Body, defaults: Sampling, default_max: int | None) -> dict:
         top_p=body.number("top_p", lo=0.0, hi=1.0, default=defaults.top_p, exclusive_lo=False),
         top_k=body.int("top_k", lo=0, default=defaults.top_k),
         min_p=body.number("min_p", lo=0.0, hi=1.0, default=defaults.min_p, exclusive_lo=False),
-        repeat_penalty=body.number("repeat_penalty", lo=0.0, hi=10.0, default=defaults.repeat_penalty,
-                                   exclusive_lo=False),  # llama-server's extension
-        presence_penalty=body.number("presence_penalty", lo=-2.0, hi=2.0, default=defaults.presence_penalty,
-                                     exclusive_lo=False),
-        frequency_penalty=body.number("frequency_penalty", lo=-2.0, hi=2.0, default=defaults.frequency_penalty,
-                                      exclusive_lo=False),
-        seed=_seed(body.int("seed", lo=-INT64 - 1, hi=INT64, default=defaults.seed)))
+        repeat_penalty=body.number(
+            "repeat_penalty", lo=0.0, hi=10.0, default=defaults.repeat_penalty, exclusive_lo=False
+        ),  # llama-server's extension
+        presence_penalty=body.number(
+            "presence_penalty", lo=-2.0, hi=2.0, default=defaults.presence_penalty, exclusive_lo=False
+        ),
+        frequency_penalty=body.number(
+            "frequency_penalty", lo=-2.0, hi=2.0, default=defaults.frequency_penalty, exclusive_lo=False
+        ),
+        seed=_seed(body.int("seed", lo=-INT64 - 1, hi=INT64, default=defaults.seed)),
+    )
     max_tokens = body.int("max_completion_tokens", lo=1, default=None)
     if max_tokens is None:
         max_tokens = body.int("max_tokens", lo=1, default=default_max)
     stop = body.data.get("stop")
     if isinstance(stop, str):
         stop = [stop]
-    elif stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)):
+    elif stop is not None and not (
+        isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)
+    ):
         raise body.fail("stop", stop, f"a string or a list of at most {MAX_STOP} strings")
     stream = body.bool("stream", default=False)
     options = body.sub("stream_options")
     if options.data and not stream:
         raise RequestError("stream_options is only allowed with stream: true", param="stream_options")
-    return dict(sampling=sampling, max_tokens=max_tokens, stop=tuple(stop or ()), stream=stream,
-                include_usage=options.bool("include_usage", default=False))
+    return dict(
+        sampling=sampling,
+        max_tokens=max_tokens,
+        stop=tuple(stop or ()),
+        stream=stream,
+        include_usage=options.bool("include_usage", default=False),
+    )
 
 
 def _seed(seed: int | None) -> int | None:
@@ -103,6 +115,7 @@ def _seed(seed: int | None) -> int | None:
 
 
 # --- /v1/chat/completions -------------------------------------------------------------------------
+
 
 def parse_chat(data: dict, engine: Engine, defaults: Sampling, default_max: int | None) -> Generation:
     body = Body(data)
@@ -120,8 +133,11 @@ def parse_chat(data: dict, engine: Engine, defaults: Sampling, default_max: int 
         text = engine.template.render(messages, tools=tools if choice != "none" else None)
     except ChatError as e:
         raise RequestError(e.message, param="messages") from None
-    return Generation(prompt=engine.tokenize(text), **{**options, "sampling": replace(options["sampling"], grammar=grammar)},
-                      tools=bool(tools) and choice != "none")
+    return Generation(
+        prompt=engine.tokenize(text),
+        **{**options, "sampling": replace(options["sampling"], grammar=grammar)},
+        tools=bool(tools) and choice != "none",
+    )
 
 
 def _list(body: Body, key: str) -> list:
@@ -159,8 +175,10 @@ def _content(f: Body, role: str) -> str | None:
     for j, part in enumerate(content):
         if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise RequestError(f"{f.where}content[{j}] is a {kind!r} part: only text parts are supported "
-                               "(Marco reads text only)", param=f"{f.where}content[{j}]")
+            raise RequestError(
+                f"{f.where}content[{j}] is a {kind!r} part: only text parts are supported (Marco reads text only)",
+                param=f"{f.where}content[{j}]",
+            )
         texts.append(part["text"])
     return "".join(texts)
 
@@ -198,8 +216,9 @@ def _tools(body: Body) -> tuple[list[dict] | None, list[str], str]:
         c = Body(choice, "tool_choice.")
         name = c.sub("function").str("name")
         if c.data.get("type") != "function" or name not in names:
-            raise RequestError(f"tool_choice names {name!r}, which is not among the tools ({', '.join(names)})",
-                               param="tool_choice")
+            raise RequestError(
+                f"tool_choice names {name!r}, which is not among the tools ({', '.join(names)})", param="tool_choice"
+            )
         return tools, names, name
     if choice not in ("auto", "none", "required"):
         raise body.fail("tool_choice", choice, "'auto', 'none', 'required' or {\"type\": \"function\", ...}")
@@ -218,6 +237,7 @@ def _response_format(body: Body) -> dict:
 
 # --- /v1/completions ------------------------------------------------------------------------------
 
+
 def parse_completion(data: dict, engine: Engine, defaults: Sampling, default_max: int | None) -> Generation:
     body = Body(data)
     body.only("echo", (False,), "the prompt is not echoed")
@@ -232,18 +252,23 @@ def parse_completion(data: dict, engine: Engine, defaults: Sampling, default_max
     elif isinstance(prompt, list) and prompt and all(is_int(t) and 0 <= t < engine.n_vocab for t in prompt):
         tokens = list(prompt)
     else:
-        raise body.fail("prompt", prompt, f"a string, or a list of token ids below {engine.n_vocab:,} "
-                                          "(one prompt per request)")
+        raise body.fail(
+            "prompt", prompt, f"a string, or a list of token ids below {engine.n_vocab:,} (one prompt per request)"
+        )
     return Generation(prompt=tokens, **options)
 
 
 # --- responses ------------------------------------------------------------------------------------
 
+
 def usage(result: Result) -> dict:
     completion = len(result.tokens)
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": result.prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": result.timings.cache_n}}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": result.prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": result.timings.cache_n},
+    }
 
 
 def finish_reason(result: Result, calls: list[dict]) -> str:
@@ -257,16 +282,21 @@ def envelope(kind: str, request_id: str, model: str, created: int | None = None)
 def chat_response(result: Result, gen: Generation, request_id: str, model: str) -> dict:
     content, calls = tool_calls.split_reply(result.text) if gen.tools else (result.text, [])
     message = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
-    return {**envelope("chat.completion", request_id, model),
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": finish_reason(result, calls)}],
-            "usage": usage(result), "timings": result.timings.as_dict()}
+    return {
+        **envelope("chat.completion", request_id, model),
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(result, calls)}],
+        "usage": usage(result),
+        "timings": result.timings.as_dict(),
+    }
 
 
 def text_response(result: Result, request_id: str, model: str) -> dict:
-    return {**envelope("text_completion", request_id, model),
-            "choices": [{"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}],
-            "usage": usage(result), "timings": result.timings.as_dict()}
+    return {
+        **envelope("text_completion", request_id, model),
+        "choices": [{"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}],
+        "usage": usage(result),
+        "timings": result.timings.as_dict(),
+    }
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:

@@ -7,6 +7,7 @@ by a grammar that only allows such blocks, with each tool's `parameters` schema 
 by llama-cpp-python's port of llama.cpp's own json-schema-to-grammar converter; "auto" leaves the
 model free and parses what it writes. `response_format` json_object / json_schema are grammars too.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,11 @@ def _visit(converter, schema: dict, name: str, param: str) -> str:
         schema = converter.resolve_refs(schema, "request")
         return converter.visit(schema, name)
     except Exception as e:  # the converter raises whatever the schema trips (KeyError, ValueError, ...)
-        raise RequestError(f"{param} cannot be turned into a grammar ({type(e).__name__}: {e})",
-                           "use a plain JSON schema (types, properties, enum, items, required)", param=param) from None
+        raise RequestError(
+            f"{param} cannot be turned into a grammar ({type(e).__name__}: {e})",
+            "use a plain JSON schema (types, properties, enum, items, required)",
+            param=param,
+        ) from None
 
 
 def tool_grammar(tools: list[dict], names: list[str], parallel: bool) -> str:
@@ -53,9 +57,9 @@ def tool_grammar(tools: list[dict], names: list[str], parallel: bool) -> str:
         params = fn.get("parameters") or {"type": "object"}
         args = _visit(converter, params, f"tool{i}-arguments", f"tools[{i}].function.parameters")
         head = _literal(f'{OPEN}\n{{"name": "{fn["name"]}", "arguments": ')
-        calls.append(converter._add_rule(f"tool{i}-call", f'{head} {args} {_literal("}" + chr(10) + CLOSE)}'))
+        calls.append(converter._add_rule(f"tool{i}-call", f"{head} {args} {_literal('}' + chr(10) + CLOSE)}"))
     call = " | ".join(calls)
-    root = f"({call}) (\"\\n\" ({call}))*" if parallel else call
+    root = f'({call}) ("\\n" ({call}))*' if parallel else call
     return f"root ::= {root}\n{converter.format_grammar()}"
 
 
@@ -105,18 +109,20 @@ class ToolCallParser:
             if not self._inside:
                 i = self._buf.find(OPEN)
                 if i < 0:  # hold a tail that may be the start of <tool_call>
-                    held = max((n for n in range(min(len(OPEN) - 1, len(self._buf)), 0, -1)
-                                if self._buf.endswith(OPEN[:n])), default=0)
-                    self._text(self._buf[:len(self._buf) - held], out)
-                    self._buf = self._buf[len(self._buf) - held:]
+                    held = max(
+                        (n for n in range(min(len(OPEN) - 1, len(self._buf)), 0, -1) if self._buf.endswith(OPEN[:n])),
+                        default=0,
+                    )
+                    self._text(self._buf[: len(self._buf) - held], out)
+                    self._buf = self._buf[len(self._buf) - held :]
                     return out
                 self._text(self._buf[:i], out)
-                self._buf, self._inside = self._buf[i + len(OPEN):], True
+                self._buf, self._inside = self._buf[i + len(OPEN) :], True
             else:
                 j = self._buf.find(CLOSE)
                 if j < 0:
                     return out
-                block, self._buf, self._inside = self._buf[:j], self._buf[j + len(CLOSE):], False
+                block, self._buf, self._inside = self._buf[:j], self._buf[j + len(CLOSE) :], False
                 call = _parse_call(block)
                 if call is None:
                     self._text(OPEN + block + CLOSE, out)
@@ -145,9 +151,14 @@ class ToolCallParser:
     def _call(self, name: str, arguments: str) -> list[dict]:
         index, call_id = len(self.calls), f"call_{secrets.token_hex(12)}"
         self.calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
-        return [{"tool_calls": [{"index": index, "id": call_id, "type": "function",
-                                 "function": {"name": name, "arguments": ""}}]},
-                {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}]
+        return [
+            {
+                "tool_calls": [
+                    {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+                ]
+            },
+            {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
+        ]
 
 
 def split_reply(text: str) -> tuple[str | None, list[dict[str, Any]]]:
