@@ -106,7 +106,7 @@ def _add_lm_head_copy(folder: Path) -> None:
 
     src = folder / "model.safetensors"
     with safe_open(str(src), "pt") as f:
-        state = {k: f.get_tensor(k) for k in f}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys(), no iteration
     state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
     save_file(state, str(src), metadata={"format": "pt"})
 

@@ -381,8 +381,13 @@ def test_sigint_inside_llama_cpp_is_raised_after_it_returns():
     from marco_gguf.observer import GraphObserver, deferred_sigint
 
     obs = GraphObserver(lambda t: True, lambda t: None)
-    with pytest.raises(KeyboardInterrupt), deferred_sigint(obs):
-        signal.raise_signal(signal.SIGINT)  # handled here, as it would be at the callback's entry
-        assert obs.interrupted
-        assert (obs._call(0, True, 0), obs._call(0, False, 0)) == (True, False)  # need the node, then stop
-    assert not obs.interrupted and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own handler, as in a program started from a shell (a background job's parent may have SIGINT ignored)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred_sigint(obs):
+            signal.raise_signal(signal.SIGINT)  # handled here, as it would be at the callback's entry
+            assert obs.interrupted
+            assert (obs._call(0, True, 0), obs._call(0, False, 0)) == (True, False)  # need the node, then stop
+        assert not obs.interrupted and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
