@@ -96,10 +96,9 @@ def projection(im: dict, cal: dict) -> dict:
 def report(data: dict) -> str:
     m = data.get("machine", {})
     lines = [
-        f"Machine: {m.get('machine', '?')}; {m.get('llama_cpp', '')}; run {m.get('date', '?')}, on a machine "
-        "shared with 3 other engineers' jobs at the time (load average 5-11 on 2 cores): expect these to be slower "
-        "and noisier than on an idle machine. Random-weight checkpoints of the published shapes, 2 threads, "
-        "chunks of 512 tokens of the built-in calibration text.",
+        f"Machine: {m.get('machine', '?')}; {m.get('llama_cpp', '')}; run {m.get('date', '?')}; "
+        f"{data.get('conditions', 'load during the run not recorded')}. Random-weight checkpoints of the published "
+        "shapes, 2 threads, chunks of 512 tokens of the built-in calibration text.",
         "",
         "| model | step | chunks measured | tokens/s | wall (s) measured | projected wall (s), whole built-in text |",
         "|---|---|---|---|---|---|",
