@@ -25,21 +25,9 @@ from gguf import GGUFValueType as V
 
 from .errors import GGUFFileError
 from .quantize import row_size
+from .writer import SCALAR_FORMATS
 
-# scalar value type -> struct format; source: the GGUF spec (same table as gguf-py's writer)
-FORMATS = {
-    V.UINT8: "B",
-    V.INT8: "b",
-    V.UINT16: "H",
-    V.INT16: "h",
-    V.UINT32: "I",
-    V.INT32: "i",
-    V.FLOAT32: "f",
-    V.UINT64: "Q",
-    V.INT64: "q",
-    V.FLOAT64: "d",
-    V.BOOL: "?",
-}
+FORMATS = SCALAR_FORMATS  # scalar value type -> struct format, the writer's table
 GGML_MAX_NAME = 64  # ggml.h: a tensor name must be shorter than this
 GGML_MAX_DIMS = 4  # ggml.h
 INT64_MAX = 2**63 - 1
