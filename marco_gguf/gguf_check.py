@@ -214,10 +214,11 @@ def _tokens(c: _Check) -> int:
         if vals is not None and len(vals) != len(tokens):
             c.fail(f"{p}{k} has {len(vals):,} entries for {len(tokens):,} tokens")
     # llama-vocab.cpp renames empty tokens, then GGML_ASSERTs that no two tokens are the same string
-    if len({t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)}) != len(tokens):
-        seen: set[str] = set()
-        dup = next(t for t in tokens if t in seen or seen.add(t))  # type: ignore[func-returns-value]
-        c.fail(f"{p}tokens lists {dup!r} more than once (llama.cpp aborts on a repeated token)")
+    names, seen = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)], set[str]()
+    for name in names:
+        if name in seen:
+            c.fail(f"{p}tokens lists {name!r} more than once (llama.cpp aborts on a repeated token)")
+        seen.add(name)
     for k in (k for k, t in TOKENIZER_TYPES.items() if t == V.UINT32):
         if (tid := c.h.fields.get(p + k)) is not None and tid >= len(tokens):
             c.fail(f"{p}{k} is {tid}, but there are only {len(tokens):,} tokens")
