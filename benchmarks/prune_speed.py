@@ -1,9 +1,11 @@
 """Speed of pruned Marco-Mini Q4_K_M (random weights, Mini's widths at reduced depth) at 256 / 192 / 128 / 96 experts.
 
     python benchmarks/prune_speed.py [--workdir DIR] [--layers 7] [--reps 3] [--threads 2]
+    python benchmarks/prune_speed.py --model Marco-Mini-Synth-Q4_K_M.gguf   # full size, made beforehand
 
 Synthesizes a Mini-shaped BF16 checkpoint with `--layers` layers (the full 28 need 34.5 GB of disk for
-the checkpoint alone), converts it to Q4_K_M, measures expert usage on a slice of the built-in text,
+the checkpoint alone) and converts it to Q4_K_M, or takes `--model` (a Q4_K_M GGUF of Mini's shapes,
+`marco-gguf synth mini` then `convert --preset q4_k_m`; left in place), measures expert usage on a slice of the built-in text,
 prunes the GGUF to each N and runs `marco_gguf.bench.bench` (pp512, tg128, `--reps` repetitions after a
 warm-up) on every file in one run, so the ratios against the unpruned file are side by side. Speed does
 not depend on the weights' values, only on shapes, types and which experts are routed to. Everything is
@@ -25,6 +27,7 @@ from quality import machine
 from marco_gguf import convert, synthesize
 from marco_gguf.bench import bench
 from marco_gguf.experts import expert_usage
+from marco_gguf.gguf_info import read_info
 from marco_gguf.imatrix import read_text
 from marco_gguf.prune import prune
 
@@ -38,13 +41,17 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=7)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", type=Path, default=None, help="a Mini-shaped Q4_K_M GGUF instead of synthesizing")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="marco-prune-speed-", dir=args.workdir))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still deletes the files (finally)
     try:
-        ckpt = synthesize(work / "mini", shape="mini", layers=args.layers).path
-        whole = convert(ckpt, preset="q4_k_m", outdir=work, threads=args.threads).path
-        shutil.rmtree(ckpt)
+        if args.model:
+            whole, args.layers = args.model, read_info(args.model).hparams["block_count"]
+        else:
+            ckpt = synthesize(work / "mini", shape="mini", layers=args.layers).path
+            whole = convert(ckpt, preset="q4_k_m", outdir=work, threads=args.threads).path
+            shutil.rmtree(ckpt)
         text, _ = read_text(None)
         (work / "usage.txt").write_text(text[:12000], encoding="utf-8")
         expert_usage(whole, [work / "usage.txt"], threads=args.threads, usage=work / "usage.json")

@@ -3,17 +3,18 @@
 
 One process, one GGUF, the same threads and context for every side. Two measurements:
 
-1. End to end, side by side. This machine is shared, so the two sides of each comparison run in
-   lockstep, alternating every token step, and see the same load:
+1. End to end, side by side, alternating so that both sides see the same load:
    - chat vs raw decode+sample. chat: ChatSession.send(prompt) iterated to its end (chat template,
-     tokenizing, KV-cache prefix reuse, llama.cpp's C sampler, detokenizing, the streaming generator,
-     bookkeeping), each next() timed and the decodes it made counted. raw: a second context in the
-     same state (the prompt minus its last token cached), then for every decode chat made,
-     llama_decode(ctx, llama_batch_get_one([t], 1)) + llama_sampler_sample with the same chain.
-   - bench tg vs raw decode: marco_gguf.bench.time_generation (the loop behind `marco-gguf bench`'s tg
-     rows) and the same llama_decode + llama_synchronize loop written inline, alternating 8-token
-     calls from an empty KV cache as llama-bench's test_gen does. The two loops are the same code, so
-     this row also shows the measurement's noise floor on a shared machine.
+     tokenizing, the one-slot Engine on its thread: KV-cache prefix reuse, one-token batches,
+     llama.cpp's C sampler, detokenizing, the hand-over of each piece, bookkeeping), timed whole.
+     raw: a second context in the same state (the prompt minus its last token cached), then for
+     every decode chat made, llama_decode(ctx, llama_batch_get_one([t], 1)) + llama_sampler_sample
+     with the same chain. The sides alternate whole replies (the engine decodes ahead of its reader,
+     so they cannot alternate token by token).
+   - bench tg vs raw decode: marco_gguf.bench.time_generation on the engine's context (the loop
+     behind `marco-gguf bench`'s tg rows, through Engine.exclusive) and the same llama_decode +
+     llama_synchronize loop written inline on a plain llama_cpp.Llama, alternating 8-token calls from
+     an empty KV cache as llama-bench's test_gen does.
 2. The Python layer alone, free of that noise: the same loops with the C calls that do the model's
    work (llama_decode, llama_synchronize, llama_sampler_sample) replaced by Python stubs, timed over
    2,000 tokens; plus what send() costs per turn (template, tokenizing, prefix match). Its cost as a
@@ -95,34 +96,44 @@ def raw_decode_sample(ctx, first: int, n: int, sampler) -> None:
         one[0] = sample(sampler, ctx, -1)
 
 
-def chat_vs_raw(session, raw, sampler) -> tuple[int, float, float]:
-    """One chat turn and the same C work done raw, in lockstep: (decodes, chat seconds, raw seconds)."""
+def chat_vs_raw(session, raw, sampler, chat_first: bool) -> tuple[int, float, float]:
+    """One chat turn, whole, and the same C work done raw, one after the other: (steps, chat s, raw s).
+
+    The engine runs on its own thread and decodes the next token while the reader takes the last one, so
+    the two sides cannot alternate token by token as they did before chat ran on the engine: they alternate
+    whole replies, and `chat_first` swaps who goes first."""
     import llama_cpp as lib
 
-    session.reset()
-    started = time.perf_counter()
-    reply = session.send(PROMPT)
-    chat_s = time.perf_counter() - started
-    prompt = reply.prompt
-    lib.llama_memory_clear(lib.llama_get_memory(raw.ctx), True)  # the state chat starts from: all but the last
-    arr = (lib.llama_token * len(prompt))(*prompt)  # prompt token cached (the previous turn's)
-    assert lib.llama_decode(raw.ctx, lib.llama_batch_get_one(arr, len(prompt) - 1)) == 0
-    lib.llama_sampler_reset(sampler)
-    raw_s, done, pieces, token = 0.0, len(prompt) - 1, iter(reply), prompt[-1]
-    while True:
+    def chat():
+        session.reset()
         started = time.perf_counter()
-        finished = next(pieces, None) is None
-        chat_s += time.perf_counter() - started
-        steps, done = session.context_tokens - done, session.context_tokens
+        reply = session.send(PROMPT).wait()
+        return reply, time.perf_counter() - started
+
+    def raw_side(prompt: list[int], steps: int) -> float:
+        lib.llama_memory_clear(lib.llama_get_memory(raw.ctx), True)  # the state chat starts from: all but the
+        arr = (lib.llama_token * len(prompt))(*prompt)  # last prompt token cached (the previous turn's)
+        assert lib.llama_decode(raw.ctx, lib.llama_batch_get_one(arr, len(prompt) - 1)) == 0
+        lib.llama_sampler_reset(sampler)
         started = time.perf_counter()
-        raw_decode_sample(raw.ctx, token, steps, sampler)  # the decodes (each with a sample) chat just made
-        raw_s += time.perf_counter() - started
-        if finished:
-            return done - (len(prompt) - 1), chat_s, raw_s
+        raw_decode_sample(raw.ctx, prompt[-1], steps, sampler)
+        return time.perf_counter() - started
+
+    if chat_first:
+        reply, chat_s = chat()
+    prompt = session.prompt_tokens([{"role": "user", "content": PROMPT}])
+    expected = session.max_tokens  # the turn's decodes: the last prompt token, then every token fed back
+    raw_s = raw_side(prompt, expected)
+    if not chat_first:
+        reply, chat_s = chat()
+    steps = reply.stats.prompt_tokens + reply.stats.completion_tokens - (reply.stats.stop_reason != "stop")
+    assert reply.stats.prompt_tokens == 1 and steps == expected, (reply.stats, "a random model ended its turn early")
+    return steps, chat_s, raw_s
 
 
-def bench_vs_raw(llm, tokens: list[int], chunk: int = 8) -> tuple[float, float]:
-    """time_generation and the same loop inline, alternating `chunk`-token calls: (bench seconds, raw seconds)."""
+def bench_vs_raw(direct, llm, tokens: list[int], chunk: int = 8) -> tuple[float, float]:
+    """time_generation on the engine's context (`direct`) and the same loop inline on a plain llama_cpp.Llama,
+    alternating `chunk`-token calls: (bench seconds, raw seconds)."""
     import llama_cpp as lib
 
     from marco_gguf.bench import time_generation
@@ -133,7 +144,7 @@ def bench_vs_raw(llm, tokens: list[int], chunk: int = 8) -> tuple[float, float]:
         raw_decode(llm.ctx, part)
         return time.perf_counter() - started
 
-    runners, seconds = {"bench": lambda part: time_generation(llm, part), "raw": raw}, {"bench": 0.0, "raw": 0.0}
+    runners, seconds = {"bench": lambda part: time_generation(direct, part), "raw": raw}, {"bench": 0.0, "raw": 0.0}
     for n, i in enumerate(range(0, len(tokens), chunk)):
         for name in ("bench", "raw") if n % 2 else ("raw", "bench"):  # alternate who goes first
             seconds[name] += runners[name](tokens[i : i + chunk])
@@ -158,6 +169,7 @@ def c_work_stubbed():
 def python_layer(model: Path, ctx: int) -> dict[str, float]:
     """Microseconds of Python per token (chat, bench, raw loops, C work stubbed) and per send()."""
     from marco_gguf.bench import time_generation
+    from marco_gguf.engine import Direct
     from marco_gguf.loader import load_model
     from marco_gguf.runtime import ChatSession
 
@@ -187,7 +199,8 @@ def python_layer(model: Path, ctx: int) -> dict[str, float]:
                 started = time.perf_counter()
                 raw_decode(raw.ctx, tokens)
                 out["raw decode"].append((time.perf_counter() - started) / STUB_TOKENS)
-                out["bench tg"].append(time_generation(raw, tokens) / STUB_TOKENS)
+                direct = Direct(raw.ctx, raw.n_batch, raw.n_vocab())
+                out["bench tg"].append(time_generation(direct, tokens) / STUB_TOKENS)
             history = [{"role": r, "content": f"{PROMPT} ({i})"} for i in range(20) for r in ("user", "assistant")]
             for _ in range(5):
                 s.reset()
@@ -215,35 +228,41 @@ def main() -> None:
     import llama_cpp as lib
 
     from marco_gguf.bench import bytes_per_token
+    from marco_gguf.engine import Engine
     from marco_gguf.gguf_info import read_info
     from marco_gguf.loader import load_model
     from marco_gguf.machine import amx_kernels_built
-    from marco_gguf.runtime import ChatSession, sampler_chain
+    from marco_gguf.runtime import ChatSession
+    from marco_gguf.sampler import sampler_chain
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.model or build_model(args.workdir)
     load_before, results = os.getloadavg(), {}
     for threads in args.threads:
         session = ChatSession(model, ctx=args.ctx, threads=threads, seed=args.seed, max_tokens=args.tokens)
+        engine = Engine(model, ctx=args.ctx, parallel=1, threads=threads)  # what bench() times on
         raw = load_model(model, n_ctx=args.ctx, threads=threads)
         sampler = sampler_chain(
             raw.n_vocab(), temp=0.7, top_p=0.8, top_k=20, min_p=0.0, repeat_penalty=1.0, seed=args.seed
         )  # chat's default chain, a copy of its own
-        chat_vs_raw(session, raw, sampler)  # warm-up of both contexts
+        chat_vs_raw(session, raw, sampler, True)  # warm-up of both contexts
         tokens = [(i * 7919) % raw.n_vocab() for i in range(args.tokens)]
-        bench_vs_raw(raw, tokens[:8])
         rows = []
-        for rep in range(args.reps):
-            steps, chat_s, raw_s = chat_vs_raw(session, raw, sampler)
-            bench_s, gen_s = bench_vs_raw(raw, tokens)
-            rows.append(((steps, chat_s, raw_s), (len(tokens), bench_s, gen_s)))
-            print(
-                f"{threads} thread(s), rep {rep + 1}/{args.reps}: chat {steps / chat_s:.2f} vs raw {steps / raw_s:.2f} "
-                f"tok/s; bench tg {len(tokens) / bench_s:.2f} vs raw {len(tokens) / gen_s:.2f} tok/s",
-                flush=True,
-            )
+        with engine.exclusive() as direct:
+            bench_vs_raw(direct, raw, tokens[:8])
+            for rep in range(args.reps):
+                steps, chat_s, raw_s = chat_vs_raw(session, raw, sampler, rep % 2 == 0)
+                bench_s, gen_s = bench_vs_raw(direct, raw, tokens)
+                rows.append(((steps, chat_s, raw_s), (len(tokens), bench_s, gen_s)))
+                print(
+                    f"{threads} thread(s), rep {rep + 1}/{args.reps}: chat {steps / chat_s:.2f} vs raw "
+                    f"{steps / raw_s:.2f} tok/s; bench tg {len(tokens) / bench_s:.2f} vs raw "
+                    f"{len(tokens) / gen_s:.2f} tok/s",
+                    flush=True,
+                )
         results[threads] = rows
         lib.llama_sampler_free(sampler)
+        engine.close()
         raw.close()
         session.close()
     load_after = os.getloadavg()
@@ -268,8 +287,11 @@ def main() -> None:
         "",
         "## End to end, side by side",
         "",
-        f"Lockstep (both sides alternate every token step, or every 8 tokens for bench); medians of {args.reps} "
-        "repetitions; ratio = marco-gguf / raw from the summed times of all repetitions.",
+        f"Side by side: chat and raw alternate whole {args.tokens}-token replies (who goes first alternates too), "
+        f"bench and raw alternate 8-token calls; medians of {args.reps} repetitions; ratio = marco-gguf / raw "
+        "from the summed times of all repetitions. chat runs on the engine (a one-slot `Engine` on its own "
+        "thread), bench times llama_decode on the engine's context (`Engine.exclusive`), raw on a plain "
+        "llama_cpp.Llama.",
         "",
         "| threads | comparison | marco-gguf tok/s | raw tok/s | ratio | ratio of each repetition |",
         "|---:|---|---:|---:|---:|---|",

@@ -208,9 +208,7 @@ def run_server(kind: str, model: Path, args: argparse.Namespace, save) -> dict:
 def machine() -> str:
     from runtime_overhead import machine as described  # this folder is on sys.path when run as a script
 
-    return (
-        f"{described()}; load average at start {os.getloadavg()[0]:.1f} (a machine shared with other engineers' jobs)"
-    )
+    return f"{described()}; load average (1 min) at start {os.getloadavg()[0]:.1f}"
 
 
 def report(data: dict) -> str:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import Direct, Engine
 from .gguf_info import bytes_per_token
-from .loader import check_model, load_model
+from .loader import check_model
 from .progress import Progress, ProgressEvent
 
 PROBE_MIB = 256  # per array; three arrays of 256 MiB are 24x this machine class's 32 MiB L3
@@ -145,24 +146,24 @@ def _decode(lib, ctx, tokens: Sequence[int]) -> None:
         raise RuntimeError("llama_decode failed")
 
 
-def time_prompt(llm, tokens: Sequence[int]) -> float:
+def time_prompt(direct: Direct, tokens: Sequence[int]) -> float:
     """Seconds to evaluate `tokens` from an empty KV cache, n_batch at a time (llama-bench's test_prompt)."""
     import llama_cpp as lib
 
-    lib.llama_memory_clear(lib.llama_get_memory(llm.ctx), False)
+    lib.llama_memory_clear(lib.llama_get_memory(direct.ctx), False)
     started = time.perf_counter()
-    for i in range(0, len(tokens), llm.n_batch):
-        _decode(lib, llm.ctx, tokens[i : i + llm.n_batch])
-    lib.llama_synchronize(llm.ctx)
+    for i in range(0, len(tokens), direct.n_batch):
+        _decode(lib, direct.ctx, tokens[i : i + direct.n_batch])
+    lib.llama_synchronize(direct.ctx)
     return time.perf_counter() - started
 
 
-def time_generation(llm, tokens: Sequence[int]) -> float:
+def time_generation(direct: Direct, tokens: Sequence[int]) -> float:
     """Seconds to evaluate `tokens` one llama_decode each from an empty KV cache (llama-bench's test_gen)."""
     import llama_cpp as lib
 
-    lib.llama_memory_clear(lib.llama_get_memory(llm.ctx), False)
-    ctx, one = llm.ctx, (lib.llama_token * 1)()
+    lib.llama_memory_clear(lib.llama_get_memory(direct.ctx), False)
+    ctx, one = direct.ctx, (lib.llama_token * 1)()
     decode, batch_get_one, synchronize = lib.llama_decode, lib.llama_batch_get_one, lib.llama_synchronize
     started = time.perf_counter()
     for token in tokens:
@@ -186,16 +187,16 @@ def _stepper(progress: Progress | None, total: int) -> Callable[[str], None]:
 
 
 def _samples(
-    llm, name: str, n: int, timer, threads: int, reps: int, rng: random.Random, step: Callable[[str], None]
+    direct: Direct, name: str, n: int, timer, threads: int, reps: int, rng: random.Random, step: Callable[[str], None]
 ) -> tuple[float, ...]:
     """tokens/s of `reps` runs of one test after a warm-up, each on fresh random tokens."""
-    vocab = llm.n_vocab()
+    vocab = direct.n_vocab
     step(f"{name}, {threads} thread(s), warm-up")
-    timer(llm, [rng.randrange(vocab) for _ in range(n if timer is time_prompt else 1)])
+    timer(direct, [rng.randrange(vocab) for _ in range(n if timer is time_prompt else 1)])
     samples = []
     for r in range(reps):
         step(f"{name}, {threads} thread(s), repetition {r + 1}/{reps}")
-        samples.append(n / timer(llm, [rng.randrange(vocab) for _ in range(n)]))
+        samples.append(n / timer(direct, [rng.randrange(vocab) for _ in range(n)]))
     return tuple(samples)
 
 
@@ -209,15 +210,13 @@ def bench(
     progress: Progress | None = None,
 ) -> BenchResult:
     """pp{n_prompt} and tg{n_gen} at each thread count, `reps` times after one warm-up, plus bandwidth and roofline."""
-    import llama_cpp as lib
-
     threads = (threads,) if isinstance(threads, int) else tuple(threads)
     if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0 or reps < 1 or not threads or min(threads) < 1:
         raise ValueError("need n_prompt + n_gen > 0, reps >= 1 and thread counts >= 1")
     info = check_model(model, ctx=n_prompt + n_gen)
     per_token = bytes_per_token(info)
     rng = random.Random(0)
-    llm = load_model(model, n_ctx=max(n_prompt + n_gen, 16), threads=max(threads))
+    engine = Engine(model, ctx=max(n_prompt + n_gen, 16), parallel=1, threads=max(threads), queue_size=1)
     tests = [
         (name, n, timer)
         for name, n, timer in ((f"pp{n_prompt}", n_prompt, time_prompt), (f"tg{n_gen}", n_gen, time_generation))
@@ -225,15 +224,15 @@ def bench(
     ]
     rows, bandwidth = [], {}
     step = _stepper(progress, len(threads) * (2 + len(tests) * (1 + reps)))
-    try:
+    with engine:
         for t in threads:
             step(f"memory bandwidth, {t} thread(s)")
             before = max(memory_bandwidth(threads=t).values())
-            lib.llama_set_n_threads(llm.ctx, t, t)
-            measured = [
-                (name, _samples(llm, name, n, timer, t, reps, rng, step), timer is time_generation)
-                for name, n, timer in tests
-            ]
+            with engine.exclusive(threads=t) as direct:
+                measured = [
+                    (name, _samples(direct, name, n, timer, t, reps, rng, step), timer is time_generation)
+                    for name, n, timer in tests
+                ]
             # a shared host's bandwidth changes from one second to the next: the roofline takes the better probe
             step(f"memory bandwidth, {t} thread(s), again")
             bandwidth[t] = max(before, *memory_bandwidth(threads=t).values())
@@ -250,6 +249,4 @@ def bench(
                 )
                 for name, samples, is_gen in measured
             ]
-    finally:
-        llm.close()
     return BenchResult(info.path, info.file_size, info.bits_per_weight, per_token, bandwidth, tuple(rows))

@@ -7,158 +7,50 @@ prompt (at most `batch` tokens in all), so a long prompt delays the others by at
 Each request has its own sampler chain (seed, penalties, grammar). A request goes to the free slot
 whose KV cache holds its longest prefix; only the rest of its prompt is evaluated
 (`llama_memory_seq_rm` drops the tail that differs). A cancelled request frees its slot at the next
-step. The raw llama_cpp calls of the feature live here.
+step. `serve` runs it with `--parallel` slots, `chat` (runtime.ChatSession) with one, and `bench` times
+llama_decode on its context (`exclusive`), so all three load and run a model one way. The raw
+llama_cpp calls of the feature live here.
 """
 
 from __future__ import annotations
 
-import codecs
+import contextlib
 import ctypes
 import itertools
-import queue
 import threading
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chat_template import ChatTemplate
 from .errors import RequestError, ServerBusyError
+from .jobs import Direct, EngineMetrics, Job, Result, Sampling, Timings
 from .loader import _quiet_stderr, check_model, load_weights
 from .machine import physical_cores
-from .runtime import DEFAULT_CTX, END_OF_TURN, _common_prefix, _nfc, _rate, sampler_chain
+from .qwen3moe import DEFAULT_CTX, END_OF_TURN
+from .sampler import sampler_chain
+
+__all__ = ["MAX_PARALLEL", "Direct", "Engine", "EngineMetrics", "Job", "Result", "Sampling", "Timings", "sampler_chain"]
 
 MAX_PARALLEL = 64  # llama.cpp's LLAMA_MAX_SEQ is 256; more slots than this only splits a CPU's bandwidth thinner
 DEFAULT_BATCH = 512  # llama.cpp's default n_batch: the most tokens one llama_decode carries
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """One request's sampling; `grammar` is GBNF text (root rule `root`) that every reply must match."""
-
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 20
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    grammar: str | None = None
+def _nfc(text: str) -> str:
+    # Qwen's tokenizer.json normalizes NFC, llama.cpp's BPE does not: normalize before tokenizing
+    return unicodedata.normalize("NFC", text)
 
 
-@dataclass(frozen=True)
-class Timings:
-    """llama-server's `timings` object (server-common.cpp, server_slot_stats::to_json), same field names."""
-
-    cache_n: int  # prompt tokens reused from the slot's KV cache
-    prompt_n: int  # prompt tokens evaluated
-    prompt_ms: float
-    predicted_n: int  # tokens generated
-    predicted_ms: float  # from the first generated token to the last
-
-    def as_dict(self) -> dict:
-        per = lambda n, ms: (ms / n if n else 0.0, _rate(n, ms / 1000))  # noqa: E731
-        (ppt, pps), (gpt, gps) = per(self.prompt_n, self.prompt_ms), per(self.predicted_n, self.predicted_ms)
-        return {
-            **asdict(self),
-            "prompt_per_token_ms": ppt,
-            "prompt_per_second": pps,
-            "predicted_per_token_ms": gpt,
-            "predicted_per_second": gps,
-        }
-
-
-@dataclass(frozen=True)
-class Result:
-    """A finished request: finish_reason is stop (end of turn or a stop string), length (max_tokens, the
-    context, or a server shutdown), cancelled (the client went away) or error (llama.cpp failed)."""
-
-    text: str
-    tokens: tuple[int, ...]
-    finish_reason: str
-    prompt_tokens: int
-    timings: Timings
-    time_to_first_token_s: float
-    error: str | None = None
-
-
-class Job:
-    """A submitted request. Events go to `sink` (from the engine thread: keep it quick and non-blocking):
-    a str per piece of text, then the Result. Without a sink, iterate the job for its text pieces."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        prompt: list[int],
-        max_tokens: int,
-        stop: Sequence[str],
-        sampler,
-        sink: Callable[[str | Result], object] | None,
-    ) -> None:
-        self.id = next(engine._ids)
-        self.prompt, self.max_tokens, self.stop, self.sampler = prompt, max_tokens, tuple(s for s in stop if s), sampler
-        self.result: Result | None = None
-        self._engine = engine
-        self._queue: queue.SimpleQueue[str | Result] = queue.SimpleQueue()
-        self._sink = sink or self._queue.put
-        self.cancelled = False
-        self.submitted = time.perf_counter()
-        self.admitted = self.first = self.last = 0.0
-        self.tokens: list[int] = []
-        self.cached = 0
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self._text, self._sent = "", 0  # text generated, and how much of it went out (the rest may start a stop)
-        self._hit = False  # a stop string ended the text
-
-    def cancel(self) -> None:
-        """Stop generating: the slot is freed at the engine's next step (safe from any thread)."""
-        self.cancelled = True
-        self._engine._wake()
-
-    def __iter__(self) -> Iterator[str]:
-        while True:
-            event = self._queue.get()
-            if isinstance(event, Result):
-                return
-            yield event
-
-    def wait(self) -> Result:
-        for _ in self:
-            pass
-        assert self.result is not None  # the iteration ends with the Result
-        return self.result
-
-    # called from the engine thread
-    def _emit(self, event: str | Result) -> None:
-        try:
-            self._sink(event)
-        except Exception:  # a consumer that went away must not stop the engine
-            self.cancelled = True
-
-    def _add_text(self, piece: str) -> bool:
-        """Append generated text, send what cannot start a stop string; True when a stop string appeared."""
-        self._text += piece
-        hits = [i for i in (self._text.find(s, max(0, self._sent - len(s))) for s in self.stop) if i >= 0]
-        if hits:
-            self._text, self._hit = self._text[: min(hits)], True
-            end = len(self._text)
-        else:  # hold back a tail that is the start of a stop string (llama-server does the same)
-            held = max(
-                (
-                    n
-                    for s in self.stop
-                    for n in range(min(len(s) - 1, len(self._text)), 0, -1)
-                    if self._text.endswith(s[:n])
-                ),
-                default=0,
-            )
-            end = len(self._text) - held
-        if end > self._sent:
-            self._emit(self._text[self._sent : end])
-            self._sent = end
-        return bool(hits)
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 @dataclass
@@ -174,26 +66,6 @@ class _Slot:
         """The job of a busy slot (the engine asks only busy slots for it)."""
         assert self.job is not None, f"slot {self.seq} is idle"
         return self.job
-
-
-@dataclass(frozen=True)
-class EngineMetrics:
-    """Counters and gauges for /metrics (names follow llama-server's, server-task.cpp to_metrics)."""
-
-    requests_total: int
-    requests_cancelled_total: int
-    prompt_tokens_total: int
-    prompt_tokens_cached_total: int
-    prompt_seconds_total: float
-    tokens_predicted_total: int
-    tokens_predicted_seconds_total: float
-    n_decode_total: int
-    busy_slots: int
-    slots: int
-    queued: int
-    queue_size: int
-    kv_cache_tokens: int
-    kv_cache_size: int
 
 
 class Engine:
@@ -229,7 +101,7 @@ class Engine:
         self._waiting: deque[Job] = deque()
         self._ids = itertools.count(1)
         self._cv = threading.Condition()
-        self._stopping = False
+        self._stopping = self._exclusive = False
         self._counts = dict.fromkeys(("requests", "cancelled", "prompt", "cached", "predicted", "decode"), 0)
         self._seconds = {"prompt": 0.0, "predicted": 0.0}
         self._thread = threading.Thread(target=self._run, name="marco-gguf-engine", daemon=True)
@@ -288,13 +160,15 @@ class Engine:
         room = self.ctx - len(prompt)
         max_tokens = room if max_tokens is None else min(max_tokens, room)
         sampler = self._sampler(sampling)
-        job = Job(self, list(prompt), max_tokens, stop, sampler, sink)
+        job = Job(next(self._ids), list(prompt), max_tokens, stop, sampler, sink, self._wake)
         with self._cv:
-            if self._stopping or len(self._waiting) >= self.queue_size:
+            if self._stopping or self._exclusive or len(self._waiting) >= self.queue_size:
                 self._lib.llama_sampler_free(sampler)
                 raise ServerBusyError(
                     "the server is stopping"
                     if self._stopping
+                    else "the engine is lent out for direct use (bench)"
+                    if self._exclusive
                     else f"the queue is full ({self.queue_size} requests waiting)",
                     "retry later",
                 )
@@ -341,6 +215,35 @@ class Engine:
             kv_cache_tokens=sum(len(s.cache) for s in self._slots),
             kv_cache_size=self.ctx,
         )
+
+    def kv_tokens(self, slot: int = 0) -> int:
+        """Tokens the KV cache holds for `slot` (its sequence)."""
+        return len(self._slots[slot].cache)
+
+    @contextlib.contextmanager
+    def exclusive(self, threads: int | None = None) -> Iterator[Direct]:
+        """The engine's llama.cpp context for direct use while no request runs (bench's timing loops, which
+        time llama_decode alone as llama-bench does): requests are refused meanwhile, and the KV cache the
+        slots knew is dropped on both sides, since direct use changes it behind their backs."""
+        with self._cv:
+            if self._stopping or self._waiting or any(s.job for s in self._slots):
+                raise ServerBusyError("the engine is busy with requests", "wait for them to end")
+            self._exclusive = True
+        try:
+            self._forget()
+            t = threads or self.threads
+            self._lib.llama_set_n_threads(self._ctx, t, t)
+            yield Direct(self._ctx, self.batch, self.n_vocab)
+        finally:
+            self._lib.llama_set_n_threads(self._ctx, self.threads, self.threads)
+            self._forget()
+            with self._cv:
+                self._exclusive = False
+
+    def _forget(self) -> None:
+        self._lib.llama_memory_clear(self._mem, False)
+        for slot in self._slots:
+            slot.cache = []
 
     def _wake(self) -> None:
         with self._cv:
@@ -451,7 +354,7 @@ class Engine:
         job, now = slot.active(), time.perf_counter()
         if not job.first:
             job.first = now
-        job.last = now
+        job.last, job.sampled = now, job.sampled + 1
         if token in self.stop_tokens or self._lib.llama_vocab_is_eog(self._vocab, token):
             return self._finish(slot, "stop")
         job.tokens.append(token)

@@ -1,30 +1,25 @@
-"""Running a GGUF through llama-cpp-python: a chat session that keeps its KV cache, with measured throughput.
+"""A chat session that keeps its KV cache, with measured throughput: a conversation over the engine.
 
-`ChatSession` formats the conversation with the GGUF's own chat template, evaluates only the
-tokens the KV cache does not already hold, and samples with llama.cpp's C sampler chain in a loop
-of low-level `llama_decode` calls (the Python layer costs about one ctypes call per token, see
-benchmarks/runtime_overhead.md). Rates are wall clock: what the person at the terminal gets.
+`ChatSession` formats the conversation with the GGUF's own chat template and submits it to a one-slot
+`Engine` (the one `serve` runs with more slots): the engine evaluates only the tokens its KV cache
+does not already hold, samples with llama.cpp's C sampler chain and streams the text back. What the
+layer costs per token is measured in benchmarks/runtime_overhead.md. Rates are wall clock: what the
+person at the terminal gets.
 """
 
 from __future__ import annotations
 
-import codecs
-import ctypes
 import json
-import threading
 import time
-import unicodedata
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .chat_template import ChatTemplate
-from .errors import ChatError
-from .loader import check_model, load_model
-from .machine import physical_cores
-from .qwen3moe import DEFAULT_CTX, END_OF_TURN
+from .engine import Engine, Job, Result, Sampling, _nfc
+from .errors import ChatError, RequestError
+from .jobs import _rate
+from .qwen3moe import DEFAULT_CTX
 
-PENALTY_LAST_N = 64  # llama.cpp's default window for --repeat-penalty
 ROLES = ("system", "user", "assistant")
 LOAD_HINT = 'expected {"messages": [{"role": "user", "content": "..."}, ...]} as /save writes it'
 
@@ -38,7 +33,7 @@ class GenerationStats:
     completion_tokens: int  # reply tokens, not counting the end-of-turn token
     completion_tokens_per_s: float
     time_to_first_token_s: float  # from send to the first sampled token: tokenize + prompt + one sample
-    stop_reason: str  # stop (end of turn), length (--max-tokens), context (--ctx full), interrupted
+    stop_reason: str  # stop (end of turn), length (--max-tokens), context (--ctx full), interrupted, error
     cached_tokens: int = 0  # prompt tokens reused from the KV cache instead of evaluated
 
 
@@ -85,81 +80,16 @@ class SessionStats:
         }
 
 
-def _rate(n: float, seconds: float) -> float:
-    return n / seconds if seconds > 0 else 0.0
-
-
-# --- chat ----------------------------------------------------------------------------------------
-
-
-def sampler_chain(
-    n_vocab: int,
-    *,
-    temp: float,
-    top_p: float,
-    top_k: int,
-    min_p: float,
-    repeat_penalty: float,
-    seed: int | None,
-    presence_penalty: float = 0.0,
-    frequency_penalty: float = 0.0,
-    grammar=None,
-):
-    """llama.cpp's C sampler chain (free it with llama_sampler_free): a grammar (an initialised
-    llama_sampler_init_grammar, owned by the chain from here on) first so that only tokens it allows are
-    candidates, penalties, then top-k first, which keeps the later stages cheap on a 151,936-token
-    vocabulary, top-p, min-p, temperature, draw."""
-    import llama_cpp as lib
-
-    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    penalize = repeat_penalty != 1.0 or presence_penalty != 0.0 or frequency_penalty != 0.0
-    stages = [
-        grammar,
-        lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat_penalty, frequency_penalty, presence_penalty)
-        if penalize
-        else None,
-    ]
-    if temp <= 0:
-        stages.append(lib.llama_sampler_init_greedy())
-    else:
-        stages += [
-            lib.llama_sampler_init_top_k(top_k) if top_k > 0 else None,
-            lib.llama_sampler_init_top_p(top_p, 1) if top_p < 1 else None,
-            lib.llama_sampler_init_min_p(min_p, 1) if min_p > 0 else None,
-            lib.llama_sampler_init_temp(temp),
-            lib.llama_sampler_init_dist(seed if seed is not None else lib.LLAMA_DEFAULT_SEED),
-        ]
-    for stage in filter(None, stages):
-        lib.llama_sampler_chain_add(chain, stage)
-    return chain
-
-
-def _nfc(text: str) -> str:
-    # Qwen's tokenizer.json normalizes NFC, llama.cpp's BPE does not: normalize before tokenizing
-    return unicodedata.normalize("NFC", text)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class Reply:
     """One assistant turn. Iterate it for text as it is generated; then `text` and `stats` hold the result.
     `dropped_turns` (known before the first piece) counts old turns removed to fit the context."""
 
-    def __init__(
-        self, session: ChatSession, tokens: list[int], prompt_text: str, dropped_turns: int, sent: float
-    ) -> None:
+    def __init__(self, session: ChatSession, job: Job, prompt_text: str, dropped_turns: int, sent: float) -> None:
         self.dropped_turns, self.text, self.sent = dropped_turns, "", sent
         self._stats: GenerationStats | None = None
-        self.prompt, self.tokens = tokens, list[int]()  # the prompt's tokens and, once generated, the reply's
-        self.interrupt = session.interrupt  # stop after the current token (safe from a signal handler)
-        self._pieces = session._generate(self, tokens, prompt_text)
+        self.prompt, self.tokens = job.prompt, list[int]()  # the prompt's tokens and, once generated, the reply's
+        self.interrupt = job.cancel  # stop after the current token (safe from a signal handler)
+        self._pieces = session._stream(self, job, prompt_text)
 
     def __iter__(self) -> Iterator[str]:
         return self._pieces
@@ -178,7 +108,7 @@ class Reply:
 
 
 class ChatSession:
-    """A conversation with a Marco GGUF that reuses its KV cache from turn to turn."""
+    """A conversation with a Marco GGUF that reuses its KV cache from turn to turn (a one-slot Engine)."""
 
     def __init__(
         self,
@@ -195,46 +125,18 @@ class ChatSession:
         seed: int | None = None,
         max_tokens: int = 2048,
     ) -> None:
-        import llama_cpp
-
-        self.info = check_model(model, ctx=ctx)
-        self.ctx, self.max_tokens, self.threads = ctx, max_tokens, threads or physical_cores()
-        self.llm = load_model(model, n_ctx=ctx, threads=self.threads)
-        self._lib, self._vocab = llama_cpp, llama_cpp.llama_model_get_vocab(self.llm.model)
-        self.template = ChatTemplate.from_metadata(self.llm.metadata, self.token_text)
-        self.stop_tokens = frozenset(ids[0] for ids in map(self._tokenize, END_OF_TURN) if len(ids) == 1)
+        self.engine = Engine(model, ctx=ctx, parallel=1, threads=threads, queue_size=1)
+        self.info, self.template, self.stop_tokens = self.engine.info, self.engine.template, self.engine.stop_tokens
+        self.ctx, self.max_tokens, self.threads = ctx, max_tokens, self.engine.threads
+        self.sampling = Sampling(temp, top_p, top_k, min_p, repeat_penalty, seed=seed)
         self.system = _nfc(system) if system else None
         self.messages: list[dict] = []  # user/assistant turns; the system message is kept apart, never dropped
         self.totals = SessionStats()
-        self._kv: list[int] = []  # exactly the tokens in the KV cache, in order
         self._seen: tuple[str, list[int]] = ("", [])  # last prompt + reply as text and as the tokens the model saw
-        self._cancel = threading.Event()
         self._active: Reply | None = None  # the reply being generated, if any
-        self._one = (llama_cpp.llama_token * 1)()
-        self._buf = ctypes.create_string_buffer(256)
-        self._sampler = sampler_chain(
-            self.llm.n_vocab(),
-            temp=temp,
-            top_p=top_p,
-            top_k=top_k,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=seed,
-        )
-
-    # tokens <-> text
-    def _tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-
-    def _piece(self, token: int) -> bytes:
-        n = self._lib.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
-        if n < 0:
-            self._buf = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
-        return self._buf.raw[:n]
 
     def token_text(self, token: int) -> str:
-        return (self._lib.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
+        return self.engine.token_text(token)
 
     # the conversation
     def conversation(self) -> list[dict]:
@@ -243,21 +145,20 @@ class ChatSession:
 
     def prompt_tokens(self, messages: list[dict] | None = None) -> list[int]:
         """The canonical tokens of `messages` (default: this conversation) plus the generation prompt."""
-        return self._tokenize(self.template.render(self.conversation() if messages is None else messages))
+        return self.engine.tokenize(self.template.render(self.conversation() if messages is None else messages))
 
     def _prompt(self, messages: list[dict]) -> tuple[str, list[int]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
         text = self.template.render(system + messages)
         seen_text, seen_tokens = self._seen
         if seen_text and text.startswith(seen_text):  # keep the reply tokens the model produced, add the rest
-            return text, seen_tokens + self._tokenize(text[len(seen_text) :])
-        return text, self._tokenize(text)
+            return text, seen_tokens + self.engine.tokenize(text[len(seen_text) :])
+        return text, self.engine.tokenize(text)
 
     def send(self, text: str) -> Reply:
         """Add a user message and return the Reply to iterate; old turns are dropped if the context is short."""
         sent = time.perf_counter()
         self._end_active()
-        self._cancel.clear()  # from here on, interrupt() stops this reply
         messages, dropped = [*self.messages, {"role": "user", "content": _nfc(text)}], 0
         reserve = min(self.max_tokens, self.ctx // 2)  # room left for the answer
         while True:
@@ -273,8 +174,12 @@ class ChatSession:
                 )
             del messages[:nxt]
             dropped += 1
+        try:
+            job = self.engine.submit(tokens, max_tokens=self.max_tokens, sampling=self.sampling)
+        except RequestError as e:
+            raise ChatError(e.message, e.hint) from None
         self.messages = messages
-        self._active = Reply(self, tokens, prompt_text, dropped, sent)
+        self._active = Reply(self, job, prompt_text, dropped, sent)
         return self._active
 
     def _end_active(self) -> None:
@@ -284,84 +189,47 @@ class ChatSession:
 
     def interrupt(self) -> None:
         """Stop the reply in progress after the current token (safe to call from a signal handler)."""
-        self._cancel.set()
+        if self._active is not None:
+            self._active.interrupt()
 
-    def _decode(self, tokens: list[int]) -> None:
-        lib = self._lib
-        arr = self._one if len(tokens) == 1 else (lib.llama_token * len(tokens))()
-        arr[:] = tokens
-        if lib.llama_decode(self.llm.ctx, lib.llama_batch_get_one(arr, len(tokens))) != 0:
-            raise ChatError(f"llama.cpp failed to evaluate {len(tokens)} token(s) at position {len(self._kv)}")
-        self._kv.extend(tokens)
-
-    def _generate(self, reply: Reply, tokens: list[int], prompt_text: str) -> Generator[str, None, None]:
-        lib, ctx = self._lib, self.llm.ctx
-        keep = min(_common_prefix(self._kv, tokens), len(tokens) - 1)  # the last prompt token gives the logits
-        if not lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), 0, keep, -1):
-            lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
-            keep = 0
-        del self._kv[keep:]
-        out: list[int] = []
-        pieces: list[str] = []
-        reason, first, last, steps = "interrupted", None, None, 0
-        started = time.perf_counter()
-        prompt_done = started
+    def _stream(self, reply: Reply, job: Job, prompt_text: str) -> Generator[str, None, None]:
         try:
-            for i in range(keep, len(tokens), self.llm.n_batch):
-                if self._cancel.is_set():
-                    return
-                self._decode(tokens[i : i + self.llm.n_batch])
-            prompt_done = time.perf_counter()
-            limit = min(self.max_tokens, self.ctx - len(tokens))
-            lib.llama_sampler_reset(self._sampler)
-            utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-            token = lib.llama_sampler_sample(self._sampler, ctx, -1)
-            first = last = time.perf_counter()
-            while True:
-                if token in self.stop_tokens:
-                    reason = "stop"
-                    break
-                out.append(token)
-                piece = utf8.decode(self._piece(token))
-                if piece:
-                    pieces.append(piece)
-                    yield piece
-                if len(out) >= limit:
-                    reason = "length" if limit == self.max_tokens else "context"
-                    break
-                if self._cancel.is_set():
-                    break
-                self._decode([token])
-                token = lib.llama_sampler_sample(self._sampler, ctx, -1)
-                last, steps = time.perf_counter(), steps + 1
-            pieces.append(utf8.decode(b"", final=True))
+            yield from job
         finally:  # also on Ctrl-C or an abandoned iteration: the partial reply is kept and marked
-            reply.text, reply.tokens = "".join(pieces), out
-            self.messages.append(
-                {
-                    "role": "assistant",
-                    "content": reply.text,
-                    **({"interrupted": True} if reason == "interrupted" else {}),
-                }
-            )
-            self._seen = (prompt_text + reply.text, tokens + out)
-            reply._stats = stats = GenerationStats(
-                prompt_tokens=len(tokens) - keep,
-                prompt_tokens_per_s=_rate(len(tokens) - keep, prompt_done - started),
-                completion_tokens=len(out),
-                completion_tokens_per_s=_rate(steps, (last or 0) - (first or 0)),
-                time_to_first_token_s=(first - reply.sent) if first else 0.0,
-                stop_reason=reason,
-                cached_tokens=keep,
-            )
-            self.totals.add(stats, prompt_done - started, (last or 0) - (first or 0), steps, reply.dropped_turns)
+            if job.result is None:
+                job.cancel()
+            result = job.wait()
+            self._record(reply, job, result, prompt_text)
             if self._active is reply:
                 self._active = None
+        if result.error:
+            raise ChatError(result.error, "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log")
+
+    def _record(self, reply: Reply, job: Job, result: Result, prompt_text: str) -> None:
+        reason = {"cancelled": "interrupted", "stop": "stop", "error": "error"}.get(result.finish_reason)
+        if reason is None:  # length: --max-tokens, or the context ran out first
+            reason = "length" if len(result.tokens) >= self.max_tokens else "context"
+        reply.text, reply.tokens = result.text, list(result.tokens)
+        interrupted = {"interrupted": True} if reason == "interrupted" else {}
+        self.messages.append({"role": "assistant", "content": reply.text, **interrupted})
+        self._seen = (prompt_text + reply.text, reply.prompt + reply.tokens)
+        t = result.timings
+        steps = max(job.sampled - 1, 0)  # decode+sample steps after the first token, as llama-bench's tg counts
+        reply._stats = stats = GenerationStats(
+            prompt_tokens=t.prompt_n,
+            prompt_tokens_per_s=_rate(t.prompt_n, t.prompt_ms / 1000),
+            completion_tokens=len(result.tokens),
+            completion_tokens_per_s=_rate(steps, t.predicted_ms / 1000),
+            time_to_first_token_s=(job.first - reply.sent) if job.first else 0.0,
+            stop_reason=reason,
+            cached_tokens=t.cache_n,
+        )
+        self.totals.add(stats, t.prompt_ms / 1000, t.predicted_ms / 1000, steps, reply.dropped_turns)
 
     @property
     def context_tokens(self) -> int:
         """Tokens the KV cache holds now (of `ctx`)."""
-        return len(self._kv)
+        return self.engine.kv_tokens()
 
     # slash-command helpers
     def reset(self) -> None:
@@ -411,10 +279,8 @@ class ChatSession:
         return len(messages)
 
     def close(self) -> None:
-        if self._sampler is not None:
-            self._lib.llama_sampler_free(self._sampler)
-            self._sampler = None
-        self.llm.close()
+        self._end_active()
+        self.engine.close()
 
     def __enter__(self) -> ChatSession:
         return self

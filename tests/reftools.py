@@ -109,6 +109,16 @@ def tool(name: str) -> Path:
     return binary
 
 
+def weight_buffers() -> list[str]:
+    """The tools' flag for the weight buffers marco-gguf's loader uses: plain CPU buffers (`--no-repack`) where
+    llama.cpp's AMX kernels are built in and crash, else llama.cpp's default (repacked for its CPU kernels,
+    e.g. Q4_K on AVX2). The two layouts multiply in a different order, so a reference run on the other one
+    differs in the last digits."""
+    from marco_gguf.machine import amx_kernels_built
+
+    return ["--no-repack"] if amx_kernels_built() else []
+
+
 if __name__ == "__main__":  # `python tests/reftools.py` builds everything ahead of a test run
     print(source_tree())
     for t in TOOLS:

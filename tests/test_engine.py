@@ -72,3 +72,23 @@ def test_full_queue_is_refused(converted):
         pytest.raises(ServerBusyError, match=r"the queue is full \(0 requests waiting\)"),
     ):
         e.submit(e.tokenize("hi"))
+
+
+def test_direct_use_is_lent_only_when_idle_and_forgets_the_caches(engine):
+    """bench times llama_decode on the engine's context: not while a request runs, no request meanwhile,
+    and the slots' caches (which direct use overwrote) are not trusted afterwards."""
+    prompt = engine.tokenize(PROMPTS[2])
+    engine.submit(prompt, max_tokens=2, sampling=GREEDY).wait()
+    running = engine.submit(engine.tokenize(PROMPTS[3]), max_tokens=500, sampling=GREEDY)
+    next(iter(running))
+    with pytest.raises(ServerBusyError, match="the engine is busy with requests"), engine.exclusive():
+        pass
+    running.cancel()
+    running.wait()
+    with engine.exclusive(threads=1) as direct:
+        assert (direct.n_batch, direct.n_vocab) == (engine.batch, engine.n_vocab)
+        with pytest.raises(ServerBusyError, match=r"lent out for direct use \(bench\)"):
+            engine.submit(prompt)
+        assert engine.kv_tokens(0) == 0
+    again = engine.submit(prompt, max_tokens=2, sampling=GREEDY).wait()
+    assert again.timings.cache_n == 0 and again.finish_reason == "length"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reftools
 from checkpoints import Spec
 
 from marco_gguf.imatrix import compute_imatrix, read_text
@@ -54,7 +55,7 @@ def llama_imatrix(tool, model: Path, text: Path, out: Path, *extra: str) -> Path
             "-t",
             "2",
             "--no-ppl",
-            "--no-repack",
+            *reftools.weight_buffers(),
             *extra,
         ],
         check=True,

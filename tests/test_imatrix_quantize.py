@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import reftools
 from checkpoints import Spec
 from gguf import GGUFReader
 
@@ -76,7 +77,7 @@ def reference_imatrix(converted, llama_tool, tmp_path_factory):
                     "-t",
                     "2",
                     "--no-ppl",
-                    "--no-repack",
+                    *reftools.weight_buffers(),
                 ],
                 check=True,
                 capture_output=True,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import reftools
 from checkpoints import Spec
 from tokenizer_texts import TEXTS
 
@@ -49,8 +50,7 @@ def theirs(pair, llama_tool, tmp_path_factory):
     ref, file, text = pair
     base = tmp_path_factory.mktemp("kld") / "base.kld"
     tool = str(llama_tool("llama-perplexity"))
-    # --no-repack: weights in plain CPU buffers, as our loader keeps them where llama.cpp's AMX kernels crash
-    common = ["-c", str(N_CTX), "-t", "2", "--no-warmup", "--no-repack"]
+    common = ["-c", str(N_CTX), "-t", "2", "--no-warmup", *reftools.weight_buffers()]  # the loader's buffers
     first = subprocess.run(
         [tool, "-m", str(ref), "-f", str(text), "--chunks", str(CHUNKS), "--kl-divergence-base", str(base), *common],
         capture_output=True,

@@ -7,7 +7,7 @@ a colon is reserved for recording rules), so dashboards made for it need only th
 from __future__ import annotations
 
 from ..engine import EngineMetrics
-from ..runtime import _rate
+from ..jobs import _rate
 
 PREFIX = "marco_gguf_"
 # (name, type, help, value)
