@@ -151,6 +151,21 @@ def bench_vs_raw(direct, llm, tokens: list[int], chunk: int = 8) -> tuple[float,
     return seconds["bench"], seconds["raw"]
 
 
+def prompt_vs_raw(direct, llm, tokens: list[int], bench_first: bool) -> tuple[float, float]:
+    """time_prompt (bench's pp loop) on the engine's context and on a plain llama_cpp.Llama's, one after the
+    other: (bench seconds, raw seconds). The contexts differ in their flash-attention setting (the engine
+    leaves llama.cpp's automatic choice, llama_cpp.Llama turns it off) and in the engine's unified KV cache."""
+    from marco_gguf.bench import time_prompt
+    from marco_gguf.engine import Direct
+
+    plain = Direct(llm.ctx, llm.n_batch, llm.n_vocab())
+    if bench_first:
+        ours = time_prompt(direct, tokens)
+        return ours, time_prompt(plain, tokens)
+    theirs = time_prompt(plain, tokens)
+    return time_prompt(direct, tokens), theirs
+
+
 @contextlib.contextmanager
 def c_work_stubbed():
     """llama_decode, llama_synchronize and llama_sampler_sample do nothing: only the Python around them runs."""
@@ -245,15 +260,19 @@ def main() -> None:
         sampler = sampler_chain(
             raw.n_vocab(), temp=0.7, top_p=0.8, top_k=20, min_p=0.0, repeat_penalty=1.0, seed=args.seed
         )  # chat's default chain, a copy of its own
+        session.send(PROMPT).wait()  # warm-up; from here on the prompt is cached but for its last token
         chat_vs_raw(session, raw, sampler, True)  # warm-up of both contexts
         tokens = [(i * 7919) % raw.n_vocab() for i in range(args.tokens)]
         rows = []
         with engine.exclusive() as direct:
             bench_vs_raw(direct, raw, tokens[:8])
+            pp_tokens = [(i * 7919) % raw.n_vocab() for i in range(512)]
+            prompt_vs_raw(direct, raw, pp_tokens, True)
             for rep in range(args.reps):
                 steps, chat_s, raw_s = chat_vs_raw(session, raw, sampler, rep % 2 == 0)
                 bench_s, gen_s = bench_vs_raw(direct, raw, tokens)
-                rows.append(((steps, chat_s, raw_s), (len(tokens), bench_s, gen_s)))
+                pp_s, raw_pp_s = prompt_vs_raw(direct, raw, pp_tokens, rep % 2 == 0)
+                rows.append(((steps, chat_s, raw_s), (len(tokens), bench_s, gen_s), (len(pp_tokens), pp_s, raw_pp_s)))
                 print(
                     f"{threads} thread(s), rep {rep + 1}/{args.reps}: chat {steps / chat_s:.2f} vs raw "
                     f"{steps / raw_s:.2f} tok/s; bench tg {len(tokens) / bench_s:.2f} vs raw "
@@ -288,7 +307,7 @@ def main() -> None:
         "## End to end, side by side",
         "",
         f"Side by side: chat and raw alternate whole {args.tokens}-token replies (who goes first alternates too), "
-        f"bench and raw alternate 8-token calls; medians of {args.reps} repetitions; ratio = marco-gguf / raw "
+        f"bench and raw alternate 8-token calls (tg) and whole 512-token prompts (pp512); medians of {args.reps} repetitions; ratio = marco-gguf / raw "
         "from the summed times of all repetitions. chat runs on the engine (a one-slot `Engine` on its own "
         "thread), bench times llama_decode on the engine's context (`Engine.exclusive`), raw on a plain "
         "llama_cpp.Llama.",
@@ -298,7 +317,7 @@ def main() -> None:
     ]
     step_ms = {}
     for threads, rows in results.items():
-        for i, name in enumerate(("chat vs raw decode+sample", "bench tg vs raw decode")):
+        for i, name in enumerate(("chat vs raw decode+sample", "bench tg vs raw decode", "bench pp512 vs raw prompt")):
             runs = [r[i] for r in rows]  # (steps, marco-gguf seconds, raw seconds)
             lines.append(
                 f"| {threads} | {name} | {statistics.median(r[0] / r[1] for r in runs):.2f} | "
@@ -310,8 +329,8 @@ def main() -> None:
     extra = py["chat"] - py["raw decode+sample"] + py["send"] / args.tokens
     lines += [
         "",
-        "The bench row compares two copies of the same loop: its spread is the noise of this shared machine, which "
-        "is larger than the effect being measured. Hence the second measurement.",
+        "The bench rows run the same Python loop on two contexts (the engine's and llama_cpp.Llama's): what they "
+        "measure is the contexts' settings, and their spread is this machine's noise. Hence the second measurement.",
         "",
         "## The Python layer alone",
         "",

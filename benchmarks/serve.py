@@ -14,7 +14,8 @@ The same GGUF, threads and context for both, one server at a time in this one ru
 llama_cpp.server runs with `--interrupt_requests False` (its default cuts off a running stream when
 a new request arrives) and serializes requests; on a CPU with AMX it loads the weights in plain CPU
 buffers as marco-gguf does there (llama.cpp's AMX kernels crash it otherwise); marco-gguf with `--parallel 4` (its default). A
-reference for one stream: `marco_gguf.bench.bench` tg (the `marco-gguf bench` loop) on the same file.
+reference for one stream: `marco_gguf.bench.bench` tg (the `marco-gguf bench` loop) on the same file,
+after the file was read once into the page cache (it must fit in RAM beside the server).
 
     pip install 'llama-cpp-python[server]'      # the other side (fastapi, sse-starlette, ...)
     python benchmarks/serve.py Marco-Nano-Synth-Q4_K_M.gguf --results benchmarks/serve.json
@@ -205,6 +206,14 @@ def run_server(kind: str, model: Path, args: argparse.Namespace, save) -> dict:
     return {"server": kind, "phases": phases, "rss_bytes": rss}
 
 
+def read_through(path: Path) -> None:
+    """Read the whole file once so that it sits in the page cache: bench (whose warm-up is one token) and the
+    first server would otherwise pay for reading the experts from disk as tokens first route to them."""
+    with path.open("rb", buffering=0) as f:
+        while f.read(1 << 24):
+            pass
+
+
 def machine() -> str:
     from runtime_overhead import machine as described  # this folder is on sys.path when run as a script
 
@@ -269,9 +278,10 @@ def main() -> None:
         "models": [],
     }
     for model in args.models:
+        read_through(model)
         tg = next(
             r
-            for r in bench(model, n_prompt=0, n_gen=args.tokens, threads=(args.threads,), reps=3).rows
+            for r in bench(model, n_prompt=0, n_gen=args.tokens, threads=(args.threads,), reps=5).rows
             if r.test.startswith("tg")
         )
         entry = {

@@ -231,14 +231,17 @@ class Engine:
             self._exclusive = True
         try:
             self._forget()
-            t = threads or self.threads
-            self._lib.llama_set_n_threads(self._ctx, t, t)
+            self._set_threads(threads or self.threads)
             yield Direct(self._ctx, self.batch, self.n_vocab)
         finally:
-            self._lib.llama_set_n_threads(self._ctx, self.threads, self.threads)
+            self._set_threads(self.threads)
             self._forget()
             with self._cv:
                 self._exclusive = False
+
+    def _set_threads(self, n: int) -> None:
+        with _quiet_stderr():  # llama.cpp logs the change to fd 2
+            self._lib.llama_set_n_threads(self._ctx, n, n)
 
     def _forget(self) -> None:
         self._lib.llama_memory_clear(self._mem, False)
@@ -412,7 +415,8 @@ class Engine:
             return
         self.stop()
         self._lib.llama_batch_free(self._batch)
-        self._lib.llama_free(self._ctx)
+        with _quiet_stderr():  # and its destruction
+            self._lib.llama_free(self._ctx)
         self._ctx = None
         self.model.close()
 

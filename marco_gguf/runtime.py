@@ -89,7 +89,8 @@ class Reply:
         self._stats: GenerationStats | None = None
         self.prompt, self.tokens = job.prompt, list[int]()  # the prompt's tokens and, once generated, the reply's
         self.interrupt = job.cancel  # stop after the current token (safe from a signal handler)
-        self._pieces = session._stream(self, job, prompt_text)
+        self._job, self._prompt_text = job, prompt_text
+        self._pieces = session._stream(self)
 
     def __iter__(self) -> Iterator[str]:
         return self._pieces
@@ -183,27 +184,35 @@ class ChatSession:
         return self._active
 
     def _end_active(self) -> None:
-        if self._active is not None:  # a reply left half-read ends here, kept and marked as interrupted
-            self._active._pieces.close()
-            self._active = None
+        reply = self._active
+        if reply is not None:  # a reply left half-read (or unread) ends here, kept and marked as interrupted
+            reply._pieces.close()
+            self._settle(reply)  # a generator closed before it started never ran its finally
 
     def interrupt(self) -> None:
         """Stop the reply in progress after the current token (safe to call from a signal handler)."""
         if self._active is not None:
             self._active.interrupt()
 
-    def _stream(self, reply: Reply, job: Job, prompt_text: str) -> Generator[str, None, None]:
+    def _stream(self, reply: Reply) -> Generator[str, None, None]:
         try:
-            yield from job
+            yield from reply._job
         finally:  # also on Ctrl-C or an abandoned iteration: the partial reply is kept and marked
-            if job.result is None:
-                job.cancel()
-            result = job.wait()
-            self._record(reply, job, result, prompt_text)
-            if self._active is reply:
-                self._active = None
+            result = self._settle(reply)
         if result.error:
             raise ChatError(result.error, "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log")
+
+    def _settle(self, reply: Reply) -> Result:
+        """End the reply's job (cancelled if it still runs) and record the turn, once."""
+        job = reply._job
+        if job.result is None:
+            job.cancel()
+        result = job.wait()
+        if reply._stats is None:
+            self._record(reply, job, result, reply._prompt_text)
+        if self._active is reply:
+            self._active = None
+        return result
 
     def _record(self, reply: Reply, job: Job, result: Result, prompt_text: str) -> None:
         reason = {"cancelled": "interrupted", "stop": "stop", "error": "error"}.get(result.finish_reason)

@@ -167,6 +167,17 @@ def test_a_half_read_reply_ends_interrupted_when_the_next_message_is_sent(sessio
     assert session.messages[1] == {"role": "assistant", "content": reply.text, "interrupted": True}
 
 
+def test_an_unread_reply_ends_interrupted_when_the_next_message_is_sent(tiny):
+    """send() starts generating at once (on the engine's thread): a reply nobody reads is still ended and kept."""
+    with ChatSession(tiny, ctx=2048, seed=1, max_tokens=1000) as s:
+        unread = s.send("Hello")
+        after = s.send("Never mind.").wait()
+        assert unread.stats.stop_reason == "interrupted" and after.stats.stop_reason in ("stop", "length")
+        assert [m["role"] for m in s.messages] == ["user", "assistant", "user", "assistant"]
+        assert s.messages[1] == {"role": "assistant", "content": unread.text, "interrupted": True}
+        s.send("And this one is left unread when the session closes.")
+
+
 def test_save_and_load_round_trip(session, tmp_path):
     session.set_system("Be brief.")
     session.send("Hi").wait()
