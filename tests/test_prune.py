@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -179,11 +180,26 @@ def test_hf_format_is_the_pruned_model(reason, spec, key, checkpoint, usage, tmp
     assert [p.name for p in tmp_path.iterdir()] == ["small"]
 
 
-def test_pruned_file_loads_and_exports_to_ollama(converted, usage, tmp_path):
+def test_pruned_file_loads_and_exports_to_ollama(converted, usage, llama_tool, tmp_path):
     from marco_gguf.export import export_ollama
     from marco_gguf.loader import load_model
 
     r = prune(converted(MODEL, "q8_0").path, keep=4, usage=usage(MODEL), outfile=tmp_path / "Marco-Pruned4-Q8_0.gguf")
+    # `ollama create` (0.30+, server/quantization.go) checks every model GGUF by running this very command
+    # (llama-quantize loads it with check_tensors) and stores the copy: it must pass and change no tensor
+    copy = tmp_path / "ollama-blob.gguf"
+    done = subprocess.run(
+        [str(llama_tool("llama-quantize")), "--allow-requantize", str(r.path), str(copy), "COPY"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours, blob = GGUFReader(r.path), GGUFReader(copy)
+    assert sorted((t.name, t.tensor_type, bytes(t.data)) for t in ours.tensors) == sorted(
+        (t.name, t.tensor_type, bytes(t.data)) for t in blob.tensors
+    )
+    assert blob.fields["qwen3moe.expert_count"].contents() == 4
+    assert blob.fields["marco.prune.kept_experts"].contents() == ours.fields["marco.prune.kept_experts"].contents()
     llm = load_model(r.path)
     try:
         assert len(llm.tokenize(b"hello world")) > 0
