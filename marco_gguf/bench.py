@@ -158,11 +158,14 @@ def time_prompt(direct: Direct, tokens: Sequence[int]) -> float:
     return time.perf_counter() - started
 
 
-def time_generation(direct: Direct, tokens: Sequence[int]) -> float:
-    """Seconds to evaluate `tokens` one llama_decode each from an empty KV cache (llama-bench's test_gen)."""
+def time_generation(direct: Direct, tokens: Sequence[int], *, after: Sequence[int] = ()) -> float:
+    """Seconds to evaluate `tokens` one llama_decode each from an empty KV cache (llama-bench's test_gen), or
+    after `after` was evaluated untimed (llama-bench's --n-depth: generation deeper into a conversation)."""
     import llama_cpp as lib
 
     lib.llama_memory_clear(lib.llama_get_memory(direct.ctx), False)
+    for i in range(0, len(after), direct.n_batch):
+        _decode(lib, direct.ctx, after[i : i + direct.n_batch])
     ctx, one = direct.ctx, (lib.llama_token * 1)()
     decode, batch_get_one, synchronize = lib.llama_decode, lib.llama_batch_get_one, lib.llama_synchronize
     started = time.perf_counter()

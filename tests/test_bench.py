@@ -67,6 +67,26 @@ def test_bench_rows_follow_llama_bench(converted):
     assert tg.roofline_fraction == pytest.approx(tg.tokens_per_s / tg.roofline_tokens_per_s)
 
 
+# (reason, prompt evaluated untimed first, tokens timed): llama-bench's test_gen with and without --n-depth
+GENERATION = [
+    ("from an empty cache, as bench runs it", 0, 8),
+    ("after a prompt longer than one batch (evaluated n_batch at a time)", 40, 5),
+]
+
+
+@pytest.mark.parametrize("reason,depth,n", GENERATION, ids=[g[0] for g in GENERATION])
+def test_time_generation_runs_after_its_depth(reason, depth, n, converted):
+    """The timed tokens land right after the untimed ones: the cache ends at depth + n positions."""
+    import llama_cpp as lib
+
+    from marco_gguf.engine import Engine
+
+    engine = Engine(converted(Spec(), "q8_0").path, ctx=64, parallel=1, threads=1, batch=16)
+    with engine, engine.exclusive() as direct:
+        assert bench_module.time_generation(direct, [5] * n, after=[7] * depth) > 0
+        assert lib.llama_memory_seq_pos_max(lib.llama_get_memory(direct.ctx), 0) == depth + n - 1
+
+
 def test_bandwidth_probe_reports_copy_and_add():
     gbps = memory_bandwidth(threads=2, mib=16, reps=2)
     assert set(gbps) == {"copy", "add"} and all(0.1 < v < 10_000 for v in gbps.values())
