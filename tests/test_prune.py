@@ -185,7 +185,7 @@ def test_pruned_file_loads_and_exports_to_ollama(converted, usage, llama_tool, t
     from marco_gguf.loader import load_model
 
     r = prune(converted(MODEL, "q8_0").path, keep=4, usage=usage(MODEL), outfile=tmp_path / "Marco-Pruned4-Q8_0.gguf")
-    # `ollama create` (0.30+, server/quantization.go) checks every model GGUF by running this very command
+    # `ollama create` (0.30+, copyLayerWithLlamaQuantize) checks every model GGUF by running this very command
     # (llama-quantize loads it with check_tensors) and stores the copy: it must pass and change no tensor
     copy = tmp_path / "ollama-blob.gguf"
     done = subprocess.run(
