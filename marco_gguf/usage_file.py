@@ -15,6 +15,7 @@ import numpy as np
 from .errors import ExpertsError
 from .files import write_text_atomic
 from .identity import ModelIdentity
+from .jsonfields import Fields
 
 KIND, VERSION = "marco-gguf expert usage", 1
 HINT = "write one with: marco-gguf experts MODEL.gguf --text FILE --usage usage.json"
@@ -41,18 +42,34 @@ def write_usage(usage, path: Path) -> Path:
     return Path(path)
 
 
-def _array(path: Path, text: dict, key: str, shape: tuple[int, int], dtype: type) -> np.ndarray:
+def _array(t: Fields, key: str, shape: tuple[int, int], whole: bool) -> np.ndarray:
+    """A layers x experts table of finite values >= 0 (whole numbers for counts)."""
+    raw = t.data.get(key)
+    expected = f"{list(shape)} (layers x experts) of finite {'whole numbers' if whole else 'values'} >= 0"
     try:
-        a: np.ndarray = np.asarray(text[key], dtype=dtype)
-    except (KeyError, TypeError, ValueError):
-        raise ExpertsError(f"{path}: text {text.get('label')!r} has no numeric {key!r} table", HINT) from None
-    if a.shape != shape or not np.isfinite(a).all() or (a < 0).any():
-        raise ExpertsError(
-            f"{path}: text {text.get('label')!r}: {key} has shape {list(a.shape)}, expected "
-            f"{list(shape)} (layers x experts) of finite values >= 0",
-            HINT,
-        )
-    return a
+        a: np.ndarray = np.asarray(raw, dtype=np.float64)  # None -> NaN, refused below
+    except (TypeError, ValueError, OverflowError):
+        raise t.fail(key, raw, f"a table {expected}") from None
+    ok = a.shape == shape and bool(np.isfinite(a).all()) and not (a < 0).any()
+    if ok and whole:
+        ok = not (a != np.floor(a)).any() and not (a > 2**53).any()  # float64 holds whole numbers exactly to 2**53
+    if not ok:
+        raise ExpertsError(f"{t.path}: {t.where}{key} has shape {list(a.shape)}, expected {expected}", HINT)
+    return a.astype(np.int64) if whole else a
+
+
+def _identity(f: Fields) -> ModelIdentity:
+    m = f.sub("model")
+    return ModelIdentity(
+        architecture=m.str("architecture"),
+        layers=m.int("layers", lo=1),
+        experts=m.int("experts", lo=1),
+        experts_per_token=m.int("experts_per_token", lo=1),
+        file=m.str("file"),
+        file_size=m.int("file_size", hi=2**63 - 1),
+        shapes_sha256=m.str("shapes_sha256"),
+        router_sha256=m.str("router_sha256"),
+    )
 
 
 def read_usage(path: str | Path):
@@ -69,30 +86,29 @@ def read_usage(path: str | Path):
     if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("version") != VERSION:
         found = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
         raise ExpertsError(f"{path}: not a usage file (kind {found!r}, expected {KIND!r} version {VERSION})", HINT)
-    try:
-        model = ModelIdentity(**doc["model"])
-        texts = list(doc["texts"])
-    except (KeyError, TypeError) as e:
-        raise ExpertsError(f"{path}: damaged usage file (model or texts: {e})", HINT) from None
-    if not texts or not all(isinstance(t, dict) for t in texts):
-        raise ExpertsError(f"{path}: the usage file holds no texts, or texts that are not objects", HINT)
+    f = Fields(doc, path, ExpertsError, HINT)
+    model, texts = _identity(f), f.list("texts", dict)
+    if not texts:
+        raise ExpertsError(f"{path}: the usage file holds no texts", HINT)
     shape = (model.layers, model.experts)
-    out = tuple(
-        TextUsage(
-            str(t.get("label")),
-            str(t.get("source")),
-            int(t.get("tokens") or 0),
-            _array(path, t, "counts", shape, np.int64),
-            _array(path, t, "weight", shape, np.float64),
-            _array(path, t, "reap_sum", shape, np.float64),
+    out = []
+    for i, text in enumerate(texts):
+        t = Fields(text, path, ExpertsError, HINT, f"texts[{i}].")
+        out.append(
+            TextUsage(
+                t.str("label"),
+                t.str("source"),
+                t.int("tokens", hi=2**63 - 1),
+                _array(t, "counts", shape, whole=True),
+                _array(t, "weight", shape, whole=False),
+                _array(t, "reap_sum", shape, whole=False),
+            )
         )
-        for t in texts
-    )
     return ExpertUsage(
         model,
-        str(doc.get("model_path")),
-        int(doc.get("ctx") or 0),
-        out,
-        float(doc.get("seconds") or 0),
-        float(doc.get("tokens_per_s") or 0),
+        f.str("model_path", default=""),
+        f.int("ctx", default=0),
+        tuple(out),
+        f.number("seconds", default=0.0, exclusive_lo=False),
+        f.number("tokens_per_s", default=0.0, exclusive_lo=False),
     )
