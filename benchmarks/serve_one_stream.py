@@ -70,7 +70,7 @@ def start_server(engine) -> tuple[object, int]:
 
 
 def one_round(engine, port: int, tokens: int, rng: random.Random, k: int) -> dict:
-    """The three measurements of one round, in a random order (the VM drifts within a round too)."""
+    """The four measurements of one round, in a random order (the VM drifts within a round too)."""
     from marco_gguf.bench import time_generation
     from marco_gguf.engine import Sampling
 

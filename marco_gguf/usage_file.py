@@ -54,7 +54,8 @@ def _array(t: Fields, key: str, shape: tuple[int, int], whole: bool) -> np.ndarr
     if ok and whole:
         ok = not (a != np.floor(a)).any() and not (a > 2**53).any()  # float64 holds whole numbers exactly to 2**53
     if not ok:
-        raise ExpertsError(f"{t.path}: {t.where}{key} has shape {list(a.shape)}, expected {expected}", HINT)
+        found = f"has shape {list(a.shape)}" if a.shape != shape else "holds a value outside that"
+        raise ExpertsError(f"{t.path}: {t.where}{key} {found}, expected {expected}", HINT)
     return a.astype(np.int64) if whole else a
 
 

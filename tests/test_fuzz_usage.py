@@ -32,26 +32,26 @@ def original(converted, tmp_path_factory) -> dict:
     return json.loads((folder / "usage.json").read_text())
 
 
-def _places(doc, path=()):
+def _places(doc):
     """Every (container, key) in the document, tables included."""
     items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
     for k, v in items:
-        yield doc, k, path + (k,)
-        yield from _places(v, path + (k,))
+        yield doc, k
+        yield from _places(v)
 
 
 def _replace(doc, rng):
-    parent, key, _ = rng.choice(list(_places(doc)))
+    parent, key = rng.choice(list(_places(doc)))
     parent[key] = copy.deepcopy(rng.choice(ODD))
 
 
 def _delete(doc, rng):
-    parent, key, _ = rng.choice(list(_places(doc)))
+    parent, key = rng.choice(list(_places(doc)))
     del parent[key]
 
 
 def _ragged(doc, rng):
-    tables = [(p, k) for p, k, path in _places(doc) if isinstance(p[k], list) and p[k] and isinstance(p[k][0], list)]
+    tables = [(p, k) for p, k in _places(doc) if isinstance(p[k], list) and p[k] and isinstance(p[k][0], list)]
     parent, key = rng.choice(tables)
     row = rng.randrange(len(parent[key]))
     parent[key][row] = parent[key][row][: rng.randrange(len(parent[key][row]))]
@@ -102,3 +102,54 @@ def test_the_undamaged_file_reads_back(original, tmp_path):
     usage = read_usage(path)
     assert (usage.model.layers, usage.model.experts) == (2, 16)
     assert [len(row) for row in choose_experts(usage, 4, "reap")] == [4, 4]
+
+
+def _set(path: tuple, value):
+    def mutate(doc: dict) -> None:
+        *parents, last = path
+        for key in parents:
+            doc = doc[key]
+        doc[last] = value
+
+    return mutate
+
+
+NAMED = [  # (reason, change to a real file, what the one line says)
+    (
+        "a NaN count, which made int() raise ValueError",
+        _set(("texts", 0, "counts", 0, 0), math.nan),
+        "texts[0].counts holds a value outside that",
+    ),
+    (
+        "a count too large for int64, which made numpy raise OverflowError",
+        _set(("texts", 0, "counts", 0, 0), 10**30),
+        "texts[0].counts holds a value outside that",
+    ),
+    ("a fractional count, which was truncated silently", _set(("texts", 0, "counts", 1, 2), 2.5), "whole numbers >= 0"),
+    (
+        "layers as text, which reached the shape check as a str",
+        _set(("model", "layers"), "2"),
+        "model.layers is '2' (a string), expected an integer",
+    ),
+    (
+        "tokens as a list, which made int() raise TypeError",
+        _set(("texts", 0, "tokens"), [1]),
+        "texts[0].tokens is [1] (a list), expected an integer",
+    ),
+    (
+        "a table of strings",
+        _set(("texts", 0, "weight"), "high"),
+        "texts[0].weight is 'high' (a string), expected a table",
+    ),
+]
+
+
+@pytest.mark.parametrize("reason,mutate,fragment", NAMED, ids=[c[0] for c in NAMED])
+def test_named_damage_is_one_line(reason, mutate, fragment, original, tmp_path):
+    doc = copy.deepcopy(original)
+    mutate(doc)
+    path = tmp_path / "usage.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(MarcoGGUFError) as e:
+        read_usage(path)
+    assert fragment in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
