@@ -67,7 +67,7 @@ def save(results: Path, key: str, value: dict) -> None:
 
 def synth(workdir: Path, shape: str, layers: int | None, results: Path) -> Path:
     from marco_gguf import synthesize
-    from marco_gguf.synth import SHAPES
+    from marco_gguf.synth.model import SHAPES
 
     folder = workdir / f"{shape}-{layers or SHAPES[shape]['num_hidden_layers']}L-bf16"
     t = time.perf_counter()
@@ -198,8 +198,8 @@ def machine_facts(workdir: Path) -> dict:
 
 
 def phase_runtime(args: argparse.Namespace) -> None:
-    from marco_gguf.bench import bytes_per_token
-    from marco_gguf.gguf_info import read_info
+    from marco_gguf.gguf_io.info import read_info
+    from marco_gguf.measure.bench import bytes_per_token
 
     data = json.loads(args.results.read_text()) if args.results.exists() else {}
     here = machine_facts(args.workdir)

@@ -49,7 +49,7 @@ HWM = "\nprint(json.dumps({'hwm': next(int(l.split()[1]) * 1024 for l in open('/
 
 def tensor_digest(path: Path) -> str:
     """sha256 over (name, type, bytes) of every tensor in name order: llama-quantize reorders tensors."""
-    from marco_gguf.reader import read_header
+    from marco_gguf.gguf_io.reader import read_header
 
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -65,7 +65,7 @@ def folder_bytes(folder: Path) -> int:
 
 def run(code: str, ckpt: Path, out: Path, threads: int, preset: str = "q4_k_m", keep: bool = False) -> dict:
     """One conversion in a fresh process: wall time, its own peak RSS, peak bytes in out's folder."""
-    from marco_gguf.reader import read_header
+    from marco_gguf.gguf_io.reader import read_header
 
     out.parent.mkdir(parents=True, exist_ok=True)
     peak, stop = [0], threading.Event()

@@ -5,9 +5,9 @@ frequency, with usage measured on the scored kind of text or on another kind.
     python benchmarks/prune_quality.py [--model DIR] [--keep 48,32,16,8] [-c 512] [--chunks 16] [--threads 2]
 
 The tiny model (4 layers, 64 experts, 8 per token) learned Python code and license texts. Usage is measured
-with `marco_gguf.experts.expert_usage` on the first 40 % of its held-out eval.txt (code) and, for the
+with `marco_gguf.experts.usage.expert_usage` on the first 40 % of its held-out eval.txt (code) and, for the
 cross-domain rows, on license texts from /usr/share/common-licenses (text it was trained on, of another kind);
-every pruned file is scored with `marco_gguf.quality.quality` against the unpruned F16 on the last 60 % of
+every pruned file is scored with `marco_gguf.measure.quality.quality` against the unpruned F16 on the last 60 % of
 eval.txt (code no usage run saw). All files are F16: pruning slices the F16 GGUF, so the divergence is the
 pruning's alone. Writes benchmarks/prune_quality.json, prune_quality.md (pasted into BENCHMARKS.md) and
 prune_quality.png.
@@ -24,11 +24,11 @@ from pathlib import Path
 from quality import machine
 
 from marco_gguf import convert
-from marco_gguf.expert_report import build_report
-from marco_gguf.experts import expert_usage
-from marco_gguf.prune import prune
-from marco_gguf.quality import quality
-from marco_gguf.usage_file import write_usage
+from marco_gguf.experts.prune import prune
+from marco_gguf.experts.report import build_report
+from marco_gguf.experts.usage import expert_usage
+from marco_gguf.experts.usage_file import write_usage
+from marco_gguf.measure.quality import quality
 
 HERE = Path(__file__).parent
 LICENSES = ("Apache-2.0", "GPL-3", "LGPL-3", "MPL-2.0", "Artistic", "BSD", "GFDL-1.3")

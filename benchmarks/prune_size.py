@@ -17,13 +17,13 @@ from pathlib import Path
 
 import gguf
 
-from marco_gguf.checkpoint import MarcoConfig
-from marco_gguf.gguf_info import GGUFInfo, TensorInfo
-from marco_gguf.presets import load_preset
-from marco_gguf.qwen3moe import keep_experts, plan_tensors
-from marco_gguf.safetensors_format import TensorRef
-from marco_gguf.synth import SHAPES, tensor_shapes
-from marco_gguf.writer import TensorSpec, pack_value
+from marco_gguf.arch.config import MarcoConfig
+from marco_gguf.arch.qwen3moe import keep_experts, plan_tensors
+from marco_gguf.gguf_io.info import GGUFInfo, TensorInfo
+from marco_gguf.gguf_io.writer import TensorSpec, pack_value
+from marco_gguf.hf.safetensors_format import TensorRef
+from marco_gguf.quant.presets import load_preset
+from marco_gguf.synth.model import SHAPES, tensor_shapes
 
 HERE = Path(__file__).parent
 KEEP = (256, 192, 128, 96)

@@ -6,7 +6,7 @@
 Synthesizes a Mini-shaped BF16 checkpoint with `--layers` layers (the full 28 need 34.5 GB of disk for
 the checkpoint alone) and converts it to Q4_K_M, or takes `--model` (a Q4_K_M GGUF of Mini's shapes,
 `marco-gguf synth mini` then `convert --preset q4_k_m`; left in place), measures expert usage on a slice of the built-in text,
-prunes the GGUF to each N and runs `marco_gguf.bench.bench` (pp512, tg128, `--reps` repetitions after a
+prunes the GGUF to each N and runs `marco_gguf.measure.bench.bench` (pp512, tg128, `--reps` repetitions after a
 warm-up) on every file in one run, so the ratios against the unpruned file are side by side. Speed does
 not depend on the weights' values, only on shapes, types and which experts are routed to. Everything is
 deleted afterwards. Writes benchmarks/prune_speed.json and prints the markdown table.
@@ -26,11 +26,11 @@ from quality import machine
 from serve import read_through
 
 from marco_gguf import convert, synthesize
-from marco_gguf.bench import bench
-from marco_gguf.experts import expert_usage
-from marco_gguf.gguf_info import read_info
-from marco_gguf.imatrix import read_text
-from marco_gguf.prune import prune
+from marco_gguf.experts.prune import prune
+from marco_gguf.experts.usage import expert_usage
+from marco_gguf.gguf_io.info import read_info
+from marco_gguf.measure.bench import bench
+from marco_gguf.quant.imatrix import read_text
 
 HERE = Path(__file__).parent
 KEEP = (256, 192, 128, 96)

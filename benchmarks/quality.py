@@ -8,7 +8,7 @@ Converts the checkpoint to F16 (the reference) and Q8_0, computes ONE importance
 `convert --calibrate` uses; never the eval text), then converts every shipped quantized preset without and
 with it. Presets whose types need an imatrix (iq2_*, iq3_xxs) are refused without one and appear only in
 the imatrix series; Q8_0 ignores an imatrix (llama-quantize too), so it has no imatrix row. Every file is
-measured with `marco_gguf.quality.quality` against F16 on the held-out eval.txt the training script wrote;
+measured with `marco_gguf.measure.quality.quality` against F16 on the held-out eval.txt the training script wrote;
 each imatrix row also records that its file carries quantize.imatrix.* keys (the imatrix was used).
 --workdir keeps the GGUFs and the imatrix, and reuses those already there (to re-measure with other
 --chunks without converting again).
@@ -30,11 +30,11 @@ from pathlib import Path
 import gguf
 
 from marco_gguf import convert
+from marco_gguf.base.errors import ImatrixError
 from marco_gguf.convert import output_path
-from marco_gguf.errors import ImatrixError
-from marco_gguf.imatrix_file import read_imatrix
-from marco_gguf.presets import builtin_presets, load_preset
-from marco_gguf.quality import quality
+from marco_gguf.measure.quality import quality
+from marco_gguf.quant.imatrix_file import read_imatrix
+from marco_gguf.quant.presets import builtin_presets, load_preset
 
 HERE = Path(__file__).parent
 REFERENCE = "f16"

@@ -11,7 +11,7 @@ One process, one GGUF, the same threads and context for every side. Two measurem
      every decode chat made, llama_decode(ctx, llama_batch_get_one([t], 1)) + llama_sampler_sample
      with the same chain. The sides alternate whole replies (the engine decodes ahead of its reader,
      so they cannot alternate token by token).
-   - bench tg vs raw decode: marco_gguf.bench.time_generation on the engine's context (the loop
+   - bench tg vs raw decode: marco_gguf.measure.bench.time_generation on the engine's context (the loop
      behind `marco-gguf bench`'s tg rows, through Engine.exclusive) and the same llama_decode +
      llama_synchronize loop written inline on a plain llama_cpp.Llama, alternating 8-token calls from
      an empty KV cache as llama-bench's test_gen does.
@@ -56,7 +56,7 @@ def build_model(workdir: Path) -> Path:
 def machine() -> str:
     import llama_cpp
 
-    from marco_gguf.machine import physical_cores
+    from marco_gguf.base.machine import physical_cores
 
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines())}
@@ -136,7 +136,7 @@ def bench_vs_raw(direct, llm, tokens: list[int], chunk: int = 8) -> tuple[float,
     alternating `chunk`-token calls: (bench seconds, raw seconds)."""
     import llama_cpp as lib
 
-    from marco_gguf.bench import time_generation
+    from marco_gguf.measure.bench import time_generation
 
     def raw(part: list[int]) -> float:
         lib.llama_memory_clear(lib.llama_get_memory(llm.ctx), False)
@@ -155,8 +155,8 @@ def prompt_vs_raw(direct, llm, tokens: list[int], bench_first: bool) -> tuple[fl
     """time_prompt (bench's pp loop) on the engine's context and on a plain llama_cpp.Llama's, one after the
     other: (bench seconds, raw seconds). The contexts differ in their flash-attention setting (the engine
     leaves llama.cpp's automatic choice, llama_cpp.Llama turns it off) and in the engine's unified KV cache."""
-    from marco_gguf.bench import time_prompt
-    from marco_gguf.engine import Direct
+    from marco_gguf.llama.engine import Direct
+    from marco_gguf.measure.bench import time_prompt
 
     plain = Direct(llm.ctx, llm.n_batch, llm.n_vocab())
     if bench_first:
@@ -183,10 +183,10 @@ def c_work_stubbed():
 
 def python_layer(model: Path, ctx: int) -> dict[str, float]:
     """Microseconds of Python per token (chat, bench, raw loops, C work stubbed) and per send()."""
-    from marco_gguf.bench import time_generation
-    from marco_gguf.engine import Direct
-    from marco_gguf.loader import load_model
-    from marco_gguf.runtime import ChatSession
+    from marco_gguf.llama.engine import Direct
+    from marco_gguf.llama.loader import load_model
+    from marco_gguf.llama.session import ChatSession
+    from marco_gguf.measure.bench import time_generation
 
     out: dict[str, list[float]] = {
         "chat": [],
@@ -242,13 +242,13 @@ def main() -> None:
 
     import llama_cpp as lib
 
-    from marco_gguf.bench import bytes_per_token
-    from marco_gguf.engine import Engine
-    from marco_gguf.gguf_info import read_info
-    from marco_gguf.loader import load_model
-    from marco_gguf.machine import amx_kernels_built
-    from marco_gguf.runtime import ChatSession
-    from marco_gguf.sampler import sampler_chain
+    from marco_gguf.base.machine import amx_kernels_built
+    from marco_gguf.gguf_io.info import read_info
+    from marco_gguf.llama.engine import Engine
+    from marco_gguf.llama.loader import load_model
+    from marco_gguf.llama.sampler import sampler_chain
+    from marco_gguf.llama.session import ChatSession
+    from marco_gguf.measure.bench import bytes_per_token
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.model or build_model(args.workdir)
@@ -298,7 +298,7 @@ def main() -> None:
         f"- model: `{model.name}` (random weights, Marco-Nano widths, {info.hparams.get('block_count')} layers), "
         f"{info.file_size / 2**30:.2f} GiB, {info.bits_per_weight:.2f} bits/weight, "
         f"{bytes_per_token(info) / 2**20:.0f} MiB of weights read per generated token",
-        f"- llama.cpp: {'built with its AMX kernels, so weights stay in plain CPU buffers (marco_gguf.loader)' if amx_kernels_built() else 'default weight buffers'}",
+        f"- llama.cpp: {'built with its AMX kernels, so weights stay in plain CPU buffers (marco_gguf.llama.loader)' if amx_kernels_built() else 'default weight buffers'}",
         f"- settings: --ctx {args.ctx}, chat's default sampling (temp 0.7, top-k 20, top-p 0.8), seed {args.seed}, "
         f"{args.tokens}-token replies",
         f"- load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, after "

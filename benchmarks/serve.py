@@ -14,7 +14,7 @@ The same GGUF, threads and context for both, one server at a time in this one ru
 llama_cpp.server runs with `--interrupt_requests False` (its default cuts off a running stream when
 a new request arrives) and serializes requests; on a CPU with AMX it loads the weights in plain CPU
 buffers as marco-gguf does there (llama.cpp's AMX kernels crash it otherwise); marco-gguf with `--parallel 4` (its default). A
-reference for one stream: `marco_gguf.bench.bench` tg (the `marco-gguf bench` loop) on the same file,
+reference for one stream: `marco_gguf.measure.bench.bench` tg (the `marco-gguf bench` loop) on the same file,
 after the file was read once into the page cache (it must fit in RAM beside the server).
 
     pip install 'llama-cpp-python[server]'      # the other side (fastapi, sse-starlette, ...)
@@ -58,8 +58,8 @@ WORDS = [
 
 RUN_LLAMA_CPP_SERVER = """
 import contextlib, runpy, sys
-from marco_gguf.loader import _without_extra_buffers
-from marco_gguf.machine import amx_kernels_built
+from marco_gguf.llama.loader import _without_extra_buffers
+from marco_gguf.base.machine import amx_kernels_built
 with _without_extra_buffers() if amx_kernels_built() else contextlib.nullcontext():
     sys.argv = ["llama_cpp.server", *sys.argv[1:]]
     runpy.run_module("llama_cpp.server", run_name="__main__")
@@ -267,7 +267,7 @@ def main() -> None:
     if args.report:
         print(report(json.loads(args.results.read_text())))
         return
-    from marco_gguf.bench import bench
+    from marco_gguf.measure.bench import bench
 
     data = {
         "machine": machine(),

@@ -6,7 +6,7 @@ same file decodes anywhere from 23 to 41 tokens/s from one load to the next, so 
 server and a separate `bench` run cannot be checked there. Here one Engine (the object `serve` runs,
 ctx 4096, 4 slots) is loaded once and each round times, back to back on it:
 
-- tg: `bench`'s generation loop (marco_gguf.bench.time_generation: one llama_decode per random token,
+- tg: `bench`'s generation loop (marco_gguf.measure.bench.time_generation: one llama_decode per random token,
   no sampling) on the engine's context, lent out with Engine.exclusive as `bench` lends it, from an
   empty KV cache as `bench` runs it;
 - tg_at_depth: the same loop after a prompt as long as the replies' (~100 tokens, evaluated untimed:
@@ -71,8 +71,8 @@ def start_server(engine) -> tuple[object, int]:
 
 def one_round(engine, port: int, tokens: int, rng: random.Random, k: int) -> dict:
     """The four measurements of one round, in a random order (the VM drifts within a round too)."""
-    from marco_gguf.bench import time_generation
-    from marco_gguf.engine import Sampling
+    from marco_gguf.llama.engine import Sampling
+    from marco_gguf.measure.bench import time_generation
 
     def tg(after: list[int]) -> float:
         with engine.exclusive() as direct:
@@ -161,7 +161,7 @@ def main() -> None:
     if args.report:
         print(report(json.loads(args.results.read_text())))
         return
-    from marco_gguf.engine import Engine
+    from marco_gguf.llama.engine import Engine
 
     read_through(args.model)
     engine = Engine(args.model, ctx=4096, parallel=4, threads=args.threads)

@@ -9,7 +9,7 @@ benchmarks/quality.py needs a model that has learned something. This trains tran
   Every quantized matrix has rows of 256 or 512 (hidden 256 for q/k/v/gate/up/embeddings,
   moe_intermediate 256 for ffn_down, 4 x 128 for attn_output), so each K-quant preset applies its
   own types, without the row-size fallbacks a 384-wide Nano row would take.
-- The real Qwen3 vocabulary (151,936 rows), rebuilt offline by marco_gguf.qwen_vocab.
+- The real Qwen3 vocabulary (151,936 rows), rebuilt offline by marco_gguf.synth.qwen_vocab.
 - Text on this machine: the standard library sources of the system Python (/usr/lib/python3.11,
   code and docstrings, tests excluded) and the license texts in /usr/share/common-licenses. Files
   are split by a hash of their path: about 1 in 16 stdlib files is held out as the evaluation
@@ -44,7 +44,7 @@ from tokenizers import Tokenizer
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
-from marco_gguf.qwen_vocab import write_tokenizer_files
+from marco_gguf.synth.qwen_vocab import write_tokenizer_files
 
 STDLIB = Path("/usr/lib/python3.11")
 LICENSES = Path("/usr/share/common-licenses")

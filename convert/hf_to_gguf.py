@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout without installing
 
 from marco_gguf import convert
-from marco_gguf.errors import MarcoGGUFError
+from marco_gguf.base.errors import MarcoGGUFError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,18 +2,18 @@
 
 Public API: `convert()` and its `ConvertResult`, `synthesize()`, `demo()`, `load_preset()`, `ChatSession`, `serve()`,
 `expert_usage()` (which experts texts use) and `prune()` (keep the N best), and the typed errors in
-`marco_gguf.errors`; `marco_gguf.bench.bench()` is the benchmark.
+`marco_gguf.base.errors`; `marco_gguf.measure.bench.bench()` is the benchmark.
 """
 
-from .convert import ConvertResult, convert
-from .demo import DemoResult, demo
-from .experts import ExpertUsage, expert_usage
-from .presets import Preset, builtin_presets, load_preset
-from .prune import PruneResult, prune
-from .runtime import ChatSession
-from .server import serve
-from .synth import SynthResult, synthesize
-from .version import __version__
+from marco_gguf.convert import ConvertResult, convert
+from marco_gguf.demo import DemoResult, demo
+from marco_gguf.experts.prune import PruneResult, prune
+from marco_gguf.experts.usage import ExpertUsage, expert_usage
+from marco_gguf.llama.session import ChatSession
+from marco_gguf.quant.presets import Preset, builtin_presets, load_preset
+from marco_gguf.server import serve
+from marco_gguf.synth.model import SynthResult, synthesize
+from marco_gguf.version import __version__
 
 __all__ = [
     "ChatSession",

@@ -1,5 +1,5 @@
 """`python -m marco_gguf` = the `marco-gguf` command."""
 
-from .cli.app import main
+from marco_gguf.cli.app import main
 
 main()

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .convert import ConvertResult, convert
-from .errors import OutputError
-from .files import make_folders, remove_folders
-from .imatrix import ImatrixResult, compute_imatrix
-from .progress import Progress
+from marco_gguf.base.errors import OutputError
+from marco_gguf.base.files import make_folders, remove_folders
+from marco_gguf.base.progress import Progress
+from marco_gguf.convert import ConvertResult, convert
+from marco_gguf.quant.imatrix import ImatrixResult, compute_imatrix
 
 CALIBRATION_PRESET = "q8_0"  # what publishers compute imatrices on: near-lossless, half the size of F16
 

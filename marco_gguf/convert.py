@@ -19,22 +19,22 @@ from typing import Any
 import numpy as np
 from gguf import MODEL_TENSOR as T
 
-from .checkpoint import Checkpoint
-from .errors import OutputError
-from .hub import resolve_source
-from .importance import (
+from marco_gguf.arch.qwen3moe import LM_HEAD, PlannedTensor, keep_experts, lm_head_is_tied, plan_tensors
+from marco_gguf.base.errors import OutputError
+from marco_gguf.base.progress import Progress, ProgressEvent
+from marco_gguf.gguf_io.metadata import build_metadata, count_parameters
+from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec
+from marco_gguf.hf.checkpoint import Checkpoint
+from marco_gguf.hf.hub import resolve_source
+from marco_gguf.llama.ggml import prepare, quantize_rows
+from marco_gguf.quant.importance import (
     Importance,
     add_imatrix_keys,
     check_required,
     experts_of,
     load_importance,
 )
-from .metadata import build_metadata, count_parameters
-from .presets import Preset, load_preset, parse_overrides
-from .progress import Progress, ProgressEvent
-from .quantize import prepare, quantize_rows
-from .qwen3moe import LM_HEAD, PlannedTensor, keep_experts, lm_head_is_tied, plan_tensors
-from .writer import GGUFStreamWriter, TensorSpec
+from marco_gguf.quant.presets import Preset, load_preset, parse_overrides
 
 BLOCK_BYTES = 8 << 20  # float32 bytes per work block: large enough to amortise calls, small for memory
 

@@ -11,9 +11,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .convert import ConvertResult, convert
-from .runtime import ChatSession, GenerationStats
-from .synth import SynthResult, synthesize
+from marco_gguf.convert import ConvertResult, convert
+from marco_gguf.llama.session import ChatSession, GenerationStats
+from marco_gguf.synth.model import SynthResult, synthesize
 
 DEMO_QUESTION = "What is a mixture of experts?"
 

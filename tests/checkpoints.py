@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-from marco_gguf.qwen_vocab import VocabInfo, write_tokenizer_files
+from marco_gguf.synth.qwen_vocab import VocabInfo, write_tokenizer_files
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from marco_gguf import convert
-from marco_gguf.errors import MarcoGGUFError
-from marco_gguf.reader import read_header
+from marco_gguf.base.errors import MarcoGGUFError
+from marco_gguf.gguf_io.reader import read_header
 
 FAMILIES = ("st-length", "st-bytes", "st-json", "st-size", "config", "index", "tokenizer", "tokenizer-config")
 OUTCOMES = ("refused", "harmless", "crash", "wrong", "leftover")

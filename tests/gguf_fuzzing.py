@@ -29,9 +29,9 @@ from typing import Any
 import gguf
 from gguf import GGUFValueType as V
 
-from marco_gguf.errors import GGUFFileError
-from marco_gguf.loader import check_model
-from marco_gguf.reader import FORMATS, Header, read_header
+from marco_gguf.base.errors import GGUFFileError
+from marco_gguf.gguf_io.reader import FORMATS, Header, read_header
+from marco_gguf.llama.loader import check_model
 
 FAMILIES = ("bytes", "truncate", "kv-value", "kv-type", "kv-set", "tensor-info", "tokens")
 OUTCOMES = ("refused", "loaded", "llama-refused", "crash")
@@ -250,8 +250,8 @@ def damage(rng: random.Random, good: bytes, doc_path: Path, family: str) -> tupl
 
 CHILD = textwrap.dedent("""
     import sys
-    from marco_gguf.errors import MarcoGGUFError
-    from marco_gguf.loader import load_model
+    from marco_gguf.base.errors import MarcoGGUFError
+    from marco_gguf.llama.loader import load_model
     for line in sys.stdin:
         try:
             llm = load_model(line.strip(), n_ctx=64, threads=1)

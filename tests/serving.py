@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from marco_gguf.engine import Engine
+from marco_gguf.llama.engine import Engine
 from marco_gguf.server import ServerState, create_app
 
 TIMEOUT_S = 60

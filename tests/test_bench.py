@@ -14,9 +14,9 @@ import pytest
 from checkpoints import Spec
 from gguf import GGML_QUANT_SIZES, GGUFReader
 
-import marco_gguf.bench as bench_module
-from marco_gguf.bench import _timed_parallel, bench, bytes_per_token, memory_bandwidth
-from marco_gguf.gguf_info import read_info
+import marco_gguf.measure.bench as bench_module
+from marco_gguf.gguf_io.info import read_info
+from marco_gguf.measure.bench import _timed_parallel, bench, bytes_per_token, memory_bandwidth
 
 CLI = [sys.executable, "-m", "marco_gguf"]
 
@@ -79,7 +79,7 @@ def test_time_generation_runs_after_its_depth(reason, depth, n, converted):
     """The timed tokens land right after the untimed ones: the cache ends at depth + n positions."""
     import llama_cpp as lib
 
-    from marco_gguf.engine import Engine
+    from marco_gguf.llama.engine import Engine
 
     engine = Engine(converted(Spec(), "q8_0").path, ctx=64, parallel=1, threads=1, batch=16)
     with engine, engine.exclusive() as direct:

@@ -13,7 +13,7 @@ from gguf import GGUFReader, LlamaFileType
 from model_files import card, variant
 
 from marco_gguf import convert, load_preset
-from marco_gguf.errors import ExportError
+from marco_gguf.base.errors import ExportError
 from marco_gguf.export import write_card
 
 SOURCE = "AIDC-AI/Marco-Mini-Instruct"

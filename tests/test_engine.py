@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from checkpoints import Spec
 
-from marco_gguf.engine import Engine, Sampling
-from marco_gguf.errors import RequestError, ServerBusyError
+from marco_gguf.base.errors import RequestError, ServerBusyError
+from marco_gguf.llama.engine import Engine, Sampling
 
 GREEDY = Sampling(temperature=0.0)
 PROMPTS = ["Hello there, how are", "The capital of France", "def fib(n):", "1, 2, 3, 4,"]

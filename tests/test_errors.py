@@ -10,7 +10,7 @@ import pytest
 from checkpoints import Spec
 
 from marco_gguf import convert
-from marco_gguf.errors import (
+from marco_gguf.base.errors import (
     CheckpointError,
     OutputError,
     PresetError,
@@ -200,7 +200,7 @@ def test_missing_output_folders_are_created(reason, where, made, checkpoint, tmp
 
 
 def test_failed_conversion_removes_the_folders_it_made(checkpoint, tmp_path, monkeypatch):
-    import marco_gguf.writer as writer
+    import marco_gguf.gguf_io.writer as writer
 
     monkeypatch.setattr(writer.GGUFStreamWriter, "commit", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
@@ -215,7 +215,7 @@ def test_output_folder_that_is_a_file(checkpoint, tmp_path):
 
 
 def test_not_enough_disk_space_refused_before_writing(checkpoint, tmp_path, monkeypatch):
-    import marco_gguf.writer as writer
+    import marco_gguf.gguf_io.writer as writer
 
     monkeypatch.setattr(writer.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(OutputError, match=r"not enough disk space \([\d,]+ bytes needed, 1,000 free\)"):
@@ -243,7 +243,7 @@ class FillingDisk:
 
 
 def test_disk_full_while_writing_leaves_nothing(checkpoint, tmp_path, monkeypatch):
-    import marco_gguf.writer as writer
+    import marco_gguf.gguf_io.writer as writer
 
     real_fdopen = writer.os.fdopen
     monkeypatch.setattr(writer.os, "fdopen", lambda fd, *a, **k: FillingDisk(real_fdopen(fd, *a, **k), 300_000))

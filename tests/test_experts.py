@@ -15,12 +15,12 @@ from checkpoints import Spec
 from test_imatrix import relative_error
 from typer.testing import CliRunner
 
+from marco_gguf.base.errors import ExpertsError, GGUFFileError
 from marco_gguf.cli.app import app
-from marco_gguf.errors import ExpertsError, GGUFFileError
-from marco_gguf.expert_report import build_report, entropy_bits, experts_for_mass, jaccard
-from marco_gguf.experts import expert_usage
-from marco_gguf.imatrix import read_text
-from marco_gguf.usage_file import read_usage
+from marco_gguf.experts.report import build_report, entropy_bits, experts_for_mass, jaccard
+from marco_gguf.experts.usage import expert_usage
+from marco_gguf.experts.usage_file import read_usage
+from marco_gguf.quant.imatrix import read_text
 
 MODEL = Spec(dtype="f32")  # 2 layers, 16 experts, top-4
 DEEP = Spec(dtype="f32", layers=3, experts=8, top_k=2, seed=2)
@@ -40,7 +40,7 @@ def texts(tmp_path_factory):
 
 def llamacpp_router_logits(model, chunks, n_layers):
     """Per layer, llama.cpp's own router logits (`ffn_moe_logits-L`, F32 [E, tokens]) over the same chunks."""
-    from marco_gguf.observer import GraphObserver, ObservedModel, layer_of
+    from marco_gguf.llama.observer import GraphObserver, ObservedModel, layer_of
 
     seen = [[] for _ in range(n_layers)]
 

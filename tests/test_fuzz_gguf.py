@@ -11,9 +11,9 @@ from gguf import GGUFValueType as V
 from gguf_fuzzing import FAMILIES, Doc, Loader, damage, encode, run_case
 from typer.testing import CliRunner
 
+from marco_gguf.base.errors import GGUFFileError
 from marco_gguf.cli.app import app
-from marco_gguf.errors import GGUFFileError
-from marco_gguf.gguf_info import read_info
+from marco_gguf.gguf_io.info import read_info
 
 CASES_PER_FAMILY = 60  # 420 cases, about 15 s; benchmarks/fuzz_campaign.py gguf runs thousands
 

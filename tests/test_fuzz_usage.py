@@ -11,11 +11,11 @@ import random
 import pytest
 from checkpoints import Spec
 
-from marco_gguf.errors import MarcoGGUFError
-from marco_gguf.experts import expert_usage
-from marco_gguf.imatrix import read_text
-from marco_gguf.prune import choose_experts
-from marco_gguf.usage_file import read_usage
+from marco_gguf.base.errors import MarcoGGUFError
+from marco_gguf.experts.prune import choose_experts
+from marco_gguf.experts.usage import expert_usage
+from marco_gguf.experts.usage_file import read_usage
+from marco_gguf.quant.imatrix import read_text
 
 MODEL = Spec(dtype="f32")  # 2 layers, 16 experts, top-4
 CASES = 240

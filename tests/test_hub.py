@@ -14,8 +14,8 @@ from gguf import GGUFReader
 from model_files import add_to_hub_cache, card, variant
 
 from marco_gguf import __version__, convert
-from marco_gguf.errors import HubError
-from marco_gguf.hub import ALLOW_PATTERNS, is_hub_id
+from marco_gguf.base.errors import HubError
+from marco_gguf.hf.hub import ALLOW_PATTERNS, is_hub_id
 
 REPO = "AIDC-AI/Marco-Test-Instruct"
 URL = f"https://huggingface.co/{REPO}"

@@ -15,8 +15,8 @@ import pytest
 import reftools
 from checkpoints import Spec
 
-from marco_gguf.imatrix import compute_imatrix, read_text
-from marco_gguf.imatrix_file import read_imatrix, write_imatrix
+from marco_gguf.quant.imatrix import compute_imatrix, read_text
+from marco_gguf.quant.imatrix_file import read_imatrix, write_imatrix
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_round_trip_through_our_writer(converted, calib_text, tmp_path):
 
 
 def tokens_of(model: Path, text: str) -> list[int]:
-    from marco_gguf.loader import load_model
+    from marco_gguf.llama.loader import load_model
 
     llm = load_model(model, vocab_only=True)
     try:

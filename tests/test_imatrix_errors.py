@@ -19,11 +19,11 @@ from checkpoints import Spec
 from typer.testing import CliRunner
 
 from marco_gguf import convert
+from marco_gguf.base.errors import GGUFFileError, ImatrixError
 from marco_gguf.calibrate import calibrate_convert
 from marco_gguf.cli.app import app
-from marco_gguf.errors import GGUFFileError, ImatrixError
-from marco_gguf.imatrix import compute_imatrix, read_text
-from marco_gguf.imatrix_file import Entry, read_imatrix, write_imatrix
+from marco_gguf.quant.imatrix import compute_imatrix, read_text
+from marco_gguf.quant.imatrix_file import Entry, read_imatrix, write_imatrix
 
 SPEC = Spec(dtype="f32")
 CTX = 64
@@ -378,7 +378,7 @@ def test_sigint_inside_llama_cpp_is_raised_after_it_returns():
     """Python raises KeyboardInterrupt at the first bytecode after the signal; when that is the eval callback's entry
     (the signal came while llama.cpp computed), ctypes drops it and the run goes on. deferred_sigint turns it into a
     flag the callback obeys (stop at the next node) and raises once the C call is over."""
-    from marco_gguf.observer import GraphObserver, deferred_sigint
+    from marco_gguf.llama.observer import GraphObserver, deferred_sigint
 
     obs = GraphObserver(lambda t: True, lambda t: None)
     # Python's own handler, as in a program started from a shell (a background job's parent may have SIGINT ignored)

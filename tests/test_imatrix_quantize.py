@@ -47,7 +47,7 @@ IMATRIX_KEYS = (
 @pytest.fixture(scope="session")
 def reference_imatrix(converted, llama_tool, tmp_path_factory):
     """imatrix(spec) -> llama-imatrix's file for the spec's F32 GGUF (built-in text, 8 chunks of 128)."""
-    from marco_gguf.imatrix import read_text
+    from marco_gguf.quant.imatrix import read_text
 
     made = {}
 

@@ -11,11 +11,11 @@ import sys
 import pytest
 from checkpoints import Spec
 
-from marco_gguf.bench import bytes_per_token as bench_bytes_per_token
-from marco_gguf.errors import GGUFFileError
-from marco_gguf.gguf_info import read_info
-from marco_gguf.reader import read_header
-from marco_gguf.verify import verify
+from marco_gguf.base.errors import GGUFFileError
+from marco_gguf.gguf_io.info import read_info
+from marco_gguf.gguf_io.reader import read_header
+from marco_gguf.measure.bench import bytes_per_token as bench_bytes_per_token
+from marco_gguf.measure.verify import verify
 
 NANO_LIKE = Spec(layers=8, experts=16, expert_ff=384, shard_size="20MB")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from checkpoints import Spec
 
-from marco_gguf.errors import ExportError
+from marco_gguf.base.errors import ExportError
 from marco_gguf.export import export_lmstudio, lmstudio_home, models_dir
 
 

@@ -18,10 +18,10 @@ from checkpoints import Spec
 from model_files import card, variant
 
 from marco_gguf import __version__, convert
-from marco_gguf.errors import ExportError, GGUFFileError
+from marco_gguf.base.errors import ExportError, GGUFFileError
 from marco_gguf.export import export_ollama, go_template_for
 from marco_gguf.export.templates import GO_CHATML, GO_QWEN3_CHATML_TOOLS, QWEN3_CHATML
-from marco_gguf.reader import read_header
+from marco_gguf.gguf_io.reader import read_header
 
 GO_HARNESS = Path(__file__).parent / "go" / "render.go"
 QWEN3 = Spec(vocab="qwen3")

@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 from tokenizer_texts import TEXTS
 
-from marco_gguf.loader import load_model
+from marco_gguf.llama.loader import load_model
 
 N_TOKENS = 64
 MAX_REL_ERR = 2e-3  # the bound; measured errors are ~1e-6 (F32 weights, F32 KV cache)

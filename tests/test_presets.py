@@ -6,8 +6,8 @@ import pytest
 from gguf import MODEL_TENSOR as T
 from gguf import GGMLQuantizationType as Q
 
-from marco_gguf.presets import builtin_presets, load_preset, parse_overrides
-from marco_gguf.qwen3moe import Piece, PlannedTensor, gguf_name
+from marco_gguf.arch.qwen3moe import Piece, PlannedTensor, gguf_name
+from marco_gguf.quant.presets import builtin_presets, load_preset, parse_overrides
 
 MINI = dict(n_layers=28, hidden=1024, ff=768, experts=256)
 NANO = dict(n_layers=28, hidden=1024, ff=384, experts=232)

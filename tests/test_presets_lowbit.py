@@ -9,7 +9,7 @@ from gguf import MODEL_TENSOR as T
 from gguf import GGMLQuantizationType as Q
 from test_presets import MINI, NANO, tensor
 
-from marco_gguf.presets import load_preset
+from marco_gguf.quant.presets import load_preset
 
 CASES = [  # (reason, preset, model, kind, layer, imatrix, expected)
     ("Q2_K default", "q2_k", MINI, T.ATTN_Q, 5, False, Q.Q2_K),

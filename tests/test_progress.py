@@ -7,12 +7,12 @@ from checkpoints import Spec
 from rich.console import Console
 
 from marco_gguf import convert, synthesize
-from marco_gguf.bench import bench
+from marco_gguf.base.progress import UNITS, ProgressEvent
 from marco_gguf.cli import ui
-from marco_gguf.imatrix import compute_imatrix, read_text
-from marco_gguf.progress import UNITS, ProgressEvent
-from marco_gguf.quality import quality
-from marco_gguf.verify import verify
+from marco_gguf.measure.bench import bench
+from marco_gguf.measure.quality import quality
+from marco_gguf.measure.verify import verify
+from marco_gguf.quant.imatrix import compute_imatrix, read_text
 
 SPEC = Spec(dtype="f32")
 

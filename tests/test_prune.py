@@ -16,12 +16,12 @@ from gguf import GGUFReader
 from test_parity import MAX_REL_ERR, N_TOKENS, gguf_logits
 from typer.testing import CliRunner
 
+from marco_gguf.base.errors import PruneError
 from marco_gguf.cli.app import app
-from marco_gguf.errors import PruneError
-from marco_gguf.experts import expert_usage
-from marco_gguf.imatrix import compute_imatrix, read_text
-from marco_gguf.imatrix_file import read_imatrix
-from marco_gguf.prune import choose_experts, prune
+from marco_gguf.experts.prune import choose_experts, prune
+from marco_gguf.experts.usage import expert_usage
+from marco_gguf.quant.imatrix import compute_imatrix, read_text
+from marco_gguf.quant.imatrix_file import read_imatrix
 
 MODEL = Spec(dtype="f32")  # 2 layers, 16 experts, top-4
 OTHER = Spec(dtype="f32", seed=5)  # same shapes, other weights
@@ -182,7 +182,7 @@ def test_hf_format_is_the_pruned_model(reason, spec, key, checkpoint, usage, tmp
 
 def test_pruned_file_loads_and_exports_to_ollama(converted, usage, llama_tool, tmp_path):
     from marco_gguf.export import export_ollama
-    from marco_gguf.loader import load_model
+    from marco_gguf.llama.loader import load_model
 
     r = prune(converted(MODEL, "q8_0").path, keep=4, usage=usage(MODEL), outfile=tmp_path / "Marco-Pruned4-Q8_0.gguf")
     # `ollama create` (0.30+, copyLayerWithLlamaQuantize) checks every model GGUF by running this very command
@@ -287,8 +287,8 @@ def test_cli_json_and_error_line(converted, usage, tmp_path):
 
 def test_one_identity_across_presets_and_the_checkpoint(checkpoint, converted):
     """A usage measured on any preset applies to every other preset and to the checkpoint; another model's does not."""
-    from marco_gguf.identity import gguf_identity
-    from marco_gguf.prune import _source_identity
+    from marco_gguf.experts.identity import gguf_identity
+    from marco_gguf.experts.prune import _source_identity
 
     def same(i):
         return (i.architecture, i.layers, i.experts, i.experts_per_token, i.shapes_sha256, i.router_sha256)

@@ -14,9 +14,9 @@ import reftools
 from checkpoints import Spec
 from tokenizer_texts import TEXTS
 
-from marco_gguf.errors import ExportError, GGUFFileError, QualityError
+from marco_gguf.base.errors import ExportError, GGUFFileError, QualityError
 from marco_gguf.export import write_card
-from marco_gguf.quality import load_report, quality
+from marco_gguf.measure.quality import load_report, quality
 
 SPEC = Spec()  # small vocabulary, rows of 256: every K-quant rule applies
 N_CTX, CHUNKS = 128, 4  # 4 x 63 = 252 scored tokens: llama-perplexity prints statistics from 100

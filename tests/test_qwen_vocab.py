@@ -1,4 +1,4 @@
-"""Tests for marco_gguf.qwen_vocab: the rebuilt Qwen3 vocabulary against tiktoken, file shapes,
+"""Tests for marco_gguf.synth.qwen_vocab: the rebuilt Qwen3 vocabulary against tiktoken, file shapes,
 the chat template, the small fallback vocabulary and the build cache."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from marco_gguf import qwen_vocab as qv
+from marco_gguf.synth import qwen_vocab as qv
 
 try:
     from tests.tokenizer_texts import CHAT_TEXTS, MARCO_LANGUAGES, TEXTS

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from checkpoints import Spec
 
-from marco_gguf.chat_template import ChatTemplate
-from marco_gguf.errors import ChatError, GGUFFileError, InsufficientMemoryError
-from marco_gguf.loader import check_model
-from marco_gguf.qwen_vocab import CHATML_TEMPLATE
-from marco_gguf.runtime import ChatSession
+from marco_gguf.arch.chat_template import ChatTemplate
+from marco_gguf.base.errors import ChatError, GGUFFileError, InsufficientMemoryError
+from marco_gguf.llama.loader import check_model
+from marco_gguf.llama.session import ChatSession
+from marco_gguf.synth.qwen_vocab import CHATML_TEMPLATE
 
 NFD = lambda s: unicodedata.normalize("NFD", s)  # noqa: E731
 
@@ -272,7 +272,7 @@ def test_amx_guard_turns_extra_buffers_off_and_restores_llama_cpp():
     """llama.cpp's AMX kernels crash in this version: with them built, load_model keeps weights in plain buffers."""
     import llama_cpp.llama_cpp as c
 
-    from marco_gguf.loader import _without_extra_buffers
+    from marco_gguf.llama.loader import _without_extra_buffers
 
     before = c.llama_model_default_params
     with _without_extra_buffers():

@@ -13,7 +13,7 @@ import pytest
 from checkpoints import Spec
 from serving import LiveServer, live, open_stream, request, sse_events
 
-from marco_gguf.engine import Engine, Sampling
+from marco_gguf.llama.engine import Engine, Sampling
 from marco_gguf.server import ServerState
 
 GREEDY = Sampling(temperature=0.0)

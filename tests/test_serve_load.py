@@ -21,7 +21,7 @@ import pytest
 from checkpoints import Spec
 from serving import live, open_stream, request, sse_events, wait_idle
 
-from marco_gguf.engine import Engine
+from marco_gguf.llama.engine import Engine
 
 VALID = {"model": "m", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}
 LIMIT = 65536  # the fault server's body limit (bytes)

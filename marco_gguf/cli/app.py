@@ -7,23 +7,23 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import __version__
-from .. import convert as lib_convert
-from .. import demo as lib_demo
-from ..calibrate import calibrate_convert
-from ..presets import builtin_presets
-from . import bench as bench_cmd
-from . import card as card_cmd
-from . import chat as chat_cmd
-from . import experts as experts_cmd
-from . import export as export_cmd
-from . import imatrix as imatrix_cmd
-from . import inspect as inspect_cmd
-from . import prune as prune_cmd
-from . import quality as quality_cmd
-from . import serve as serve_cmd
-from . import synth as synth_cmd
-from . import ui
+from marco_gguf import __version__
+from marco_gguf import convert as lib_convert
+from marco_gguf import demo as lib_demo
+from marco_gguf.calibrate import calibrate_convert
+from marco_gguf.cli import bench as bench_cmd
+from marco_gguf.cli import card as card_cmd
+from marco_gguf.cli import chat as chat_cmd
+from marco_gguf.cli import experts as experts_cmd
+from marco_gguf.cli import export as export_cmd
+from marco_gguf.cli import imatrix as imatrix_cmd
+from marco_gguf.cli import inspect as inspect_cmd
+from marco_gguf.cli import prune as prune_cmd
+from marco_gguf.cli import quality as quality_cmd
+from marco_gguf.cli import serve as serve_cmd
+from marco_gguf.cli import synth as synth_cmd
+from marco_gguf.cli import ui
+from marco_gguf.quant.presets import builtin_presets
 
 app = typer.Typer(
     name="marco-gguf",

@@ -1,4 +1,4 @@
-"""`bench`: llama-bench style pp/tg speeds with the memory roofline, over `marco_gguf.bench.bench`."""
+"""`bench`: llama-bench style pp/tg speeds with the memory roofline, over `marco_gguf.measure.bench.bench`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..bench import bench as lib_bench
-from . import ui
+from marco_gguf.cli import ui
+from marco_gguf.measure.bench import bench as lib_bench
 
 D = {name: p.default for name, p in inspect.signature(lib_bench).parameters.items()}
 

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..export import write_card
-from ..export.card import human_size
-from . import ui
+from marco_gguf.cli import ui
+from marco_gguf.export import write_card
+from marco_gguf.export.card import human_size
 
 
 def card(

@@ -1,4 +1,4 @@
-"""`chat`: a REPL (or one question with -p) over `marco_gguf.runtime.ChatSession`.
+"""`chat`: a REPL (or one question with -p) over `marco_gguf.llama.session.ChatSession`.
 
 The loop is plain control flow: read a message (a trailing \\ or a \"\"\" block continues it), run a
 slash command or stream the reply, print the measured figures. Replies go to stdout as they are
@@ -18,10 +18,10 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from ..errors import ChatError, MarcoGGUFError
-from ..runtime import ChatSession, GenerationStats, Reply
-from . import ui
-from .sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP
+from marco_gguf.base.errors import ChatError, MarcoGGUFError
+from marco_gguf.cli import ui
+from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP
+from marco_gguf.llama.session import ChatSession, GenerationStats, Reply
 
 D = {name: p.default for name, p in inspect.signature(ChatSession).parameters.items()}  # one source of defaults
 HELP = """\

@@ -1,4 +1,4 @@
-"""`experts`: which experts each text uses, over `marco_gguf.experts.expert_usage`."""
+"""`experts`: which experts each text uses, over `marco_gguf.experts.usage.expert_usage`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..expert_report import build_report
-from ..experts import expert_usage
-from . import ui
+from marco_gguf.cli import ui
+from marco_gguf.experts.report import build_report
+from marco_gguf.experts.usage import expert_usage
 
 
 def experts(

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..export import export_lmstudio, export_ollama
-from ..export.lmstudio import DEFAULT_PUBLISHER
-from . import ui
+from marco_gguf.cli import ui
+from marco_gguf.export import export_lmstudio, export_ollama
+from marco_gguf.export.lmstudio import DEFAULT_PUBLISHER
 
 app = typer.Typer(
     name="export",

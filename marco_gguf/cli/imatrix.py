@@ -1,4 +1,4 @@
-"""`imatrix`: an importance matrix for a GGUF, over `marco_gguf.imatrix.compute_imatrix`."""
+"""`imatrix`: an importance matrix for a GGUF, over `marco_gguf.quant.imatrix.compute_imatrix`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..imatrix import compute_imatrix
-from . import ui
+from marco_gguf.cli import ui
+from marco_gguf.quant.imatrix import compute_imatrix
 
 
 def imatrix(

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..gguf_info import GROUPS, read_info
-from ..qwen3moe import DEFAULT_CTX
-from ..verify import verify as lib_verify
-from . import ui
+from marco_gguf.arch.qwen3moe import DEFAULT_CTX
+from marco_gguf.cli import ui
+from marco_gguf.gguf_io.info import GROUPS, read_info
+from marco_gguf.measure.verify import verify as lib_verify
 
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 

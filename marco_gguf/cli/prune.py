@@ -1,4 +1,4 @@
-"""`prune`: keep the N best experts of every layer, over `marco_gguf.prune.prune`."""
+"""`prune`: keep the N best experts of every layer, over `marco_gguf.experts.prune.prune`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..prune import prune as lib_prune
-from . import ui
+from marco_gguf.cli import ui
+from marco_gguf.experts.prune import prune as lib_prune
 
 
 def prune(

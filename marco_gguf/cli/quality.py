@@ -1,4 +1,4 @@
-"""`quality`: perplexity and KL divergence against a reference GGUF, over `marco_gguf.quality.quality`."""
+"""`quality`: perplexity and KL divergence against a reference GGUF, over `marco_gguf.measure.quality.quality`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..quality import FileQuality
-from ..quality import quality as lib_quality
-from . import ui
+from marco_gguf.cli import ui
+from marco_gguf.measure.quality import FileQuality
+from marco_gguf.measure.quality import quality as lib_quality
 
 D = {name: p.default for name, p in inspect.signature(lib_quality).parameters.items()}
 

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from ..progress import ProgressEvent
-from ..server import serve as lib_serve
-from . import ui
-from .sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP
+from marco_gguf.base.progress import ProgressEvent
+from marco_gguf.cli import ui
+from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP
+from marco_gguf.server import serve as lib_serve
 
 D = {name: p.default for name, p in inspect.signature(lib_serve).parameters.items()}  # one source of defaults
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

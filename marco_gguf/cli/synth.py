@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..synth import synthesize
-from . import ui
+from marco_gguf.cli import ui
+from marco_gguf.synth.model import synthesize
 
 
 class Shape(str, Enum):

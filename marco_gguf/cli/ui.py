@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..errors import MarcoGGUFError
-from ..progress import ProgressEvent
+from marco_gguf.base.errors import MarcoGGUFError
+from marco_gguf.base.progress import ProgressEvent
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

@@ -4,10 +4,10 @@
 home=, force=)` and `write_card(folder, force=)`; each returns a result dataclass with `as_dict()`.
 """
 
-from .card import CardResult, CardRow, write_card
-from .lmstudio import LMStudioExport, export_lmstudio, lmstudio_home, models_dir
-from .ollama import OllamaExport, export_ollama
-from .templates import GoTemplate, go_template_for, render_chat
+from marco_gguf.export.card import CardResult, CardRow, write_card
+from marco_gguf.export.lmstudio import LMStudioExport, export_lmstudio, lmstudio_home, models_dir
+from marco_gguf.export.ollama import OllamaExport, export_ollama
+from marco_gguf.export.templates import GoTemplate, go_template_for, render_chat
 
 __all__ = [
     "CardResult",

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ExportError
-from ..quality import Estimate, QualityReport, load_report
+from marco_gguf.base.errors import ExportError
+from marco_gguf.measure.quality import Estimate, QualityReport, load_report
 
 HINT = "measure it again: marco-gguf quality FILE --ref REF --text TEXT --json > q.json"
 

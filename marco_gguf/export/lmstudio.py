@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError
-from ..files import copy_atomic, link_atomic
-from ..reader import read_header
+from marco_gguf.base.errors import ExportError
+from marco_gguf.base.files import copy_atomic, link_atomic
+from marco_gguf.gguf_io.reader import read_header
 
 POINTER_FILE = ".lmstudio-home-pointer"  # in the user's home: the path of LM Studio's home
 DEFAULT_PUBLISHER = "marco-gguf"

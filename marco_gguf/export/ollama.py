@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError
-from ..files import write_text_atomic
-from ..qwen3moe import DEFAULT_CTX, END_OF_TURN
-from ..reader import read_header
-from ..version import __version__
-from .templates import go_template_for
+from marco_gguf.arch.qwen3moe import DEFAULT_CTX, END_OF_TURN
+from marco_gguf.base.errors import ExportError
+from marco_gguf.base.files import write_text_atomic
+from marco_gguf.export.templates import go_template_for
+from marco_gguf.gguf_io.reader import read_header
+from marco_gguf.version import __version__
 
 END_OF_CHATML_TURN, EOS = END_OF_TURN
 STOPS = (END_OF_CHATML_TURN, "<|im_start|>", EOS)  # <|im_start|>: a new turn, which the model should never write

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat_template import render_template
-from ..errors import ExportError
-from ..qwen3moe import CHATML as QWEN3_CHATML
+from marco_gguf.arch.chat_template import render_template
+from marco_gguf.arch.qwen3moe import CHATML as QWEN3_CHATML
+from marco_gguf.base.errors import ExportError
 
 # Qwen3 non-thinking ChatML with a system message and Qwen3's tool calling (<tools>, <tool_call>,
 # <tool_response>), in Ollama's variables. Read top to bottom: system block, then one branch per role.

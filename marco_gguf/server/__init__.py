@@ -15,12 +15,12 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..engine import MAX_PARALLEL, Engine, Sampling
-from ..errors import MarcoGGUFError, ServeError
-from ..loader import _quiet_stderr, check_model
-from ..progress import Progress, ProgressEvent
-from ..runtime import DEFAULT_CTX
-from .app import ServerState, create_app, model_id
+from marco_gguf.base.errors import MarcoGGUFError, ServeError
+from marco_gguf.base.progress import Progress, ProgressEvent
+from marco_gguf.llama.engine import MAX_PARALLEL, Engine, Sampling
+from marco_gguf.llama.loader import _quiet_stderr, check_model
+from marco_gguf.llama.session import DEFAULT_CTX
+from marco_gguf.server.app import ServerState, create_app, model_id
 
 GRACE_S = 30  # longest wait for connections after a stop signal: streams end within one engine step
 

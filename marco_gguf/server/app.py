@@ -31,11 +31,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..engine import Engine, Result, Sampling
-from ..errors import ChatError, MarcoGGUFError, RequestError, ServerBusyError
-from . import openai_api as api
-from .metrics import prometheus_text
-from .tools import ToolCallParser
+from marco_gguf.base.errors import ChatError, MarcoGGUFError, RequestError, ServerBusyError
+from marco_gguf.llama.engine import Engine, Result, Sampling
+from marco_gguf.server import openai_api as api
+from marco_gguf.server.metrics import prometheus_text
+from marco_gguf.server.tools import ToolCallParser
 
 DEFAULTS_SLOT = '<script id="defaults" type="application/json">{}</script>'
 # the page may talk to this server only, and runs no script it did not bring (inline, its own)

@@ -6,8 +6,8 @@ a colon is reserved for recording rules), so dashboards made for it need only th
 
 from __future__ import annotations
 
-from ..engine import EngineMetrics
-from ..jobs import _rate
+from marco_gguf.llama.engine import EngineMetrics
+from marco_gguf.llama.jobs import _rate
 
 PREFIX = "marco_gguf_"
 # (name, type, help, value)

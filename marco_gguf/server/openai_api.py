@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..engine import Engine, Result, Sampling
-from ..errors import ChatError, RequestError
-from ..jsonfields import _MISSING, Fields, is_int
-from . import tools as tool_calls
+from marco_gguf.base.errors import ChatError, RequestError
+from marco_gguf.base.jsonfields import _MISSING, Fields, is_int
+from marco_gguf.llama.engine import Engine, Result, Sampling
+from marco_gguf.server import tools as tool_calls
 
 ROLES = ("system", "developer", "user", "assistant", "tool")  # developer: OpenAI's newer name for system
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # OpenAI's rule for function names

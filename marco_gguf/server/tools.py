@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RequestError
+from marco_gguf.base.errors import RequestError
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"\s*(\{.*\})\s*", re.DOTALL)

@@ -1,0 +1,98 @@
+"""File safety, one way for every module: whole files or nothing (a temp file in the same folder, then one
+rename or link), output folders made on demand and removed again on failure, disk space checked up front.
+
+The streaming GGUF writer (writer.py) keeps its own temp file open across many writes but publishes it
+and checks space through these functions. qwen_vocab.py keeps a private copy of `write_atomic`: it must
+run on the standard library alone, loaded by path (its test does that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from marco_gguf.base.errors import MarcoGGUFError, OutputError
+
+
+def _atomically(dst: Path, make: Callable[[Path], object]) -> None:
+    """`make(tmp)` creates a temporary path beside `dst`, which then replaces `dst` in one rename."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        make(tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, make: Callable[[Path], object]) -> None:
+    """`make(tmp)` writes a temporary file that then replaces `path` in one rename (nothing left on error)."""
+    _atomically(path, make)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    _atomically(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def link_atomic(src: Path, dst: Path, *, symbolic: bool) -> None:
+    """A hard or symbolic link at `dst`, replacing what is there only once the link exists."""
+    _atomically(dst, lambda tmp: os.symlink(src, tmp) if symbolic else os.link(src, tmp))
+
+
+def publish(tmp: Path, dst: Path, *, overwrite: bool) -> None:
+    """Move a finished temp file into place: replace `dst` only when asked; otherwise a hard link, which is atomic
+    and fails if `dst` appeared meanwhile (then the temp file is left for the caller to remove)."""
+    if overwrite:
+        os.replace(tmp, dst)
+    else:
+        os.link(tmp, dst)
+        os.unlink(tmp)
+
+
+def existing_ancestor(folder: Path) -> Path:
+    """`folder` or its nearest ancestor that exists (what a missing output folder will be created in)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents (as mlx_lm.convert and `hf download --local-dir` do); returns the
+    folders made, outermost first, so that a failed write can remove them again."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for f in reversed(missing):
+        f.mkdir()
+    return list(reversed(missing))
+
+
+def remove_folders(made: list[Path]) -> None:
+    for f in reversed(made):
+        with contextlib.suppress(OSError):  # not empty (someone else wrote there): keep it
+            f.rmdir()
+
+
+def check_space(
+    folder: Path,
+    needed: int,
+    *,
+    target: Path | str,
+    purpose: str = "",
+    hint: str,
+    error: type[MarcoGGUFError] = OutputError,
+) -> None:
+    """Refuse before writing when `folder` (or the ancestor it will be made in) has less than `needed` bytes free."""
+    free = shutil.disk_usage(existing_ancestor(Path(folder))).free
+    if free < needed:
+        raise error(f"{target}: not enough disk space{purpose} ({needed:,} bytes needed, {free:,} free)", hint)

@@ -1,0 +1,1 @@
+"""Hugging Face checkpoints: config normalisation, safetensors, the hub, tokenizer files."""

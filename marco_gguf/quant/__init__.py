@@ -1,0 +1,1 @@
+"""Quantization: presets, importance matrices (computed and read), llama-quantize's imatrix rules."""

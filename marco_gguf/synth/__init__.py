@@ -1,0 +1,1 @@
+"""Random-weight Marco-shaped checkpoints and their tokenizer files, for the demo, tests and benchmarks."""
