@@ -302,6 +302,7 @@ def keep_experts(planned: list[PlannedTensor], keep: Sequence[Sequence[int]]) ->
 
 # --- derived figures, from a GGUF's tensor table and qwen3moe.* keys (read by inspect, bench, the RAM check) ---
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default F16 KV cache
+KV_CELLS_PAD = 256  # llama.cpp rounds n_ctx up to a multiple of 256 cells (src/llama-context.cpp, GGML_PAD)
 LOGITS_BATCH = 512  # llama.cpp's default n_batch: its logits/compute buffers scale with it
 
 
@@ -353,15 +354,28 @@ def bytes_per_token(tensors: Sequence[StoredLike], hparams: Mapping[str, Any]) -
 
 
 def kv_cache_bytes(hparams: Mapping[str, Any], n_ctx: int) -> int:
+    """K and V of every layer for n_ctx cells, as llama.cpp allocates them (n_ctx rounded up to 256 cells)."""
     kv_dim = hparams.get("attention.head_count_kv", 0) * hparams.get("attention.key_length", 0)
-    return 2 * hparams.get("block_count", 0) * n_ctx * kv_dim * KV_BYTES_PER_ELEMENT
+    cells = -(-n_ctx // KV_CELLS_PAD) * KV_CELLS_PAD
+    return 2 * hparams.get("block_count", 0) * cells * kv_dim * KV_BYTES_PER_ELEMENT
+
+
+def compute_bytes(hparams: Mapping[str, Any], n_vocab: int, n_ctx: int) -> int:
+    """llama.cpp's compute and output buffers for a context like chat's and serve's (n_batch = n_ubatch =
+    min(512, n_ctx), flash attention "auto", which a CPU gets): the graph's peak is one micro-batch's logits
+    (n_ubatch x n_vocab F32) plus two n_embd-wide activations; the output buffer holds one row of logits.
+    Nothing here grows with n_ctx past 512: with flash attention no n_ctx x n_ubatch score matrix exists.
+    Matched to the byte against llama.cpp's own log ("CPU compute buffer size") on Nano-, Mini- and test-shaped
+    files at contexts 16 to 32,768 (tests/test_inspect_verify.py checks it)."""
+    n_ubatch = min(n_ctx, LOGITS_BATCH)
+    return (n_ubatch * (n_vocab + 2 * hparams.get("embedding_length", 0)) + n_vocab) * 4
 
 
 def ram_needed(tensors: Sequence[StoredLike], hparams: Mapping[str, Any], n_ctx: int) -> dict[str, int]:
-    """RAM to run with a context of n_ctx: weights, F16 KV cache, and llama.cpp's logits and compute buffers."""
+    """RAM to run with a context of n_ctx: weights, F16 KV cache, and llama.cpp's compute and output buffers."""
     weights = sum(t.n_bytes for t in tensors)
     vocab = next((t.shape[0] for t in tensors if t.name == "token_embd.weight"), 0)
-    compute = LOGITS_BATCH * vocab * 4 * 2  # logits plus llama.cpp's compute buffer of the same order
+    compute = compute_bytes(hparams, vocab, n_ctx)
     kv = kv_cache_bytes(hparams, n_ctx)
     return {"weights": weights, "kv_cache": kv, "compute": compute, "total": weights + kv + compute}
 

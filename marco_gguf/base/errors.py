@@ -105,3 +105,8 @@ class PruneError(MarcoGGUFError):
 
 class ServeError(MarcoGGUFError):
     """The server cannot start: its address is taken or not valid, or the model failed to load."""
+
+
+class VerifyError(MarcoGGUFError):
+    """A GGUF cannot be checked against the source given: they are different models (other architecture,
+    other shapes), so comparing them tensor by tensor would only list every tensor."""

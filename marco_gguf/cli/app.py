@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from marco_gguf import __version__
 from marco_gguf import convert as lib_convert
@@ -23,18 +24,17 @@ from marco_gguf.cli import quality as quality_cmd
 from marco_gguf.cli import serve as serve_cmd
 from marco_gguf.cli import synth as synth_cmd
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import HELP_OPTION_NAMES, Json, Quiet, Threads, show_flags_without_a_type
 from marco_gguf.quant.presets import builtin_presets
 
+show_flags_without_a_type()
 app = typer.Typer(
     name="marco-gguf",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": HELP_OPTION_NAMES},
     help="Convert Marco-MoE checkpoints to GGUF and run them on a CPU with llama.cpp.",
 )
-
-Threads = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="Worker threads (default: all cores).")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 def _version(value: bool) -> None:
@@ -189,19 +189,24 @@ def demo(
         ui.print_json({"checkpoint": str(r.checkpoint.path), "gguf": c.as_dict(), "text": r.text, **s.__dict__})
         return
     ui.out.print(
-        f"1. synthesized a [bold]random-weight[/bold] Marco-shaped checkpoint ({r.checkpoint.n_parameters:,} "
-        f"parameters, {r.checkpoint.vocab.kind} vocabulary) in {r.checkpoint.path}"
+        Text("1. synthesized a ")
+        + Text("random-weight", style="bold")
+        + Text(
+            f" Marco-shaped checkpoint ({r.checkpoint.n_parameters:,} parameters, {r.checkpoint.vocab.kind} "
+            f"vocabulary) in {r.checkpoint.path}"
+        )
     )
     ui.out.print(
         f"2. converted it to {c.path.name}: {ui.human_bytes(c.size_bytes)}, {c.bits_per_weight:.2f} bits/weight, "
         f"{c.n_tensors} tensors, {c.seconds:.2f} s"
     )
     ui.out.print("3. loaded it in llama.cpp and generated (random weights, so expect noise):")
-    ui.out.print(f"   [italic]{r.text!r}[/italic]")
+    ui.out.print(f"   {r.text!r}", style="italic")
     ui.out.print(
-        f"[dim]prompt {s.prompt_tokens} tokens at {s.prompt_tokens_per_s:,.1f} tok/s · generated "
+        f"prompt {s.prompt_tokens} tokens at {s.prompt_tokens_per_s:,.1f} tok/s · generated "
         f"{s.completion_tokens} tokens at {s.completion_tokens_per_s:,.1f} tok/s · first token "
-        f"{s.time_to_first_token_s * 1000:.0f} ms · stop: {s.stop_reason}[/dim]"
+        f"{s.time_to_first_token_s * 1000:.0f} ms · stop: {s.stop_reason}",
+        style="dim",
     )
 
 

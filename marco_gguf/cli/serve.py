@@ -11,7 +11,8 @@ from rich.text import Text
 
 from marco_gguf.base.progress import ProgressEvent
 from marco_gguf.cli import ui
-from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP
+from marco_gguf.cli.options import Ctx, Threads
+from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, TopK, TopP
 from marco_gguf.server import serve as lib_serve
 
 D = {name: p.default for name, p in inspect.signature(lib_serve).parameters.items()}  # one source of defaults
@@ -25,9 +26,7 @@ def serve(
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Requests generated at once (slots).")] = D[
         "parallel"
     ],
-    ctx: Annotated[int, typer.Option("--ctx", min=16, help="Context length in tokens, shared by all slots.")] = D[
-        "ctx"
-    ],
+    ctx: Ctx = D["ctx"],  # one context shared by all slots
     threads: Threads = D["threads"],
     api_key: Annotated[
         str | None,

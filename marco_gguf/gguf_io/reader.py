@@ -197,12 +197,22 @@ def _parse(buf: Any, size: int) -> Header:
     return Header(version, fields, types, tuple(tensors), data_offset, items)
 
 
-def read_header(path: str | Path) -> Header:
-    """Parse a GGUF's header; damage of any kind becomes one GGUFFileError naming the file."""
-    path = Path(path)
+def check_file(path: Path) -> int:
+    """The size of `path`, or a GGUFFileError naming what it is instead of a GGUF: nothing, a folder, empty."""
+    if path.is_dir():
+        raise GGUFFileError(f"{path}: is a directory, not a GGUF file", "give the .gguf file inside it")
     if not path.is_file():
         raise GGUFFileError(f"{path}: no such file")
     size = path.stat().st_size
+    if size == 0:
+        raise GGUFFileError(f"{path}: empty file (0 bytes), not a GGUF", "the copy or download failed: make it again")
+    return size
+
+
+def read_header(path: str | Path) -> Header:
+    """Parse a GGUF's header; damage of any kind becomes one GGUFFileError naming the file."""
+    path = Path(path)
+    size = check_file(path)
     with open(path, "rb") as f:
         magic = f.read(4)
         if magic != b"GGUF":
