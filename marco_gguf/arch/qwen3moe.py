@@ -303,7 +303,8 @@ def keep_experts(planned: list[PlannedTensor], keep: Sequence[Sequence[int]]) ->
 # --- derived figures, from a GGUF's tensor table and qwen3moe.* keys (read by inspect, bench, the RAM check) ---
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default F16 KV cache
 KV_CELLS_PAD = 256  # llama.cpp rounds n_ctx up to a multiple of 256 cells (src/llama-context.cpp, GGML_PAD)
-LOGITS_BATCH = 512  # llama.cpp's default n_batch: its logits/compute buffers scale with it
+DEFAULT_BATCH = 512  # llama.cpp's default n_batch: the most tokens one llama_decode carries; logits and
+# compute buffers scale with it
 
 
 class StoredLike(Protocol):
@@ -367,7 +368,7 @@ def compute_bytes(hparams: Mapping[str, Any], n_vocab: int, n_ctx: int) -> int:
     Nothing here grows with n_ctx past 512: with flash attention no n_ctx x n_ubatch score matrix exists.
     Matched to the byte against llama.cpp's own log ("CPU compute buffer size") on Nano-, Mini- and test-shaped
     files at contexts 16 to 32,768 (tests/test_inspect_verify.py checks it)."""
-    n_ubatch = min(n_ctx, LOGITS_BATCH)
+    n_ubatch = min(n_ctx, DEFAULT_BATCH)
     return (n_ubatch * (n_vocab + 2 * hparams.get("embedding_length", 0)) + n_vocab) * 4
 
 

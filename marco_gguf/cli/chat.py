@@ -21,7 +21,7 @@ from rich.text import Text
 from marco_gguf.base.errors import ChatError, MarcoGGUFError
 from marco_gguf.cli import ui
 from marco_gguf.cli.options import Ctx, Json, Threads
-from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, TopK, TopP
+from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, TopK, TopP, settings
 from marco_gguf.llama.session import ChatSession, GenerationStats, Reply
 
 D = {name: p.default for name, p in inspect.signature(ChatSession).parameters.items()}  # one source of defaults
@@ -43,12 +43,12 @@ def chat(
     system: Annotated[str | None, typer.Option("--system", help="System message.")] = D["system"],
     ctx: Ctx = D["ctx"],
     threads: Threads = D["threads"],
-    temp: Temp = D["temp"],
-    top_p: TopP = D["top_p"],
-    top_k: TopK = D["top_k"],
-    min_p: MinP = D["min_p"],
-    repeat_penalty: RepeatPenalty = D["repeat_penalty"],
-    seed: Seed = D["seed"],
+    temp: Temp = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    min_p: MinP = None,
+    repeat_penalty: RepeatPenalty = None,
+    seed: Seed = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Longest reply.")] = D["max_tokens"],
     # no -p: that is bench's prompt length, as in llama-bench
     prompt: Annotated[str | None, typer.Option("--prompt", help="Ask one question, print the answer, exit.")] = None,
@@ -63,12 +63,9 @@ def chat(
             system=system,
             ctx=ctx,
             threads=threads,
-            temp=temp,
-            top_p=top_p,
-            top_k=top_k,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=seed,
+            sampling=settings(
+                temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed
+            ),
             max_tokens=max_tokens,
         )
     with session:

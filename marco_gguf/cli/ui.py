@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import typer
@@ -107,7 +107,7 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def print_fields(title: str, rows: list[tuple[str, str | Text]]) -> None:
+def print_fields(title: str, rows: Sequence[tuple[str, str | Text]]) -> None:
     """A title line (never wrapped: it often holds a path to copy), then label/value rows."""
     out.print(Text(title, style="bold"), soft_wrap=True)
     table = Table(show_header=False, box=None, pad_edge=False)

@@ -16,7 +16,8 @@ import gguf
 from gguf import GGUFValueType as V
 
 from marco_gguf.arch import qwen3moe as spec
-from marco_gguf.arch.qwen3moe import ARCH_NAME, DEFAULT_CTX, GROUPS
+from marco_gguf.arch.qwen3moe import ARCH_KEY, ARCH_NAME, CHAT_TEMPLATE_KEY, DEFAULT_CTX, GROUPS
+from marco_gguf.arch.sampling import gguf_sampling
 from marco_gguf.base.errors import GGUFFileError
 from marco_gguf.gguf_io.check import check_qwen3moe
 from marco_gguf.gguf_io.reader import DAMAGED, check_file, read_header
@@ -49,6 +50,7 @@ class GGUFInfo:
     hparams: dict[str, Any]
     tokenizer: dict[str, Any]
     has_chat_template: bool
+    sampling: dict[str, float | int]  # the file's general.sampling.* by Sampling field (arch/sampling.py)
     tensors: tuple[TensorInfo, ...] = field(repr=False)
     marco: dict[str, Any] = field(default_factory=dict)  # marco.* keys marco-gguf wrote (a pruned file's record)
 
@@ -122,6 +124,7 @@ class GGUFInfo:
             "hparams": self.hparams,
             "tokenizer": self.tokenizer,
             "has_chat_template": self.has_chat_template,
+            "sampling": self.sampling,
             "parameters": self.n_parameters,
             "bits_per_weight": self.bits_per_weight,
             "groups": self.group_totals(),
@@ -175,8 +178,8 @@ def _read_info(path: Path) -> GGUFInfo:
     everything llama.cpp would abort or fail on while loading it (gguf_check.py)."""
     header = read_header(path)
     fields = header.fields
-    arch = fields.get("general.architecture") or "?"
-    if header.types.get("general.architecture", V.STRING) != V.STRING:
+    arch = fields.get(ARCH_KEY) or "?"
+    if header.types.get(ARCH_KEY, V.STRING) != V.STRING:
         raise GGUFFileError(
             f"{path}: key general.architecture is {header.types['general.architecture'].name}, expected STRING", DAMAGED
         )
@@ -193,7 +196,8 @@ def _read_info(path: Path) -> GGUFInfo:
         fields.get("general.file_type"),
         hparams,
         _tokenizer_summary(fields),
-        "tokenizer.chat_template" in fields,
+        CHAT_TEMPLATE_KEY in fields,
+        gguf_sampling(fields),
         tensors,
         {k: v for k, v in fields.items() if k.startswith(MARCO_PREFIX)},
     )
