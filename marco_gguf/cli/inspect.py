@@ -12,6 +12,7 @@ from rich.text import Text
 from marco_gguf.arch.qwen3moe import DEFAULT_CTX
 from marco_gguf.cli import ui
 from marco_gguf.cli.options import Ctx, Json, Quiet
+from marco_gguf.experts.prune import PREFIX as PRUNE_PREFIX
 from marco_gguf.gguf_io.info import GROUPS, GGUFInfo, read_info
 from marco_gguf.measure.verify import VerifyResult
 from marco_gguf.measure.verify import verify as lib_verify
@@ -58,6 +59,9 @@ def inspect(
         ui.note(note)
 
 
+PRUNED_FROM = f"{PRUNE_PREFIX}source_expert_count"
+
+
 def _summary(info: GGUFInfo) -> list[tuple[str, str | Text]]:
     h, tok = info.hparams, info.tokenizer
     return [
@@ -68,11 +72,7 @@ def _summary(info: GGUFInfo) -> list[tuple[str, str | Text]]:
             "heads (q/kv) x dim",
             f"{h.get('attention.head_count')}/{h.get('attention.head_count_kv')} x {h.get('attention.key_length')}",
         ),
-        (
-            "experts",
-            f"{h.get('expert_count')} per layer, {h.get('expert_used_count')} used per token, "
-            f"each {h.get('expert_feed_forward_length')} wide",
-        ),
+        ("experts", _experts(info)),
         ("context / rope base", f"{h.get('context_length')} / {h.get('rope.freq_base')}"),
         (
             "tokenizer",
@@ -88,6 +88,16 @@ def _summary(info: GGUFInfo) -> list[tuple[str, str | Text]]:
         ("per token", f"{info.active_parameters:,} active parameters, {ui.human_bytes(info.bytes_per_token)} read"),
         *((key, _value(v)) for key, v in info.marco.items()),  # a pruned file's marco.prune.* record
     ]
+
+
+def _experts(info: GGUFInfo) -> str:
+    """`8 of 232 used per token, each 384 wide`; a pruned file adds what it was pruned from."""
+    h, source = info.hparams, info.marco.get(PRUNED_FROM)
+    pruned = f" (pruned from {source}; marco.prune.* below)" if source is not None else ""
+    return (
+        f"{h.get('expert_used_count')} of {h.get('expert_count')} used per token{pruned}, "
+        f"each {h.get('expert_feed_forward_length')} wide"
+    )
 
 
 def _value(v: Any) -> str:

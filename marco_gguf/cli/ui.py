@@ -112,7 +112,7 @@ def print_fields(title: str, rows: Sequence[tuple[str, str | Text]]) -> None:
     out.print(Text(title, style="bold"), soft_wrap=True)
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # a hash or a path is shown whole, never cut with an ellipsis
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)

@@ -197,14 +197,17 @@ def _parse(buf: Any, size: int) -> Header:
 
 
 def check_file(path: Path) -> int:
-    """The size of `path`, or a GGUFFileError naming what it is instead of a GGUF: nothing, a folder, empty."""
+    """The size of `path`, or a GGUFFileError naming what it is instead of a GGUF: nothing, a folder, empty
+    (each once reported as "no such file" or "starts with b''")."""
     if path.is_dir():
-        raise GGUFFileError(f"{path}: is a directory, not a GGUF file", "give the .gguf file inside it")
+        raise GGUFFileError(f"{path}: is a folder, not a GGUF file", "give the .gguf file inside it")
     if not path.is_file():
         raise GGUFFileError(f"{path}: no such file")
     size = path.stat().st_size
     if size == 0:
-        raise GGUFFileError(f"{path}: empty file (0 bytes), not a GGUF", "the copy or download failed: make it again")
+        raise GGUFFileError(
+            f"{path}: is empty (0 bytes), not a GGUF file", "the copy or download failed: make it again"
+        )
     return size
 
 
