@@ -388,12 +388,6 @@ def test_one_ctx_minimum(reason, args):
     assert proc.returncode == 2 and "Input should be greater than or equal to 16" in proc.stderr
 
 
-def test_chat_has_no_dash_p():
-    """Reason: -p was the prompt in chat and the prompt length in bench (llama-bench's -p)."""
-    proc = cli("chat", "x.gguf", "-p", "hello", env={"COLUMNS": "200"})
-    assert proc.returncode == 2 and "No such option: -p" in proc.stderr
-
-
 def test_tensor_type_that_matches_nothing_is_refused(checkpoint, tmp_path):
     """Reason: `--tensor-type nomatch=Q4_K` was ignored without a word."""
     proc = cli("convert", str(checkpoint(SMALL)), "--outdir", str(tmp_path), "--tensor-type", "nomatch=Q4_K")
@@ -418,3 +412,13 @@ SIZES = [  # (reason, bytes, shown)
 @pytest.mark.parametrize("reason,n,shown", SIZES, ids=[s[0] for s in SIZES])
 def test_human_bytes(reason, n, shown):
     assert human_bytes(n) == shown
+
+
+def test_experts_legend_is_one_line(converted, tmp_path):
+    """Reason: the legend was each table's caption, wrapped into the table's 20-column width."""
+    body, _ = read_text(None)
+    text = tmp_path / "calib.txt"
+    text.write_text(body[:4000], encoding="utf-8")
+    proc = cli("experts", str(converted(SMALL, "f32").path), "--text", str(text), "-c", "64")
+    assert proc.returncode == 0, proc.stderr
+    assert "50 / 90 / 99 %: the experts carrying that share of the routing mass" in proc.stdout.splitlines()

@@ -30,7 +30,7 @@ def _thread_counts(value: str) -> tuple[int, ...]:
 def bench(
     model: Annotated[Path, typer.Argument(help="A Marco (qwen3moe) GGUF file.")],
     n_prompt: Annotated[
-        int, typer.Option("-p", "--n-prompt", min=0, help="Prompt length of the pp test (0: skip).")
+        int, typer.Option("-p", "--n-prompt", min=0, help="Prompt length of the pp test (0: skip; llama-bench's -p).")
     ] = D["n_prompt"],
     n_gen: Annotated[int, typer.Option("-n", "--n-gen", min=0, help="Generated tokens of the tg test (0: skip).")] = D[
         "n_gen"

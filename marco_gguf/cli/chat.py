@@ -1,4 +1,4 @@
-"""`chat`: a REPL (or one question with --prompt) over `marco_gguf.llama.session.ChatSession`.
+"""`chat`: a REPL (or one question with -p) over `marco_gguf.llama.session.ChatSession`.
 
 The loop is plain control flow: read a message (a trailing \\ or a \"\"\" block continues it), run a
 slash command or stream the reply, print the measured figures. Replies go to stdout as they are
@@ -50,13 +50,15 @@ def chat(
     repeat_penalty: RepeatPenalty = None,
     seed: Seed = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Longest reply.")] = D["max_tokens"],
-    # no -p: that is bench's prompt length, as in llama-bench
-    prompt: Annotated[str | None, typer.Option("--prompt", help="Ask one question, print the answer, exit.")] = None,
+    # -p as llama-cli's (a contract of issue 4); bench's -p is llama-bench's prompt length, each as its namesake
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Ask one question, print the answer, exit (llama-cli's -p).")
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Chat with a Marco GGUF in the terminal, with measured speed after every reply (--json goes with --prompt)."""
     if json_out and prompt is None:
-        raise typer.BadParameter("--json needs --prompt", param_hint="--json")
+        raise typer.BadParameter("--json needs -p/--prompt", param_hint="--json")
     with ui.errors_to_exit():
         session = ChatSession(
             model,
