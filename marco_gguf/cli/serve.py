@@ -23,10 +23,10 @@ def serve(
     model: Annotated[Path, typer.Argument(help="A Marco (qwen3moe) GGUF file.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = D["host"],
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free one).")] = D["port"],
-    parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Requests generated at once (slots).")] = D[
-        "parallel"
-    ],
-    ctx: Ctx = D["ctx"],  # one context shared by all slots
+    parallel: Annotated[
+        int, typer.Option("--parallel", min=1, max=64, help="Requests generated at once (slots, sharing one --ctx).")
+    ] = D["parallel"],
+    ctx: Ctx = D["ctx"],
     threads: Threads = D["threads"],
     api_key: Annotated[
         str | None,
