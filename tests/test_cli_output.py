@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -422,3 +423,24 @@ def test_experts_legend_is_one_line(converted, tmp_path):
     proc = cli("experts", str(converted(SMALL, "f32").path), "--text", str(text), "-c", "64")
     assert proc.returncode == 0, proc.stderr
     assert "50 / 90 / 99 %: the experts carrying that share of the routing mass" in proc.stdout.splitlines()
+
+
+def test_verify_prints_shapes_in_ggml_order(checkpoint, converted, tmp_path):
+    """Reason: verify printed shapes in PyTorch's order where inspect prints ggml's (ne)."""
+    path = tmp_path / "x.gguf"
+    shutil.copy(converted(SMALL, "q8_0").path, path)
+    data = bytearray(path.read_bytes())
+    # the last matrix, blk.1.ffn_down_exps (ne [ff 256, hidden 256, experts 16]), made to hold 8 experts; the
+    # tensor after it (output_norm, 1-D) moved up to follow, so the header stays consistent and the keys say 16
+    down, norm = b"blk.1.ffn_down_exps.weight", b"output_norm.weight"
+    at = data.index(down) + len(down)
+    assert struct.unpack_from("<IQQQIQ", data, at)[:4] == (3, 256, 256, 16)
+    struct.pack_into("<Q", data, at + 20, 8)
+    offset = struct.unpack_from("<Q", data, at + 32)[0]
+    half = 8 * 256 * 256 // 32 * 34  # Q8_0: 34 bytes per 32 weights
+    struct.pack_into("<Q", data, data.index(norm) + len(norm) + 16, offset + half)
+    path.write_bytes(bytes(data))
+    proc = cli("verify", str(path), "--source", str(checkpoint(SMALL)), "-q")
+    assert proc.returncode == 1, proc.stderr
+    line = "✗ blk.1.ffn_down_exps.weight: file has ne [256, 256, 8], source implies ne [256, 256, 16]"
+    assert line in proc.stdout.splitlines()
