@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.text import Text
 
 from marco_gguf.base.errors import MarcoGGUFError
 from marco_gguf.base.progress import ProgressEvent
@@ -66,12 +66,12 @@ def print_json(data: Any) -> None:
 
 
 def print_fields(title: str, rows: list[tuple[str, str]]) -> None:
-    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    """A plain title line, then `key  value` rows (values are markup), never wrapped: a path in the title or a
+    value stays on one line, copyable, however narrow the terminal (a table would break it mid-word)."""
+    out.print(title, markup=False, soft_wrap=True)
+    width = max((len(k) for k, _ in rows), default=0)
     for k, v in rows:
-        table.add_row(k, v)
-    out.print(table)
+        out.print(Text.assemble((k.ljust(width), "bold"), "  ", Text.from_markup(v)), soft_wrap=True)
 
 
 def human_bytes(n: float) -> str:
