@@ -143,7 +143,7 @@ def _place_checked(src: Path, target: Path, mode: str) -> str:
         remove_folders(made)  # leave LM Studio's folder as it was
         if isinstance(e, ExportError):
             raise
-        raise ExportError(f"cannot write {target} ({e.strerror or e})", hint) from None
+        raise ExportError(f"{target}: cannot write it ({e.strerror or e})", hint) from None
 
 
 def export_lmstudio(
