@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -70,17 +69,5 @@ def prune(
         ]
         + ([("imatrix", str(r.imatrix))] if r.imatrix else []),
     )
-    hint = f"measure what pruning cost before trusting it: {_quality_hint(source, r.path, fmt)}"
-    ui.out.print(hint, style="dim", markup=False, soft_wrap=True)  # a command to copy: no markup, never wrapped
-
-
-def _quality_hint(source: Path, pruned: Path, fmt: str) -> str:
-    """The `quality` command comparing the pruned file with the whole model, with the names this run knows."""
-    q = shlex.quote
-    if fmt == "hf":
-        return (
-            f"convert {q(str(pruned))} and {q(str(source))} with one preset, then compare them with marco-gguf quality"
-        )
-    ref = q(str(source)) if source.is_file() else "UNPRUNED.gguf"
-    hint = f"marco-gguf quality {q(str(pruned))} --ref {ref} --text eval.txt"
-    return hint if source.is_file() else f"{hint} (UNPRUNED.gguf: {source} converted with the same preset)"
+    ui.out.print("measure what pruning cost before trusting it (EVAL.txt: a text the usage was not measured on):")
+    ui.out.print(r.next_step, style="dim", markup=False, soft_wrap=True)  # commands to copy: never wrapped

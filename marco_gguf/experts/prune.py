@@ -15,6 +15,7 @@ written back as a smaller checkpoint (prune_hf.py). What was kept and from what 
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class PruneResult:
     size_bytes: int
     seconds: float
     imatrix: Path | None = None  # the sliced imatrix written beside a pruned GGUF
+    next_step: str = ""  # the commands that measure what pruning cost, with this run's file names
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -150,6 +152,25 @@ def output_path(source: Path, keep: int, fmt: str, preset: str, imatrix: bool, o
     return convert_output_path(source, load_preset(preset), outfile=None, outdir=None, name=name, imatrix=imatrix)
 
 
+def quality_command(source: Path, out: Path, fmt: str, preset: str, imatrix: str | Path | None) -> str:
+    """The shell commands comparing the pruned model with the whole one (`quality`), named as this run named
+    them: a GGUF against its source; a checkpoint's GGUF against the checkpoint converted alike, beside it."""
+    from marco_gguf.convert import output_path as convert_output_path
+    from marco_gguf.quant.presets import load_preset
+
+    q, steps = (lambda p: shlex.quote(str(p))), []
+    alike = f" --preset {preset}" + (f" --imatrix {q(imatrix)}" if imatrix is not None and fmt != "hf" else "")
+
+    def converted(folder: Path) -> Path:
+        steps.append(f"marco-gguf convert {q(folder)}{alike} --outdir {q(out.parent)}")
+        chosen = load_preset(preset)
+        return convert_output_path(folder, chosen, outfile=None, outdir=out.parent, name=None, imatrix=bool(imatrix))
+
+    pruned = converted(out) if fmt == "hf" else out
+    ref = source if source.is_file() else converted(source)
+    return " && ".join([*steps, f"marco-gguf quality {q(pruned)} --ref {q(ref)} --text EVAL.txt"])
+
+
 def check_output(out: Path, force: bool) -> None:
     """Before any work: an existing output without force, a folder that cannot be written."""
     if (out.exists() or out.is_symlink()) and not force:
@@ -215,9 +236,9 @@ def prune(
             progress=progress,
         )
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    return PruneResult(
-        path, format, method, identity.experts, keep, kept, size, time.perf_counter() - started, imatrix_out
-    )
+    seconds = time.perf_counter() - started
+    step = quality_command(source, path, format, preset or "q8_0", imatrix)
+    return PruneResult(path, format, method, identity.experts, keep, kept, size, seconds, imatrix_out, step)
 
 
 def _convert_pruned(
