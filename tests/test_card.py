@@ -221,3 +221,21 @@ def test_a_folder_of_two_models_is_refused(reason, other, differs, folder, conve
         e.value.hint == "a card describes one model: put each model's files in a folder of its own and run card on each"
     )
     assert sorted(p.name for p in mixed.iterdir()) == ["a-Q8_0.gguf", "b-Q8_0.gguf"]  # no README written
+
+
+def test_cli_table_keeps_file_names_whole_and_shows_pruning(with_pruned):
+    from typer.testing import CliRunner
+
+    from marco_gguf.cli.app import app
+
+    r = CliRunner().invoke(app, ["card", str(with_pruned)], terminal_width=60)
+    assert r.exit_code == 0, r.output
+    cells = {
+        line.split("│")[1].strip(): line.split("│")[-2].strip() for line in r.stdout.splitlines() if ".gguf" in line
+    }
+    assert cells == {
+        "Marco-Test-Instruct-F16.gguf": "16",
+        "Marco-Test-Instruct-Q8_0.gguf": "16",
+        "Marco-Test-Instruct-Q4_K_M.gguf": "16",
+        "Marco-Test-Instruct-pruned8-Q8_0.gguf": "8 of 16",  # name whole, never cut at the terminal's edge
+    }

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from marco_gguf.cli import ui
@@ -30,8 +31,14 @@ def card(
         return
     ui.out.print(f"wrote {r.path}", markup=False, soft_wrap=True)
     table = Table()
-    for col in ("file", "quant type", "size", "bits/weight"):
-        table.add_column(col, justify="left" if col in ("file", "quant type") else "right")
+    # file names stay whole (copyable): the other columns give way
+    table.add_column("file", no_wrap=True, min_width=max(len(row.filename) for row in r.rows))
+    table.add_column("quant type")
+    for col in ("size", "bits/weight", "experts"):
+        table.add_column(col, justify="right", no_wrap=col != "bits/weight")
     for row in r.rows:
-        table.add_row(row.filename, row.quant_type, human_size(row.size_bytes), f"{row.bits_per_weight:.2f}")
+        experts = f"{row.experts} of {row.pruned_from}" if row.pruned_from else str(row.experts)  # pruned: "8 of 16"
+        table.add_row(
+            escape(row.filename), row.quant_type, human_size(row.size_bytes), f"{row.bits_per_weight:.2f}", experts
+        )
     ui.out.print(table)
