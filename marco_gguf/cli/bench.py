@@ -71,7 +71,9 @@ def bench(
         )
     # a pipe or a file gets the whole table rather than Rich's 80 columns
     (ui.out if ui.out.is_terminal else Console(highlight=False, width=160)).print(table)
-    ui.out.print("memory bandwidth (STREAM-like copy/add over 3 x 256 MiB arrays, before and after the tests):")
+    ui.out.print(
+        "memory bandwidth (STREAM-like copy/add over 3 x 256 MiB arrays, before and after the tests):", soft_wrap=True
+    )
     for t in result.bandwidth_runs:
         b = result.bandwidth_spread(t)
         ui.out.print(
