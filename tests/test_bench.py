@@ -203,7 +203,7 @@ def test_bench_table_cli(converted):
         "pp16",
         "tg4",
         " ± ",
-        "GB/s with 1 thread(s)",
+        "  1 thread(s): best ",
         "bytes read per generated token",
     ):
         assert text in proc.stdout
