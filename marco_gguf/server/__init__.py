@@ -21,6 +21,7 @@ from marco_gguf.base.errors import MarcoGGUFError, ServeError
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.llama.engine import MAX_PARALLEL, Engine
 from marco_gguf.llama.loader import check_model, quiet_stderr
+from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY
 from marco_gguf.llama.session import DEFAULT_CTX
 from marco_gguf.server.app import ServerState, create_app, model_id
 
@@ -83,14 +84,21 @@ def serve(
     cors: str | None = None,
     sampling: Mapping[str, Any] | None = None,
     max_tokens: int | None = 2048,
+    slot_prompt_similarity: float = SLOT_PROMPT_SIMILARITY,
     progress: Progress | None = None,
 ) -> None:
     """Serve `model` until SIGINT/SIGTERM. `sampling` (settings by `Sampling` field, over the GGUF's own
     general.sampling.* and Marco's defaults) is what requests that set nothing get; `max_tokens` None lets a
-    reply run to the end of the context."""
+    reply run to the end of the context. A request reuses an idle slot's cached conversation when the
+    common prefix is more than `slot_prompt_similarity` of its prompt (llama-server's option), else it takes
+    an empty slot, else the least recently used one."""
     info = check_model(model, ctx=ctx)
     if not 1 <= parallel <= MAX_PARALLEL:
         raise ServeError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}")
+    if not 0.0 <= slot_prompt_similarity <= 1.0:
+        raise ServeError(
+            f"--slot-prompt-similarity {slot_prompt_similarity}: expected 0 to 1 (0: always the oldest slot)"
+        )
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
     state = ServerState(
@@ -98,7 +106,13 @@ def serve(
         max_tokens=max_tokens,
         defaults=model_sampling(info.sampling, sampling),
         load=lambda: Engine(
-            info.path, ctx=ctx, parallel=parallel, threads=threads, queue_size=queue, sampling=sampling
+            info.path,
+            ctx=ctx,
+            parallel=parallel,
+            threads=threads,
+            queue_size=queue,
+            sampling=sampling,
+            slot_prompt_similarity=slot_prompt_similarity,
         ),
         on_ready=lambda: report(ProgressEvent(2, 2, "steps", "ready")),
     )
