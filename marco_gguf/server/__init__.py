@@ -21,8 +21,8 @@ from marco_gguf.base.errors import MarcoGGUFError, ServeError
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.llama.engine import MAX_PARALLEL, Engine
 from marco_gguf.llama.loader import check_model, quiet_stderr
-from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY
 from marco_gguf.llama.session import DEFAULT_CTX
+from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY
 from marco_gguf.server.app import ServerState, create_app, model_id
 
 GRACE_S = 30  # longest wait for connections after a stop signal: streams end within one engine step
