@@ -11,7 +11,7 @@ import pytest
 from checkpoints import Spec
 from serving import live, request
 
-from marco_gguf.base.errors import RequestError
+from marco_gguf.base.errors import ServeError
 from marco_gguf.llama.engine import Engine, Sampling
 from marco_gguf.llama.slots import choose_slot
 
@@ -168,5 +168,7 @@ def test_metrics_report_each_slots_cache(path):
 
 
 def test_similarity_out_of_range_is_refused(path):
-    with pytest.raises(RequestError, match=r"--slot-prompt-similarity 1\.5: expected 0 to 1"):
+    with pytest.raises(
+        ServeError, match=r"^--slot-prompt-similarity 1\.5: expected 0 to 1 \(0: always the oldest slot\)$"
+    ):
         Engine(path, ctx=256, parallel=1, slot_prompt_similarity=1.5)

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
+from marco_gguf.base.errors import ServeError
+
 SLOT_PROMPT_SIMILARITY = 0.5  # llama-server's default before its host-memory prompt cache lowered it to 0.1
 
 
@@ -31,6 +33,12 @@ class Cached(Protocol):
 
 
 S = TypeVar("S", bound=Cached)
+
+
+def check_similarity(similarity: float) -> None:
+    """`serve` asks before it binds its port, the engine again."""
+    if not 0.0 <= similarity <= 1.0:
+        raise ServeError(f"--slot-prompt-similarity {similarity}: expected 0 to 1 (0: always the oldest slot)")
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -19,10 +19,10 @@ from typing import Any
 from marco_gguf.arch.sampling import model_sampling
 from marco_gguf.base.errors import MarcoGGUFError, ServeError
 from marco_gguf.base.progress import Progress, ProgressEvent
-from marco_gguf.llama.engine import MAX_PARALLEL, Engine
+from marco_gguf.llama.engine import Engine, check_parallel
 from marco_gguf.llama.loader import check_model, quiet_stderr
 from marco_gguf.llama.session import DEFAULT_CTX
-from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY
+from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY, check_similarity
 from marco_gguf.server.app import ServerState, create_app, model_id
 
 GRACE_S = 30  # longest wait for connections after a stop signal: streams end within one engine step
@@ -93,12 +93,8 @@ def serve(
     common prefix is more than `slot_prompt_similarity` of its prompt (llama-server's option), else it takes
     an empty slot, else the least recently used one."""
     info = check_model(model, ctx=ctx)
-    if not 1 <= parallel <= MAX_PARALLEL:
-        raise ServeError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}")
-    if not 0.0 <= slot_prompt_similarity <= 1.0:
-        raise ServeError(
-            f"--slot-prompt-similarity {slot_prompt_similarity}: expected 0 to 1 (0: always the oldest slot)"
-        )
+    check_parallel(parallel)
+    check_similarity(slot_prompt_similarity)
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
     state = ServerState(
