@@ -48,8 +48,8 @@ def serve(
             "--slot-prompt-similarity",
             min=0.0,
             max=1.0,
-            help="Reuse a slot's cached conversation when it shares more than this share of the prompt; else an"
-            " empty slot, else the least recently used (llama-server's option; 0: always that one).",
+            help="Reuse an idle slot's cached conversation only when it holds more than this fraction of the prompt;"
+            " else take an empty slot, else the least recently used (llama-server's option; 0: no prefix matching).",
         ),
     ] = D["slot_prompt_similarity"],
     temp: Temp = None,

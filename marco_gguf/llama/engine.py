@@ -83,6 +83,7 @@ class Engine:
         batch: int = DEFAULT_BATCH,
         sampling: Mapping[str, Any] | None = None,
         slot_prompt_similarity: float = SLOT_PROMPT_SIMILARITY,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
         import llama_cpp as lib
 
@@ -92,7 +93,7 @@ class Engine:
         self.info = check_model(model, ctx=ctx)
         self.ctx, self.parallel, self.queue_size = ctx, parallel, queue_size
         self.threads, self.batch = threads or physical_cores(), min(batch, ctx)
-        self._lib, self.model = lib, load_weights(model)
+        self._lib, self.model = lib, load_weights(model, cancelled=cancelled)  # `serve` stopped while loading
         self._vocab, self.n_vocab = self.model.vocab, self.model.n_vocab()
         self.metadata = self.model.metadata()
         self.template = ChatTemplate.from_metadata(self.metadata, self.token_text)

@@ -3,7 +3,8 @@
 The socket is bound and the file checked before anything slow, so a taken port or a bad file is one
 typed error; the server then answers at once (GET /health: 503 while loading, 200 when ready) while
 the weights load in a thread. SIGINT/SIGTERM: uvicorn stops accepting, the engine ends every
-in-flight request with a final chunk (finish_reason length), the streams close, exit status 0.
+in-flight request with a final chunk (finish_reason length), the streams close, exit status 0; while
+the weights are loading, the load stops at its next tensor and serve returns without a "ready".
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from marco_gguf.arch.sampling import model_sampling
-from marco_gguf.base.errors import MarcoGGUFError, ServeError
+from marco_gguf.base.errors import Cancelled, MarcoGGUFError, ServeError
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.llama.engine import Engine, check_parallel
 from marco_gguf.llama.loader import check_model, quiet_stderr
@@ -97,6 +98,7 @@ def serve(
     check_similarity(slot_prompt_similarity)
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
+    stopping = threading.Event()  # a stop signal came: a load under way ends at its next tensor
     state = ServerState(
         model_id(info.path),
         max_tokens=max_tokens,
@@ -109,10 +111,13 @@ def serve(
             queue_size=queue,
             sampling=sampling,
             slot_prompt_similarity=slot_prompt_similarity,
+            cancelled=stopping.is_set,
         ),
-        on_ready=lambda: report(ProgressEvent(2, 2, "steps", "ready")),
+        on_ready=lambda: None if stopping.is_set() else report(ProgressEvent(2, 2, "steps", "ready")),
     )
-    server = _uvicorn_server(create_app(state, api_key=api_key, cors=cors), state.stop_engine)
+    server = _uvicorn_server(
+        create_app(state, api_key=api_key, cors=cors), lambda: (stopping.set(), state.stop_engine())
+    )
     state.on_failure = lambda: setattr(server, "should_exit", True)
     bound_port = sock.getsockname()[1]
     report(
@@ -130,7 +135,7 @@ def serve(
         if state.engine is not None:
             with quiet_stderr():  # llama.cpp logs the context's teardown to fd 2
                 state.engine.close()
-    if state.failed is not None:
+    if state.failed is not None and not isinstance(state.failed, Cancelled):  # stopped while loading: a normal end
         if isinstance(state.failed, MarcoGGUFError):
             raise state.failed
         raise ServeError(f"{info.path.name}: the model failed to load ({state.failed})") from state.failed
