@@ -115,9 +115,12 @@ def serve(
         ),
         on_ready=lambda: None if stopping.is_set() else report(ProgressEvent(2, 2, "steps", "ready")),
     )
-    server = _uvicorn_server(
-        create_app(state, api_key=api_key, cors=cors), lambda: (stopping.set(), state.stop_engine())
-    )
+
+    def stop() -> None:
+        stopping.set()
+        state.stop_engine()
+
+    server = _uvicorn_server(create_app(state, api_key=api_key, cors=cors), stop)
     state.on_failure = lambda: setattr(server, "should_exit", True)
     bound_port = sock.getsockname()[1]
     report(
