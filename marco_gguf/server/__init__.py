@@ -10,6 +10,7 @@ the weights are loading, the load stops at its next tensor and serve returns wit
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import socket
 import threading
@@ -99,20 +100,19 @@ def serve(
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
     stopping = threading.Event()  # a stop signal came: a load under way ends at its next tensor
+    options: dict[str, Any] = dict(
+        ctx=ctx,
+        parallel=parallel,
+        threads=threads,
+        queue_size=queue,
+        sampling=sampling,
+        slot_prompt_similarity=slot_prompt_similarity,
+    )
     state = ServerState(
         model_id(info.path),
         max_tokens=max_tokens,
         defaults=model_sampling(info.sampling, sampling),
-        load=lambda: Engine(
-            info.path,
-            ctx=ctx,
-            parallel=parallel,
-            threads=threads,
-            queue_size=queue,
-            sampling=sampling,
-            slot_prompt_similarity=slot_prompt_similarity,
-            cancelled=stopping.is_set,
-        ),
+        load=functools.partial(Engine, info.path, cancelled=stopping.is_set, **options),
         on_ready=lambda: None if stopping.is_set() else report(ProgressEvent(2, 2, "steps", "ready")),
     )
 
@@ -122,15 +122,8 @@ def serve(
 
     server = _uvicorn_server(create_app(state, api_key=api_key, cors=cors), stop)
     state.on_failure = lambda: setattr(server, "should_exit", True)
-    bound_port = sock.getsockname()[1]
-    report(
-        ProgressEvent(
-            1,
-            2,
-            "steps",
-            f"loading {info.path.name}; listening on http://{host if ':' not in host else f'[{host}]'}:{bound_port}",
-        )
-    )
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
+    report(ProgressEvent(1, 2, "steps", f"loading {info.path.name}; listening on {url}"))
     try:
         server.run(sockets=[sock])
     finally:
