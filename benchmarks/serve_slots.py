@@ -181,6 +181,7 @@ def run_workload(port: int, kind: str, slots: int, args: argparse.Namespace) -> 
             out = stream(port, chats[c], args.reply)
             chats[c].append({"role": "assistant", "content": out.pop("text")})
             rows.append({"conversation": c, "turn": turn, **out})
+            print(f"  {kind} turn {turn} conversation {c}: {out}", file=sys.stderr, flush=True)
     return rows
 
 

@@ -49,6 +49,13 @@ CASES = [
         "A B A:kept B:kept A:kept B:kept",
     ),
     (
+        "two chats sharing a system prompt after two others ended: the stale slots are taken, in turn",
+        2,
+        0.5,
+        True,
+        "X Y A B A:kept B:kept A:kept B:kept",
+    ),
+    (
         "three chats sharing a system prompt on four slots",
         4,
         0.5,
@@ -147,7 +154,9 @@ CHOICES = [
     ("an empty slot comes before the least recently used", [([5, 5], 2, 1), ([], 0, 2)], [1, 2, 3], 0.5, 1),
     ("parting inside the slot's last prompt with an empty slot idle: the empty one", [([1, 2, 3, 4, 5, 6], 5, 1), ([], 0, 0)], [1, 2, 3, 4, 9, 9], 0.5, 1),
     ("parting inside its last reply: a continuation, the slot is reused", [([1, 2, 3, 4, 5, 6], 3, 1), ([], 0, 0)], [1, 2, 3, 4, 9, 9], 0.5, 0),
-    ("parting inside its last prompt, no empty slot: reused (llama-server's rule)", [([1, 2, 3, 4, 5, 6], 5, 1), ([8], 1, 0)], [1, 2, 3, 4, 9, 9], 0.5, 0),
+    ("parting inside its last prompt, no empty slot: the least recently used one", [([1, 2, 3, 4, 5, 6], 5, 1), ([8], 1, 0)], [1, 2, 3, 4, 9, 9], 0.5, 1),
+    ("parting inside its last prompt of the least recently used slot: reused", [([1, 2, 3, 4, 5, 6], 5, 1), ([8], 1, 2)], [1, 2, 3, 4, 9, 9], 0.5, 0),
+    ("similarity 0: the least recently used, even over a whole match", [([1, 2, 3], 3, 2), ([8], 1, 1)], [1, 2, 3], 0.0, 1),
 ]  # fmt: skip
 
 

@@ -7,13 +7,14 @@ least recently used idle slot, which is an empty one while any is left (llama-se
 slots have t_last_used -1). A request no longer goes to a slot only because a few tokens of a chat
 template's header match, which evicted that slot's conversation while another slot stood empty.
 
-One addition: while an empty slot is idle, a slot is passed over when the prompt parts from it inside
-what its last client sent (its last prompt), unless it holds the whole prompt: that slot holds
-another conversation (or an earlier version of this one). llama-server saves such a cache to its
-host-memory prompt cache (`--cache-ram`) before reusing the slot; this engine has none, so two
-conversations that share a long system prompt would otherwise take turns evicting each other from
-one slot. Parting inside the last reply is a continuation (the reply re-tokenized) or a regeneration,
-and reuses the slot.
+One addition: a request is not put into a slot whose last prompt it departs from (that slot holds
+another conversation, or an earlier version of this one, behind a shared system prompt) unless that
+slot is the least recently used idle one: the least recently used slot is taken instead, an empty one
+while any is left. llama-server saves such a cache to its host-memory prompt cache (`--cache-ram`)
+before reusing the slot; this engine has none, so two conversations that share a long system prompt
+would otherwise take turns evicting each other from one slot while another slot held an older
+conversation. Departing inside the slot's last reply is a continuation (the reply re-tokenized) or a
+regeneration, and reuses the slot.
 """
 
 from __future__ import annotations
@@ -53,15 +54,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 def choose_slot(idle: Sequence[S], prompt: Sequence[int], similarity: float) -> S:
     """The slot of `idle` (not empty) that `prompt` should run in; `similarity` 0 turns prefix matching
     off (the least recently used slot always), as in llama-server."""
-    empty = [s for s in idle if not s.cache]
+    oldest = min(idle, key=lambda s: (bool(s.cache), s.last_used))  # empty slots first
     best, best_sim = None, similarity
     for slot in idle if similarity > 0 else ():
         if not slot.cache:
             continue
         n = common_prefix(slot.cache, prompt)
-        another = n < min(slot.prompt_len, len(prompt) - 1)  # parts inside what its last client sent
-        if n / len(prompt) > best_sim and not (empty and another):
+        another = n < min(slot.prompt_len, len(prompt) - 1)  # departs inside what its last client sent
+        if n / len(prompt) > best_sim and not (another and slot is not oldest):
             best, best_sim = slot, n / len(prompt)
-    if best is not None:
-        return best
-    return empty[0] if empty else min(idle, key=lambda s: s.last_used)
+    return oldest if best is None else best
