@@ -259,7 +259,7 @@ def report(data: dict) -> str:
         "| TTFT turn 1 (s) | TTFT turns 2+ (s) | TTFT turns 2+ / llama-server |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for slots in data["slots"]:
+    for slots in sorted({run["slots"] for run in data["runs"]}):  # those measured so far
         for w in data["workloads"]:
             rows = {s: [r for rep in data["runs"] if rep["slots"] == slots for r in rep[s][w]] for s in sides}
             ref = summary(rows["llama-server"])["ttft_follow_up_s"]
