@@ -163,3 +163,4 @@ class EngineMetrics:
     queue_size: int
     kv_cache_tokens: int
     kv_cache_size: int
+    slot_cache_tokens: tuple[int, ...] = ()  # per slot, in slot order

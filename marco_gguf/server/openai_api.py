@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from marco_gguf.base.errors import ChatError, RequestError
-from marco_gguf.base.jsonfields import MISSING, Fields, is_int
+from marco_gguf.base.jsonfields import MISSING, Fields, is_int, json_kind, json_text
 from marco_gguf.llama.engine import Engine, Result, Sampling
 from marco_gguf.server import tools as tool_calls
 
@@ -32,8 +32,8 @@ class Body(Fields):
         super().__init__(data, Path("request"), RequestError, "see the OpenAI API reference", where)
 
     def fail(self, key: str, found: Any, expected: str) -> RequestError:
-        shown = repr(found) if len(repr(found)) <= 60 else repr(found)[:57] + "..."
-        return RequestError(f"{self.where}{key} is {shown}, expected {expected}", param=f"{self.where}{key}")
+        # the client's value as it sent it (JSON: null, "a", {"k": 1}), not as Python prints it
+        return RequestError(f"{self.where}{key} is {json_text(found)}, expected {expected}", param=f"{self.where}{key}")
 
     def _get(self, key: str, default: Any) -> Any:
         v = self.data.get(key)
@@ -48,7 +48,7 @@ class Body(Fields):
         """`key` is absent, null or one of `allowed`; anything else is unsupported here."""
         v = self.data.get(key)
         if v is not None and not any(v == a and type(v) is type(a) for a in allowed):
-            raise RequestError(f"{self.where}{key} {v!r} is not supported: {why}", param=f"{self.where}{key}")
+            raise RequestError(f"{self.where}{key} {json_text(v)} is not supported: {why}", param=f"{self.where}{key}")
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def _list(body: Body, key: str) -> list:
 def _message(m: Any, i: int) -> dict:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
-        raise RequestError(f"{where} is {m!r}, expected an object with role and content", param=where)
+        raise RequestError(f"{where} is {json_text(m)}, expected an object with role and content", param=where)
     f = Body(m, f"{where}.")
     role = f.str("role")
     if role not in ROLES:
@@ -174,9 +174,9 @@ def _content(f: Body, role: str) -> str | None:
     texts = []
     for j, part in enumerate(content):
         if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            kind = f"a {json_text(part.get('type'))} part" if isinstance(part, dict) else json_kind(part)
             raise RequestError(
-                f"{f.where}content[{j}] is a {kind!r} part: only text parts are supported (Marco reads text only)",
+                f"{f.where}content[{j}] is {kind}: only text parts are supported (Marco reads text only)",
                 param=f"{f.where}content[{j}]",
             )
         texts.append(part["text"])
@@ -203,7 +203,7 @@ def _tools(body: Body) -> tuple[list[dict] | None, list[str], str]:
     for i, tool in enumerate(tools):
         f = Body(tool if isinstance(tool, dict) else {}, f"tools[{i}].")
         if f.data.get("type") != "function":
-            raise f.fail("type", f.data.get("type"), "'function'")
+            raise f.fail("type", f.data.get("type"), '"function"')
         fn = f.sub("function")
         name = fn.str("name")
         if not TOOL_NAME.fullmatch(name):
@@ -217,11 +217,12 @@ def _tools(body: Body) -> tuple[list[dict] | None, list[str], str]:
         name = c.sub("function").str("name")
         if c.data.get("type") != "function" or name not in names:
             raise RequestError(
-                f"tool_choice names {name!r}, which is not among the tools ({', '.join(names)})", param="tool_choice"
+                f"tool_choice names {json_text(name)}, which is not among the tools ({', '.join(names)})",
+                param="tool_choice",
             )
         return tools, names, name
     if choice not in ("auto", "none", "required"):
-        raise body.fail("tool_choice", choice, "'auto', 'none', 'required' or {\"type\": \"function\", ...}")
+        raise body.fail("tool_choice", choice, '"auto", "none", "required" or {"type": "function", ...}')
     return tools, names, choice
 
 
@@ -229,7 +230,7 @@ def _response_format(body: Body) -> dict:
     f = body.sub("response_format")
     kind = f.str("type", default="text")
     if kind not in ("text", "json_object", "json_schema"):
-        raise f.fail("type", kind, "'text', 'json_object' or 'json_schema'")
+        raise f.fail("type", kind, '"text", "json_object" or "json_schema"')
     if kind == "json_schema":
         f.sub("json_schema").obj("schema")
     return f.data or {"type": "text"}
