@@ -15,10 +15,10 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from marco_gguf.arch.qwen3moe import CHAT_TEMPLATE_KEY as TEMPLATE_KEY
 from marco_gguf.arch.qwen3moe import CHATML as CHATML_TEMPLATE
 from marco_gguf.base.errors import ChatError
 
-TEMPLATE_KEY = "tokenizer.chat_template"
 CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' marker for continue_final_message
 
 
