@@ -232,7 +232,9 @@ class Engine:
             states.append(
                 SlotState(s.seq, len(s.cache))
                 if job is None
-                else SlotState(s.seq, len(s.cache), job.id, len(job.prompt), job.cached, len(job.tokens), job.max_tokens)
+                else SlotState(
+                    s.seq, len(s.cache), job.id, len(job.prompt), job.cached, len(job.tokens), job.max_tokens
+                )
             )
         return states
 

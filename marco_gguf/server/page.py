@@ -56,7 +56,9 @@ class _Revalidate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = [(b"cache-control", b"no-cache")] + [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                extra = [(b"cache-control", b"no-cache")] + [
+                    (k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()
+                ]
                 message = {**message, "headers": list(message.get("headers", [])) + extra}
             await send(message)
 

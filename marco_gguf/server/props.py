@@ -43,7 +43,9 @@ def generation_params(defaults: Sampling, max_tokens: int | None) -> dict[str, A
 
 
 def file_type_name(file_type: int | None) -> str | None:
-    """"Q4_K_M" for general.file_type 15 (gguf-py's LlamaFileType names, without MOSTLY_ / ALL_)."""
+    """ "Q4_K_M" for general.file_type 15 (gguf-py's LlamaFileType names, without MOSTLY_ / ALL_)."""
+    if file_type is None:
+        return None
     try:
         return gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
     except ValueError:
