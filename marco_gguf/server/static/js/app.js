@@ -443,7 +443,7 @@ document.addEventListener("keydown", (e) => {
 $("log").addEventListener("click", (e) => {
   const b = e.target.closest(".copy-code");
   if (!b) return;
-  copyText(b.parentElement.querySelector("code").textContent);
+  copyText(b.parentElement.querySelector("code").textContent.replace(/\n$/, "")); // the fence's last newline
   b.textContent = "Copied";
   setTimeout(() => (b.textContent = "Copy"), 1500);
 });
