@@ -105,7 +105,9 @@ async def _on_error(request: Request, e: Exception) -> Response:
     if isinstance(e, HTTPException):
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         what = "no such endpoint" if e.status_code == 404 else str(e.detail).lower()
-        return error_response(e.status_code, f"{request.method} {request.url.path}: {what}", kind)
+        response = error_response(e.status_code, f"{request.method} {request.url.path}: {what}", kind)
+        response.headers.update(e.headers or {})  # a 405 names the methods allowed (Allow, RFC 9110)
+        return response
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, f"internal error ({type(e).__name__}); the server log has the details", "server_error")
 
