@@ -71,9 +71,13 @@ def last_reply(driver):
 
 
 def reply_done(driver, n: int = 1) -> bool:
-    """`n` replies on screen, the last one finished (its speed line written)."""
-    views = replies(driver)
-    return len(views) == n and bool(views[-1].find_element("css selector", ".speed").text)
+    """`n` replies on screen, the last one finished (its speed line written); read in one script, as the page
+    may replace the views between two WebDriver calls."""
+    return driver.execute_script(
+        "const v = document.querySelectorAll('.msg.assistant');"
+        "return v.length === arguments[0] && !!v[v.length - 1].querySelector('.speed')?.textContent;",
+        n,
+    )
 
 
 def import_conversation(driver, path: Path, count: int) -> None:

@@ -125,7 +125,11 @@ def test_hostile_markdown_runs_nothing_and_loads_nothing(server, tmp_path):
         until(browser, lambda d: d.find_elements("css selector", ".msg.assistant .katex"), "the math rendered")
         set_field(browser, "max_tokens", 2)
         say(browser, "\n".join(HOSTILE[:3]))  # the user's own message goes through the same rendering
-        until(browser, lambda d: reply_done(d, 2), "a reply")
+        try:
+            until(browser, lambda d: reply_done(d, 2), "a reply")
+        except Exception:
+            log = browser.find_element("id", "log").get_attribute("textContent")[-500:]
+            raise AssertionError(f"no reply: {log!r} {browser.get_log('browser')}") from None
         for a in browser.find_elements("css selector", ".msg a"):
             browser.execute_script("arguments[0].click()", a)  # a link that ran script would set pwned now
         assert browser.execute_script("return window.pwned") is None

@@ -2,7 +2,9 @@
 // server's defaults and the model's facts from /props. Text reaches the DOM only through textContent or
 // markdown.js (DOMPurify); this file never builds HTML from strings.
 import { copyText, renderInto } from "./markdown.js";
+import { setTheme, showFacts, THEMES } from "./panel.js";
 import * as store from "./store.js";
+import { events, speedLine } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
 const FIELDS = { temperature: parseFloat, top_p: parseFloat, top_k: parseInt, min_p: parseFloat,
@@ -201,31 +203,6 @@ function request(messages) {
   return body;
 }
 
-function speedLine(t, ttft) {
-  const r = (x) => (x || 0).toFixed(1);
-  return `prompt ${t.prompt_n} tokens at ${r(t.prompt_per_second)} tokens/s · ` +
-         `${t.predicted_n} generated at ${r(t.predicted_per_second)} tokens/s · ` +
-         `first token after ${ttft.toFixed(2)} s` + (t.cache_n ? ` · ${t.cache_n} cached` : "");
-}
-
-async function* events(resp) {
-  const reader = resp.body.getReader(), decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) { // one SSE event per blank line
-      const event = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      for (const line of event.split("\n")) {
-        if (line.startsWith("data: ") && line !== "data: [DONE]") yield JSON.parse(line.slice(6));
-      }
-    }
-  }
-}
-
 /** Streams a reply to `messages` into `target` (an assistant message, appended to when `prefix` is its text). */
 async function generate(messages, target, prefix = "") {
   const view = $("log").lastElementChild;
@@ -358,24 +335,6 @@ function applyDefaults() {
   }
 }
 
-function showFacts(props) {
-  const m = props.model;
-  const gib = (n) => (n / 2 ** 30).toFixed(2) + " GiB";
-  const rows = [
-    ["name", m.name ?? m.id], ["file", m.file], ["size", gib(m.size)], ["type", m.file_type ?? "?"],
-    ["parameters", (m.parameters / 1e9).toFixed(2) + " B"],
-    ["active", (m.active_parameters / 1e9).toFixed(2) + " B per token"],
-    ["experts", `${m.experts.used} of ${m.experts.count} per token`],
-    ["read per token", gib(m.bytes_per_token)], ["context", `${props.default_generation_settings.n_ctx} tokens`],
-    ["slots", String(props.total_slots)],
-  ];
-  for (const [group, g] of Object.entries(m.groups)) {
-    if (g.tensors) rows.push([group, `${g.types.join(", ")} · ${g.bits_per_weight.toFixed(2)} bits/weight`]);
-  }
-  $("facts").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", "", k), el("dd", "", v)]));
-  $("template").textContent = props.chat_template;
-}
-
 async function loadServer() {
   try {
     const resp = await fetch("props", { headers: headers() });
@@ -397,16 +356,6 @@ async function loadServer() {
 }
 
 // ---- theme and keys ----
-
-const THEMES = ["system", "light", "dark"];
-
-function setTheme(theme) {
-  if (theme === "system") delete document.documentElement.dataset.theme;
-  else document.documentElement.dataset.theme = theme;
-  localStorage.setItem("marco-gguf-theme", theme);
-  $("theme").setAttribute("aria-label", `Theme: ${theme === "system" ? "follows the system" : theme}`);
-  $("theme").textContent = { system: "◐", light: "☀", dark: "☾" }[theme];
-}
 
 function newChat() {
   if (state.controller) return;
