@@ -6,8 +6,10 @@ another host in them. The server listens on 127.0.0.1 only."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from importlib import resources
+from pathlib import Path
 
 import pytest
 from browser import (
@@ -112,6 +114,13 @@ def test_markdown_code_and_math_render(server, tmp_path):
         assert "$5 and $6 stay text" in reply.text
         assert reply.find_element("css selector", "p code").text == "inline code"
         assert foreign_requests(browser, server.url) == []
+        # the README's screenshots: this conversation in the light theme, then the dark
+        shots = Path(os.environ.get("MARCO_GGUF_SCREENSHOTS", tmp_path))
+        browser.execute_script("document.getElementById('loadfile').hidden = true")
+        for theme, name in (("light", "webui.png"), ("dark", "webui-dark.png")):
+            browser.find_element("id", "theme").click()
+            assert browser.execute_script("return document.documentElement.dataset.theme") == theme
+            assert browser.save_screenshot(str(shots / name)) and (shots / name).stat().st_size > 10_000
     finally:
         browser.quit()
 
@@ -165,13 +174,16 @@ def test_the_page_and_its_files_are_the_packaged_ones_with_no_other_host(server)
     files = assets(html)
     assert files == ["static/css/page.css", "static/vendor/katex.css", "static/js/app.js"]
     # the modules the page imports, and KaTeX's fonts
-    files += ["static/js/markdown.js", "static/js/store.js", "static/vendor/vendor.js", "static/vendor/katex.js"]
+    files += [f"static/js/{m}.js" for m in ("markdown", "store", "stream", "panel")]
+    files += ["static/vendor/vendor.js", "static/vendor/katex.js"]
     files += [f"static/vendor/fonts/{f.name}" for f in (STATIC / "vendor" / "fonts").iterdir()]
     for f in files:
         status, headers, served = request(server.url, "GET", "/" + f)
         assert status == 200 and served == (STATIC / f.removeprefix("static/")).read_bytes(), f
         assert headers["x-content-type-options"] == "nosniff"
-    for own in ("index.html", "css/page.css", "js/app.js", "js/markdown.js", "js/store.js", "vendor/katex.css"):
+    own_js = [f"js/{f.name}" for f in (STATIC / "js").iterdir()]
+    assert sorted(own_js) == sorted(f.removeprefix("static/") for f in files if f.startswith("static/js/"))
+    for own in ("index.html", "css/page.css", *own_js, "vendor/katex.css"):
         text = (STATIC / own).read_text()
         assert not re.search(r"https?://", text), f"{own} names another host"
     for vendored in ("vendor/vendor.js", "vendor/katex.js"):
@@ -184,7 +196,7 @@ def test_the_vendored_files_carry_their_licences():
     text = (STATIC / "vendor" / "LICENSES.txt").read_text()
     for package in ("markdown-it 15.0.3", "dompurify 3.5.0", "highlight.js 11.12.0", "katex 0.19.1"):
         assert package in text, package
-    pinned = json.loads((resources.files("marco_gguf") / ".." / "webui" / "package.json").read_text())
+    pinned = json.loads((Path(__file__).parents[1] / "webui" / "package.json").read_text())
     assert pinned["dependencies"] == {
         "dompurify": "3.5.0",
         "highlight.js": "11.12.0",
