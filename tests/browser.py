@@ -41,9 +41,12 @@ def chromium(width: int = 1100, height: int = 800, dark: bool = False):
 
 
 def until(driver, condition, what: str):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(lambda d: condition(d), message=what)
+    # the page redraws a message's views as a reply streams and ends: an element found a moment ago may be gone
+    wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
+    return wait.until(lambda d: condition(d), message=what)
 
 
 def open_page(driver, url: str) -> None:

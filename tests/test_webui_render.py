@@ -174,7 +174,7 @@ def test_the_page_and_its_files_are_the_packaged_ones_with_no_other_host(server)
     files = assets(html)
     assert files == ["static/css/page.css", "static/vendor/katex.css", "static/js/app.js"]
     # the modules the page imports, and KaTeX's fonts
-    files += [f"static/js/{m}.js" for m in ("markdown", "store", "stream", "panel")]
+    files += [f"static/js/{m}.js" for m in ("markdown", "store", "stream", "panel", "convs", "dom")]
     files += ["static/vendor/vendor.js", "static/vendor/katex.js"]
     files += [f"static/vendor/fonts/{f.name}" for f in (STATIC / "vendor" / "fonts").iterdir()]
     for f in files:

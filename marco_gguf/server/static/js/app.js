@@ -2,6 +2,8 @@
 // server's defaults and the model's facts from /props. Text reaches the DOM only through textContent or
 // markdown.js (DOMPurify); this file never builds HTML from strings.
 import { copyText, renderInto } from "./markdown.js";
+import { connect, download, listConversations } from "./convs.js";
+import { button, el } from "./dom.js";
 import { setTheme, showFacts, THEMES } from "./panel.js";
 import * as store from "./store.js";
 import { events, speedLine } from "./stream.js";
@@ -16,21 +18,6 @@ function headers() {
   const h = { "Content-Type": "application/json" };
   if (apiKey) h.Authorization = "Bearer " + apiKey;
   return h;
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function button(text, label, onClick) {
-  const b = el("button", "", text);
-  b.type = "button";
-  b.setAttribute("aria-label", label);
-  b.addEventListener("click", onClick);
-  return b;
 }
 
 function notice(text) {
@@ -112,70 +99,6 @@ function persist() {
   } catch (e) {
     notice(e.message);
   }
-}
-
-function listConversations() {
-  const list = $("convlist");
-  list.replaceChildren();
-  for (const conv of store.search($("search").value)) {
-    const li = el("li");
-    li.dataset.id = conv.id;
-    if (conv.id === state.conv.id) li.className = "current";
-    const open = button(conv.title || "(untitled)", "Open conversation: " + (conv.title || "untitled"), () => {
-      if (state.controller) return;
-      state.conv = store.get(conv.id) ?? store.blank();
-      render();
-    });
-    open.className = "open";
-    const rename = button("✎", "Rename conversation", () => startRename(li, conv));
-    rename.className = "rename";
-    const exp = button("⤓", "Export conversation", () => download(store.exportOne(conv, state.model), conv.title));
-    exp.className = "export";
-    const del = button("✕", "Delete conversation", () => {
-      if (!del.classList.contains("armed")) {
-        del.classList.add("armed"); // a second click deletes: no dialog, no accident
-        del.textContent = "Delete?";
-        return;
-      }
-      store.remove(conv.id);
-      if (conv.id === state.conv.id) state.conv = store.blank();
-      render();
-    });
-    del.className = "delete";
-    li.append(open, rename, exp, del);
-    list.append(li);
-  }
-}
-
-function startRename(li, conv) {
-  const input = el("input");
-  input.value = conv.title;
-  input.setAttribute("aria-label", "New name");
-  li.replaceChildren(input);
-  input.focus();
-  const done = (keep) => {
-    const fresh = store.get(conv.id);
-    if (keep && fresh && input.value.trim()) {
-      fresh.title = input.value.trim();
-      store.save(fresh);
-      if (fresh.id === state.conv.id) state.conv.title = fresh.title;
-    }
-    listConversations();
-  };
-  input.addEventListener("keydown", (e) => {
-    if (e.key === "Enter") done(true);
-    if (e.key === "Escape") done(false);
-  });
-  input.addEventListener("blur", () => input.isConnected && done(true));
-}
-
-function download(data, name) {
-  const blob = new Blob([JSON.stringify(data, null, 2) + "\n"], { type: "application/json" });
-  const a = el("a");
-  a.href = URL.createObjectURL(blob);
-  a.download = (name || "conversation").replace(/[^\w.-]+/g, "_").slice(0, 60) + ".json";
-  a.click();
-  URL.revokeObjectURL(a.href);
 }
 
 async function importFile(file) {
@@ -425,6 +348,7 @@ $("loadfile").addEventListener("change", () => {
   if (file) importFile(file);
 });
 
+connect(state, render);
 setTheme(localStorage.getItem("marco-gguf-theme") || "system");
 const latest = store.all()[0];
 if (latest) state.conv = latest; // the page opens where it was left
