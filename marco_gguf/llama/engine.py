@@ -32,7 +32,7 @@ from marco_gguf.arch.qwen3moe import DEFAULT_BATCH, DEFAULT_CTX, END_OF_TURN
 from marco_gguf.arch.sampling import Sampling, model_sampling
 from marco_gguf.base.errors import RequestError, ServeError, ServerBusyError
 from marco_gguf.base.machine import physical_cores
-from marco_gguf.llama.jobs import Direct, EngineMetrics, Job, Result, Timings
+from marco_gguf.llama.jobs import Direct, EngineMetrics, Job, Result, SlotState, Timings
 from marco_gguf.llama.loader import check_model, load_weights, quiet_stderr
 from marco_gguf.llama.sampler import sampler_chain
 from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY, check_similarity, choose_slot, common_prefix
@@ -222,6 +222,20 @@ class Engine:
             slot_cache_tokens=tuple(len(s.cache) for s in self._slots),
             kv_cache_size=self.ctx,
         )
+
+    def slots(self) -> list[SlotState]:
+        """Each slot now (GET /slots), read without the lock: a snapshot at most one step old."""
+        states = []
+        for s in self._slots:
+            job = s.job
+            states.append(
+                SlotState(s.seq, len(s.cache))
+                if job is None
+                else SlotState(
+                    s.seq, len(s.cache), job.id, len(job.prompt), job.cached, len(job.tokens), job.max_tokens
+                )
+            )
+        return states
 
     def kv_tokens(self, slot: int = 0) -> int:
         """Tokens the KV cache holds for `slot` (its sequence)."""

@@ -119,18 +119,21 @@ def _seed(seed: int | None) -> int | None:
 
 def parse_chat(data: dict, engine: Engine, defaults: Sampling, default_max: int | None) -> Generation:
     body = Body(data)
+    body.str("model", default=None)  # any name is accepted (one model is served), as llama-server does
     options = common(body, defaults, default_max)
     messages = [_message(m, i) for i, m in enumerate(_list(body, "messages"))]
     tools, names, choice = _tools(body)
     grammar = tool_calls.response_grammar(_response_format(body))
     forced = choice not in ("auto", "none")
+    parallel = body.bool("parallel_tool_calls", default=True)
     if forced:
         if grammar is not None:
             raise RequestError("response_format cannot be combined with a required tool call", param="response_format")
-        parallel = body.bool("parallel_tool_calls", default=True)
         grammar = tool_calls.tool_grammar(tools or [], names if choice == "required" else [choice], parallel)
+    # a conversation that ends with the assistant's words is continued from them (llama-server's prefill)
+    prefill = messages[-1]["role"] == "assistant" and "tool_calls" not in messages[-1]
     try:
-        text = engine.template.render(messages, tools=tools if choice != "none" else None)
+        text = engine.template.render(messages, tools=tools if choice != "none" else None, continue_final=prefill)
     except ChatError as e:
         raise RequestError(e.message, param="messages") from None
     return Generation(
@@ -156,8 +159,13 @@ def _message(m: Any, i: int) -> dict:
     if role not in ROLES:
         raise f.fail("role", role, " or ".join(ROLES))
     out: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": _content(f, role)}
-    if role == "assistant" and m.get("tool_calls") is not None:
-        out["tool_calls"] = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(_list(f, "tool_calls"))]
+    if role == "assistant":
+        # OpenAI's SDK sends "content": null beside tool_calls; templates test `'</think>' in content`, so null
+        # becomes "" as llama-server makes it (common/chat.cpp); an empty list of calls is no call
+        out["content"] = out["content"] or ""
+        if m.get("tool_calls") not in (None, []):
+            calls = _list(f, "tool_calls")
+            out["tool_calls"] = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]
     elif out["content"] is None:
         raise f.fail("content", None, "a string or a list of text parts")
     if role == "tool" and m.get("tool_call_id") is not None:
@@ -185,6 +193,7 @@ def _content(f: Body, role: str) -> str | None:
 
 def _tool_call(c: Any, where: str) -> dict:
     f = Body(c if isinstance(c, dict) else {}, f"{where}.")
+    f.only("type", ("function",), "tool calls are function calls")
     fn = f.sub("function")
     name, arguments = fn.str("name"), fn.str("arguments")
     return {"id": f.str("id", default=""), "type": "function", "function": {"name": name, "arguments": arguments}}
@@ -241,6 +250,7 @@ def _response_format(body: Body) -> dict:
 
 def parse_completion(data: dict, engine: Engine, defaults: Sampling, default_max: int | None) -> Generation:
     body = Body(data)
+    body.str("model", default=None)
     body.only("echo", (False,), "the prompt is not echoed")
     body.only("best_of", (1,), "one choice is generated")
     body.only("suffix", ("",), "insertion (suffix) is not supported")
