@@ -222,14 +222,18 @@ class Checkpoint:
     def read_rows(self, name: str, start: int = 0, count: int | None = None) -> np.ndarray:
         """Rows [start, start+count) of a tensor viewed as (n_rows, row_len), converted to float32."""
         ref = self.tensors[name]
-        count = ref.n_rows - start if count is None else count
-        store, itemsize = WEIGHT_DTYPES[ref.dtype]
-        buf = np.empty((count, ref.row_len), dtype=store)
-        offset = ref.offset + start * ref.row_len * itemsize
-        got = os.preadv(self._fds[ref.file], [buf.data.cast("B")], offset)
-        if got != buf.nbytes:
-            raise CheckpointError(
-                f"{ref.file}: truncated while reading {name} (got {got} of {buf.nbytes} bytes)",
-                "download this shard again",
-            )
-        return to_float32(buf, ref.dtype)
+        return read_ref_rows(self._fds[ref.file], ref, start, ref.n_rows - start if count is None else count)
+
+
+def read_ref_rows(fd: int, ref: TensorRef, start: int, count: int) -> np.ndarray:
+    """Rows [start, start+count) of the tensor `ref` in the open file `fd`, as float32 in a fresh buffer."""
+    store, itemsize = WEIGHT_DTYPES[ref.dtype]
+    buf = np.empty((count, ref.row_len), dtype=store)
+    offset = ref.offset + start * ref.row_len * itemsize
+    got = os.preadv(fd, [buf.data.cast("B")], offset)
+    if got != buf.nbytes:
+        raise CheckpointError(
+            f"{ref.file}: truncated while reading {ref.name} (got {got} of {buf.nbytes} bytes)",
+            "download this file again",
+        )
+    return to_float32(buf, ref.dtype)
