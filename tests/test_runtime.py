@@ -271,13 +271,21 @@ def test_template_falls_back_to_chatml_only_when_the_gguf_has_none():
         ChatTemplate("{{ raise_exception('no') }}").render([])
 
 
-def test_amx_guard_turns_extra_buffers_off_and_restores_llama_cpp():
-    """llama.cpp's AMX kernels crash in this version: with them built, load_model keeps weights in plain buffers."""
+@pytest.mark.parametrize(
+    "amx, extra_buffers",
+    [
+        (True, False),  # the AMX kernels crash in this llama.cpp: keep weights in plain buffers
+        (False, True),  # no AMX kernels: llama.cpp's repacked buffers are safe and faster
+    ],
+)
+def test_amx_guard_turns_extra_buffers_off_only_with_amx_and_restores_llama_cpp(monkeypatch, amx, extra_buffers):
+    """load_model hands Llama() model_params(): extra buffer types off exactly when the AMX kernels are built."""
     import llama_cpp.llama_cpp as c
 
-    from marco_gguf.llama.loader import without_extra_buffers
+    from marco_gguf.llama import loader
 
+    monkeypatch.setattr(loader, "amx_kernels_built", lambda: amx)
     before = c.llama_model_default_params
-    with without_extra_buffers():
-        assert c.llama_model_default_params().use_extra_bufts is False
+    with loader.without_extra_buffers():
+        assert c.llama_model_default_params().use_extra_bufts is extra_buffers
     assert c.llama_model_default_params is before and c.llama_model_default_params().use_extra_bufts is True

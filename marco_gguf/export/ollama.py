@@ -17,7 +17,7 @@ from typing import Any
 
 import gguf
 
-from marco_gguf.arch.qwen3moe import DEFAULT_CTX, END_OF_TURN
+from marco_gguf.arch.qwen3moe import CHAT_TEMPLATE_KEY, DEFAULT_CTX, END_OF_TURN
 from marco_gguf.arch.sampling import gguf_sampling
 from marco_gguf.base.errors import ExportError
 from marco_gguf.base.files import write_text_atomic
@@ -129,7 +129,7 @@ def export_ollama(
     modelfile = folder / "Modelfile"
     if modelfile.exists() and not force:
         raise ExportError(f"{modelfile} already exists", "pass --force to overwrite it")
-    template = go_template_for(fields.get("tokenizer.chat_template"))
+    template = go_template_for(fields.get(CHAT_TEMPLATE_KEY))
     parameters = (
         tuple(("stop", s) for s in STOPS)
         + (("num_ctx", str(NUM_CTX)),)

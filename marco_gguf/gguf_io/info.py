@@ -15,7 +15,7 @@ from typing import Any
 from gguf import GGUFValueType as V
 
 from marco_gguf.arch import qwen3moe as spec
-from marco_gguf.arch.qwen3moe import ARCH_NAME, DEFAULT_CTX, GROUPS
+from marco_gguf.arch.qwen3moe import ARCH_KEY, ARCH_NAME, CHAT_TEMPLATE_KEY, DEFAULT_CTX, GROUPS
 from marco_gguf.arch.sampling import gguf_sampling
 from marco_gguf.base.errors import GGUFFileError
 from marco_gguf.gguf_io.check import check_qwen3moe
@@ -148,8 +148,8 @@ def _read_info(path: Path) -> GGUFInfo:
     everything llama.cpp would abort or fail on while loading it (gguf_check.py)."""
     header = read_header(path)
     fields = header.fields
-    arch = fields.get("general.architecture") or "?"
-    if header.types.get("general.architecture", V.STRING) != V.STRING:
+    arch = fields.get(ARCH_KEY) or "?"
+    if header.types.get(ARCH_KEY, V.STRING) != V.STRING:
         raise GGUFFileError(
             f"{path}: key general.architecture is {header.types['general.architecture'].name}, expected STRING", DAMAGED
         )
@@ -166,7 +166,7 @@ def _read_info(path: Path) -> GGUFInfo:
         fields.get("general.file_type"),
         hparams,
         _tokenizer_summary(fields),
-        "tokenizer.chat_template" in fields,
+        CHAT_TEMPLATE_KEY in fields,
         gguf_sampling(fields),
         tensors,
     )

@@ -14,20 +14,20 @@ PEFT stores the pairs in three layouts, all of which map to "sites" (layer, GGUF
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from marco_gguf.arch.config import MarcoConfig
 from marco_gguf.arch.qwen3moe import LM_HEAD, parse_hf_name
 from marco_gguf.base.errors import AdapterError, CheckpointError
-from marco_gguf.hf.checkpoint import read_ref_rows
+from marco_gguf.hf.checkpoint import TensorReader
 from marco_gguf.hf.lora_config import load_settings
 from marco_gguf.hf.lora_targets import check_targets
 from marco_gguf.hf.safetensors_format import TensorRef, read_safetensors_header
@@ -97,7 +97,7 @@ class LoraAdapter:
         self.replaced: dict[str, TensorRef] = {}  # base tensor name -> modules_to_save tensor
         self._read(refs, base)
         check_targets(self.settings, config, {p.key for p in self.pairs.values()})
-        self._fd = os.open(self.file, os.O_RDONLY)
+        self._reader = TensorReader(refs)
         self._b_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -108,9 +108,7 @@ class LoraAdapter:
         self.close()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._reader.close()
 
     @property
     def kinds(self) -> list[str]:
@@ -119,7 +117,9 @@ class LoraAdapter:
         return [k for k in LORA_KINDS if k in present]
 
     # --- reading the tensor table ---
-    def _fail(self, name: str, what: str, hint: str = "the adapter was made for another model or is damaged") -> None:
+    def _fail(
+        self, name: str, what: str, hint: str = "the adapter was made for another model or is damaged"
+    ) -> NoReturn:
         raise AdapterError(f"{self.file}: tensor {name} {what}", hint)
 
     def _read(self, refs: Mapping[str, TensorRef], base: Mapping[str, TensorRef]) -> None:
@@ -151,7 +151,7 @@ class LoraAdapter:
             self._fail(
                 name, "is neither a LoRA factor (lora_A/lora_B) nor a tensor of modules_to_save of a Marco model"
             )
-        layer, kind, expert = parsed  # type: ignore[misc]
+        layer, kind, expert = parsed
         self._check_layer(name, layer, expert)
         if key not in base and key != LM_HEAD:
             self._fail(name, "replaces a tensor the base checkpoint does not have")
@@ -178,7 +178,8 @@ class LoraAdapter:
             if parsed is not None:  # embeddings or the output head
                 what = "is a LoRA on the embeddings or output head, which a tied model shares"
             self._fail(name, what, TIED_HINT if parsed is not None else "the adapter was made for another model")
-        layer, kind, expert = parsed  # type: ignore[misc]
+        layer, kind, expert = parsed
+        assert layer is not None  # checked above
         if kind.gguf not in LORA_KINDS:
             self._fail(name, f"targets {module}, a vector; LoRA changes matrices")
         self._check_layer(name, layer, expert)
@@ -204,7 +205,7 @@ class LoraAdapter:
                 f"gate_up_proj [{2 * c.expert_ff}, {c.hidden}] or down_proj [{c.hidden}, {c.expert_ff}] per expert",
             )
         key = f"model.layers.{layer}.mlp.experts.{param}"
-        out, inp = shapes[param]  # type: ignore[index]
+        out, inp = shapes[param]
         rank = self._rank(name, key, a, b, out, inp, E)
         kinds = (
             (("ffn_gate_exps", 0), ("ffn_up_exps", c.expert_ff)) if param == "gate_up_proj" else (("ffn_down_exps", 0),)
@@ -235,14 +236,14 @@ class LoraAdapter:
     # --- reading factors ---
     def read_replaced(self, name: str, start: int, count: int) -> np.ndarray:
         """Rows of a modules_to_save tensor, as float32."""
-        return read_ref_rows(self._fd, self.replaced[name], start, count)
+        return self._reader.read_rows(self.replaced[name].name, start, count)
 
     def factors(self, pair: Pair, first: int = 0, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(A [rank, in], B[first:first+count] [count, rank]) of a pair as float32."""
         count = (pair.b.shape[0] if pair.n_experts == 1 else self._b_rows(pair)) - first if count is None else count
         if pair.n_experts == 1:
-            return read_ref_rows(self._fd, pair.a, 0, pair.rank), read_ref_rows(self._fd, pair.b, first, count)
-        a = read_ref_rows(self._fd, pair.a, pair.expert * pair.rank, pair.rank)
+            return self._reader.read_rows(pair.a.name, 0, pair.rank), self._reader.read_rows(pair.b.name, first, count)
+        a = self._reader.read_rows(pair.a.name, pair.expert * pair.rank, pair.rank)
         start = pair.b_first + first
         return a, self._fused_b(pair.b)[pair.expert, start : start + count]
 
@@ -257,7 +258,7 @@ class LoraAdapter:
                 self._b_cache.move_to_end(b.name)
                 return hit
         out, E = b.shape[0], self.config.n_experts
-        whole = read_ref_rows(self._fd, b, 0, out).reshape(out, -1, E)
+        whole = self._reader.read_rows(b.name, 0, out).reshape(out, -1, E)
         per_expert = np.ascontiguousarray(whole.transpose(2, 0, 1))
         with self._lock:
             self._b_cache[b.name] = per_expert

@@ -91,6 +91,7 @@ def row_sites(adapter: LoraAdapter, name: str, start: int, count: int) -> Iterat
             g += n
         return
     parsed = parse_hf_name(name)
-    if parsed is not None and parsed[0] is not None:
-        layer, kind, expert = parsed
-        yield 0, count, Site(layer, kind.gguf, expert), start
+    if parsed is not None:
+        layer_no, hf_kind, expert = parsed
+        if layer_no is not None:
+            yield 0, count, Site(layer_no, hf_kind.gguf, expert), start

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from marco_gguf.arch.chat_template import ChatTemplate
-from marco_gguf.arch.qwen3moe import DEFAULT_CTX, END_OF_TURN
+from marco_gguf.arch.qwen3moe import DEFAULT_BATCH, DEFAULT_CTX, END_OF_TURN
 from marco_gguf.arch.sampling import Sampling, model_sampling
-from marco_gguf.base.errors import RequestError, ServerBusyError
+from marco_gguf.base.errors import RequestError, ServeError, ServerBusyError
 from marco_gguf.base.machine import physical_cores
 from marco_gguf.llama.jobs import Direct, EngineMetrics, Job, Result, Timings
 from marco_gguf.llama.loader import check_model, load_weights, quiet_stderr
@@ -38,7 +38,6 @@ from marco_gguf.llama.sampler import sampler_chain
 __all__ = ["MAX_PARALLEL", "Direct", "Engine", "EngineMetrics", "Job", "Result", "Sampling", "Timings", "sampler_chain"]
 
 MAX_PARALLEL = 64  # llama.cpp's LLAMA_MAX_SEQ is 256; more slots than this only splits a CPU's bandwidth thinner
-DEFAULT_BATCH = 512  # llama.cpp's default n_batch: the most tokens one llama_decode carries
 
 
 def nfc(text: str) -> str:
@@ -70,6 +69,12 @@ class _Slot:
         return self.job
 
 
+def check_parallel(parallel: int) -> None:
+    """The slot count an engine can have; `serve` asks before it binds its port, the engine again."""
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise ServeError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}")
+
+
 class Engine:
     """`parallel` generation slots over one llama.cpp context of `ctx` tokens, driven by one thread."""
 
@@ -86,8 +91,7 @@ class Engine:
     ) -> None:
         import llama_cpp as lib
 
-        if not 1 <= parallel <= MAX_PARALLEL:
-            raise RequestError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}", param="parallel")
+        check_parallel(parallel)
         self.info = check_model(model, ctx=ctx)
         self.ctx, self.parallel, self.queue_size = ctx, parallel, queue_size
         self.threads, self.batch = threads or physical_cores(), min(batch, ctx)

@@ -19,7 +19,7 @@ from typing import Any
 from marco_gguf.arch.sampling import model_sampling
 from marco_gguf.base.errors import MarcoGGUFError, ServeError
 from marco_gguf.base.progress import Progress, ProgressEvent
-from marco_gguf.llama.engine import MAX_PARALLEL, Engine
+from marco_gguf.llama.engine import Engine, check_parallel
 from marco_gguf.llama.loader import check_model, quiet_stderr
 from marco_gguf.llama.session import DEFAULT_CTX
 from marco_gguf.server.app import ServerState, create_app, model_id
@@ -89,8 +89,7 @@ def serve(
     general.sampling.* and Marco's defaults) is what requests that set nothing get; `max_tokens` None lets a
     reply run to the end of the context."""
     info = check_model(model, ctx=ctx)
-    if not 1 <= parallel <= MAX_PARALLEL:
-        raise ServeError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}")
+    check_parallel(parallel)
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
     state = ServerState(
