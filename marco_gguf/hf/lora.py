@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import gguf
 import numpy as np
 
 from marco_gguf.arch.config import MarcoConfig
@@ -275,6 +276,28 @@ class LoraAdapter:
 
     def sites(self, kind: str, layer: int) -> Iterator[tuple[Site, Pair]]:
         return ((s, p) for s, p in self.pairs.items() if s.kind == kind and s.layer == layer)
+
+
+META = "general.lora."  # a merged GGUF's record of its adapter (llama.cpp reads no general.lora.* key)
+
+
+def lora_metadata(adapter: LoraAdapter) -> dict[str, gguf.GGUFValue]:
+    """general.lora.* keys for a GGUF with `adapter` merged in: its folder name, rank, alpha, rsLoRA, the
+    tensor kinds it changes and the tensors it replaces (modules_to_save)."""
+    s, V = adapter.settings, gguf.GGUFValueType
+    kv = {
+        META + "name": gguf.GGUFValue(adapter.folder.resolve().name, V.STRING),
+        META + "rank": gguf.GGUFValue(s.r, V.UINT32),
+        META + "alpha": gguf.GGUFValue(s.alpha, V.FLOAT32),
+        META + "use_rslora": gguf.GGUFValue(s.use_rslora, V.BOOL),
+    }
+    if adapter.kinds:  # GGUF arrays may not be empty
+        kv[META + "kinds"] = gguf.GGUFValue(adapter.kinds, V.ARRAY, V.STRING)
+    if adapter.replaced:
+        kv[META + "replaced"] = gguf.GGUFValue(sorted(adapter.replaced), V.ARRAY, V.STRING)
+    if s.base_model:
+        kv[META + "base_model"] = gguf.GGUFValue(s.base_model, V.STRING)
+    return kv
 
 
 TIED_HINT = "use modules_to_save for a retrained embedding or output matrix"
