@@ -59,6 +59,7 @@ class ConvertResult:
     hub_repo: str | None = None  # owner/name when SOURCE was a hub id
     hub_commit: str | None = None  # the commit it was converted from
     imatrix: str | None = None  # the importance matrix the tensors were quantized with
+    lora: str | None = None  # the LoRA adapter folder merged in
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -254,4 +255,5 @@ def convert(
         hub.repo_id if hub else None,
         hub.commit if hub else None,
         (imatrix_label or str(imatrix)) if imatrix else None,
+        str(lora) if lora is not None else None,
     )
