@@ -23,6 +23,7 @@ from marco_gguf.arch.qwen3moe import ARCH_NAME, KIND
 from marco_gguf.base.errors import AdapterError
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.gguf_io.metadata import KVCollector
+from marco_gguf.gguf_io.reader import read_header
 from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec
 from marco_gguf.hf.checkpoint import index_tensors, load_config
 from marco_gguf.hf.lora import LoraAdapter, Pair
@@ -212,3 +213,37 @@ def write_lora_gguf(
         folded,
         time.perf_counter() - started,
     )
+
+
+def check_adapter(adapter: str | Path, model: str | Path) -> float:
+    """Before llama.cpp loads it (its refusals are a log line and a NULL): `adapter` is a GGUF LoRA adapter for
+    the architecture, tensors and shapes of the GGUF `model`. Returns its adapter.lora.alpha."""
+    path, head, base = Path(adapter), read_header(adapter), read_header(model)
+    kinds = (head.fields.get(gguf.Keys.General.TYPE), head.fields.get(gguf.Keys.Adapter.TYPE))
+    if kinds != ("adapter", "lora"):
+        raise AdapterError(
+            f"{path}: general.type / adapter.type are {kinds[0]!r} / {kinds[1]!r}, expected 'adapter' / 'lora'",
+            "make a GGUF adapter with: marco-gguf lora ADAPTER --base BASE",
+        )
+    arch = head.fields.get(gguf.Keys.General.ARCHITECTURE)
+    if arch != base.fields.get(gguf.Keys.General.ARCHITECTURE):
+        raise AdapterError(f"{path}: an adapter for {arch!r}, but {Path(model).name} is a {ARCH_NAME} model", OTHER)
+    shapes = {t.name: t.shape for t in base.tensors}
+    factors = {t.name: t.shape for t in head.tensors}
+    for name, a in factors.items():
+        if not name.endswith(".lora_a"):
+            continue
+        target, b = name.removesuffix(".lora_a"), factors.get(name.removesuffix("a") + "b")
+        if target not in shapes:
+            raise AdapterError(f"{path}: tensor {name} changes {target}, which {Path(model).name} does not have", OTHER)
+        want = shapes[target]
+        # numpy order: lora_a [..., r, in] and lora_b [..., out, r] against the base's [..., out, in]
+        if b is None or a[:-2] != want[:-2] or a[-1] != want[-1] or b[:-2] != want[:-2] or b[-2] != want[-2]:
+            found = f"lora_a {list(a)}, lora_b {list(b) if b is not None else 'missing'}"
+            raise AdapterError(f"{path}: {target} is {list(want)} in {Path(model).name}, but {found}", OTHER)
+        if a[-2] != b[-1]:
+            raise AdapterError(f"{path}: {name} has rank {a[-2]}, its lora_b rank {b[-1]}", OTHER)
+    return float(head.fields.get(gguf.Keys.Adapter.LORA_ALPHA, 0.0))
+
+
+OTHER = "the adapter was made for another base model: use one made for this one"
