@@ -20,7 +20,9 @@ from rich.text import Text
 
 from marco_gguf.base.errors import ChatError, MarcoGGUFError
 from marco_gguf.cli import ui
+from marco_gguf.cli.lora import LoraOption, LoraScaledOption
 from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP, settings
+from marco_gguf.llama.lora import lora_files
 from marco_gguf.llama.session import ChatSession, GenerationStats, Reply
 
 D = {name: p.default for name, p in inspect.signature(ChatSession).parameters.items()}  # one source of defaults
@@ -57,6 +59,8 @@ def chat(
     json_out: Annotated[
         bool, typer.Option("--json", help="With -p: print text and figures as one JSON object.")
     ] = False,
+    lora: LoraOption = None,
+    lora_scaled: LoraScaledOption = None,
 ) -> None:
     """Chat with a Marco GGUF in the terminal, with measured speed after every reply."""
     if json_out and prompt is None:
@@ -71,6 +75,7 @@ def chat(
                 temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed
             ),
             max_tokens=max_tokens,
+            loras=lora_files(lora or (), lora_scaled or ()),
         )
     with session:
         if not session.template.from_gguf:

@@ -71,3 +71,8 @@ class Adapters:
         for handle in self._handles:
             llama_cpp.llama_adapter_lora_free(handle)
         self._handles.clear()
+
+
+def lora_files(files: Sequence[str | Path] = (), scaled: Sequence[str] = ()) -> list[LoraFile]:
+    """--lora FILE (scale 1) and --lora-scaled FILE:SCALE options as LoraFiles, in that order."""
+    return [LoraFile(Path(f)) for f in files] + [LoraFile.parse_scaled(s) for s in scaled]

@@ -12,15 +12,17 @@ import contextlib
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from marco_gguf.arch.sampling import model_sampling
 from marco_gguf.base.errors import MarcoGGUFError, ServeError
 from marco_gguf.base.progress import Progress, ProgressEvent
+from marco_gguf.gguf_io.lora_gguf import check_adapter
 from marco_gguf.llama.engine import Engine, check_parallel
 from marco_gguf.llama.loader import check_model, quiet_stderr
+from marco_gguf.llama.lora import LoraFile
 from marco_gguf.llama.session import DEFAULT_CTX
 from marco_gguf.server.app import ServerState, create_app, model_id
 
@@ -84,12 +86,15 @@ def serve(
     sampling: Mapping[str, Any] | None = None,
     max_tokens: int | None = 2048,
     progress: Progress | None = None,
+    loras: Sequence[LoraFile] = (),
 ) -> None:
-    """Serve `model` until SIGINT/SIGTERM. `sampling` (settings by `Sampling` field, over the GGUF's own
+    """Serve `model` until SIGINT/SIGTERM (with `loras`, GGUF LoRA adapters applied to every request). `sampling` (settings by `Sampling` field, over the GGUF's own
     general.sampling.* and Marco's defaults) is what requests that set nothing get; `max_tokens` None lets a
     reply run to the end of the context."""
     info = check_model(model, ctx=ctx)
     check_parallel(parallel)
+    for lora in loras:  # refused before listening, not when the engine loads in the background
+        check_adapter(lora.path, info.path)
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
     state = ServerState(
@@ -97,7 +102,7 @@ def serve(
         max_tokens=max_tokens,
         defaults=model_sampling(info.sampling, sampling),
         load=lambda: Engine(
-            info.path, ctx=ctx, parallel=parallel, threads=threads, queue_size=queue, sampling=sampling
+            info.path, ctx=ctx, parallel=parallel, threads=threads, queue_size=queue, sampling=sampling, loras=loras
         ),
         on_ready=lambda: report(ProgressEvent(2, 2, "steps", "ready")),
     )
