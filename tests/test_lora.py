@@ -3,8 +3,12 @@ with one line when they do not fit the base."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import llama_cpp
 import numpy as np
@@ -14,8 +18,9 @@ from checkpoints import Spec, reference_logits
 from gguf import GGUFReader
 from test_parity import MAX_REL_ERR, gguf_logits
 
+from marco_gguf.base.errors import AdapterError
 from marco_gguf.convert import convert
-from marco_gguf.gguf_io.lora_gguf import write_lora_gguf
+from marco_gguf.gguf_io.lora_gguf import check_adapter, write_lora_gguf
 from marco_gguf.llama.lora import Adapters, LoraFile
 
 N_TOKENS = 48
@@ -125,3 +130,103 @@ def test_gguf_adapter_in_llama_cpp_equals_peft_model(reason, spec, checkpoint, c
     # scale 0: the base model's logits, as without the adapter
     base_ref = reference_logits(base, tokens()).numpy()
     assert rel_err(adapter_logits(model, gguf_adapter, tokens(), 0.0), base_ref) <= MAX_REL_ERR
+
+
+# --- refusals: one line naming the file and the field or tensor, nothing written ---
+
+
+def edited(folder: Path, tmp_path: Path, **changes) -> Path:
+    """A copy of the adapter folder with adapter_config.json's keys changed (None removes a key)."""
+    copy = tmp_path / "edited-adapter"
+    shutil.copytree(folder, copy)
+    path = copy / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    for k, v in changes.items():
+        cfg.pop(k) if v is None else cfg.__setitem__(k, v)
+    path.write_text(json.dumps(cfg))
+    return copy
+
+
+CONFIG_REFUSALS = [  # (reason, changes to adapter_config.json, expected message)
+    ("DoRA", {"use_dora": True}, "use_dora is set: DoRA (weight-decomposed LoRA"),
+    ("another PEFT method", {"peft_type": "IA3"}, "peft_type is 'IA3'; only LoRA adapters"),
+    ("rank disagrees with the tensors", {"r": 8}, "[4, 256] and its lora_B [128, 4], but rank 8 (adapter_config.json)"),
+    ("alpha is not a number", {"lora_alpha": "eight"}, "lora_alpha is 'eight' (a string), expected"),
+    ("rank missing", {"r": None}, "adapter_config.json: r "),
+    ("a target the base lacks", {"target_modules": ["c_attn"]}, "target_modules names 'c_attn', which the base"),
+    ("a target regex matching nothing", {"target_modules": ".*c_attn"}, "target_modules '.*c_attn' matches no module"),
+    ("made for another model class", {"auto_mapping": {"base_model_class": "LlamaForCausalLM"}}, "'LlamaForCausalLM'"),
+    ("aLoRA", {"alora_invocation_tokens": [1, 2]}, "alora_invocation_tokens is set: aLoRA"),
+    ("rsLoRA with a rank_pattern", {"use_rslora": True, "rank_pattern": {"k_proj": 2}}, "use_rslora with rank_pattern"),
+]
+
+
+@pytest.mark.parametrize("reason,changes,message", CONFIG_REFUSALS, ids=[c[0] for c in CONFIG_REFUSALS])
+def test_bad_adapter_config_refused_in_one_line(reason, changes, message, checkpoint, adapter, tmp_path):
+    folder = edited(adapter(Adapter()), tmp_path, **changes)
+    out = tmp_path / "out"
+    for call in (
+        lambda: convert(checkpoint(BASE), preset="f32", lora=folder, outdir=out, threads=2),
+        lambda: write_lora_gguf(folder, base=checkpoint(BASE), outfile=out / "a.gguf"),
+    ):
+        with pytest.raises(AdapterError) as e:
+            call()
+        assert message in e.value.message and "\n" not in e.value.message
+        assert "adapter_config.json" in e.value.message
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_damaged_adapter_weights_refused(checkpoint, adapter, tmp_path):
+    folder = edited(adapter(Adapter()), tmp_path)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(AdapterError, match=r"adapter_model.safetensors: truncated: tensor .* ends at byte"):
+        write_lora_gguf(folder, base=checkpoint(BASE), outfile=tmp_path / "a.gguf")
+    assert not (tmp_path / "a.gguf").exists()
+
+
+OTHER_BASES = [  # (reason, the spec the adapter was trained on, adapter, expected message against BASE)
+    ("a deeper base (3 layers)", Spec(seed=3, layers=3), Adapter(), "is for layer 2, but the base has 2 layers"),
+    ("other k/v widths (4 KV heads)", Spec(seed=3, kv_heads=4), Adapter(), "its lora_B [256, 4], but rank 4"),
+    (
+        "more experts (32)",
+        Spec(seed=3, experts=32),
+        Adapter(("gate",), EXPERTS),
+        "[512, 128], but rank 4 for each of 16 experts (adapter",
+    ),
+]
+
+
+@pytest.mark.parametrize("reason,other,spec,message", OTHER_BASES, ids=[c[0] for c in OTHER_BASES])
+def test_adapter_for_another_base_refused(reason, other, spec, message, checkpoint, tmp_path):
+    folder = make_adapter(checkpoint(other), tmp_path / "other-adapter", spec)
+    with pytest.raises(AdapterError) as e:
+        convert(checkpoint(BASE), preset="f32", lora=folder, outdir=tmp_path / "out", threads=2)
+    assert message in e.value.message and "adapter_model.safetensors" in e.value.message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_modules_to_save_cannot_be_a_gguf_adapter(checkpoint, adapter, tmp_path):
+    folder = adapter(Adapter(("v_proj",), modules_to_save=("embed_tokens",)))
+    with pytest.raises(
+        AdapterError, match=re.escape("modules_to_save replaces model.embed_tokens.weight; a GGUF adapter")
+    ):
+        write_lora_gguf(folder, base=checkpoint(BASE), outfile=tmp_path / "a.gguf")
+    assert not (tmp_path / "a.gguf").exists()
+
+
+def test_gguf_adapter_checked_against_the_model(checkpoint, converted, adapter, tmp_path):
+    a = write_lora_gguf(adapter(Adapter()), base=checkpoint(BASE), outfile=tmp_path / "a.gguf").path
+    assert check_adapter(a, converted(BASE, "f32").path) == 8.0
+    other = converted(Spec(seed=3, kv_heads=4), "f32").path
+    with pytest.raises(
+        AdapterError, match=r"blk.0.attn_k.weight is \[256, 256\] in .*, but lora_a \[4, 256\], lora_b \[128, 4\]"
+    ):
+        check_adapter(a, other)
+    with pytest.raises(
+        AdapterError, match=re.escape("general.type / adapter.type are 'model' / None, expected 'adapter' / 'lora'")
+    ):
+        check_adapter(other, other)
+    with pytest.raises(AdapterError, match=re.escape("--lora-scaled 'a.gguf': expected FILE:SCALE")):
+        LoraFile.parse_scaled("a.gguf")
+    assert LoraFile.parse_scaled("C:/x/a.gguf:0.5") == LoraFile(Path("C:/x/a.gguf"), 0.5)

@@ -219,10 +219,10 @@ class LoraAdapter:
         r, _ = self.settings.rank_alpha(key)
         want_a, want_b = (r * n_experts, inp), (out, r * n_experts)
         if a.shape != want_a or b.shape != want_b:
-            stacked = f" ({n_experts} experts x rank {r})" if n_experts > 1 else ""
+            stacked = f" for each of {n_experts} experts" if n_experts > 1 else ""
             raise AdapterError(
-                f"{self.file}: tensor {name} is {list(a.shape)} and its lora_B {list(b.shape)}, but rank {r} "
-                f"({self.settings.path.name}{stacked}) on the base's [{out}, {inp}] needs {list(want_a)} and "
+                f"{self.file}: tensor {name} is {list(a.shape)} and its lora_B {list(b.shape)}, but rank {r}"
+                f"{stacked} ({self.settings.path.name}) on the base's [{out}, {inp}] needs {list(want_a)} and "
                 f"{list(want_b)}",
                 "the adapter's config and weights disagree, or it was made for another model",
             )
