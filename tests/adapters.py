@@ -6,6 +6,7 @@ values, scaled so the adapter moves the logits clearly without swamping the base
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +72,13 @@ def peft_logits(base: Path, folder: Path, tokens: list[int]) -> torch.Tensor:
     model = PeftModel.from_pretrained(load_f32(base), folder).eval()
     with torch.no_grad():
         return model(torch.tensor([tokens])).logits[0]
+
+
+def save_merged(base: Path, folder: Path, out: Path) -> Path:
+    """PEFT's merged model saved as a float32 checkpoint, with the base's tokenizer files beside it."""
+    model = PeftModel.from_pretrained(load_f32(base), folder).merge_and_unload()
+    model.save_pretrained(out)
+    for f in base.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")) or f.name == "generation_config.json":
+            shutil.copy(f, out / f.name)
+    return out

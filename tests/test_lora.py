@@ -13,7 +13,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 import pytest
-from adapters import Adapter, make_adapter, merged_logits, peft_logits
+from adapters import Adapter, make_adapter, merged_logits, peft_logits, save_merged
 from checkpoints import Spec, reference_logits
 from gguf import GGUFReader
 from test_parity import MAX_REL_ERR, gguf_logits
@@ -230,3 +230,24 @@ def test_gguf_adapter_checked_against_the_model(checkpoint, converted, adapter, 
     with pytest.raises(AdapterError, match=re.escape("--lora-scaled 'a.gguf': expected FILE:SCALE")):
         LoraFile.parse_scaled("a.gguf")
     assert LoraFile.parse_scaled("C:/x/a.gguf:0.5") == LoraFile(Path("C:/x/a.gguf"), 0.5)
+
+
+QUANT_CASES = [  # (reason, adapter, preset): the merge happens before quantization, exactly as PEFT's
+    ("attention adapter, Q8_0", Adapter(), "q8_0"),
+    ("router and fused experts, F16", Adapter(("q_proj", "gate"), EXPERTS, seed=1), "f16"),
+    ("router and fused experts, Q4_K_M", Adapter(("q_proj", "gate"), EXPERTS, seed=1), "q4_k_m"),
+    ("modules_to_save embedding, Q8_0 (output written from the old embedding)", ADAPTERS[3][1], "q8_0"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reason,spec,preset", QUANT_CASES, ids=[c[0] for c in QUANT_CASES])
+def test_merged_quants_equal_converting_peft_merged_checkpoint(reason, spec, preset, checkpoint, adapter, tmp_path):
+    base, folder = checkpoint(BASE), adapter(spec)
+    merged = tmp_path / "peft-merged"
+    save_merged(base, folder, merged)
+    ref = GGUFReader(convert(merged, preset=preset, outdir=tmp_path / "ref", threads=2).path)
+    ours = GGUFReader(convert(base, preset=preset, lora=folder, outdir=tmp_path / "ours", threads=2).path)
+    assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+    for t, r in zip(ours.tensors, ref.tensors):
+        assert (t.tensor_type, bytes(t.data)) == (r.tensor_type, bytes(r.data)), t.name
