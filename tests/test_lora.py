@@ -251,3 +251,43 @@ def test_merged_quants_equal_converting_peft_merged_checkpoint(reason, spec, pre
     assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
     for t, r in zip(ours.tensors, ref.tensors):
         assert (t.tensor_type, bytes(t.data)) == (r.tensor_type, bytes(r.data)), t.name
+
+
+# --- the commands ---
+
+CLI = [sys.executable, "-m", "marco_gguf"]
+
+
+def run_json(*args) -> dict:
+    proc = subprocess.run([*CLI, *map(str, args), "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_commands_merge_write_and_chat_with_an_adapter(checkpoint, converted, adapter, tmp_path):
+    """convert --lora, lora, and chat --lora: greedy chat with the GGUF adapter on the base says what the merged
+    model says (and not what the base says)."""
+    base, folder = checkpoint(BASE), adapter(ADAPTERS[1][1])
+    merged = run_json("convert", base, "--lora", folder, "--preset", "f32", "--outdir", tmp_path, "-q")
+    assert merged["lora"] == str(folder) and Path(merged["path"]).is_file()
+    written = run_json("lora", folder, "--base", base, "-o", tmp_path / "a.gguf", "-q")
+    assert written["kinds"] == ["attn_q", "ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
+    ask = ("-p", "Hello there", "--temp", "0", "--max-tokens", "12")
+    with_adapter = run_json("chat", converted(BASE, "f32").path, "--lora", written["path"], *ask)
+    assert with_adapter["text"] == run_json("chat", merged["path"], *ask)["text"]
+    assert with_adapter["text"] != run_json("chat", converted(BASE, "f32").path, *ask)["text"]
+    off = run_json("chat", converted(BASE, "f32").path, "--lora-scaled", f"{written['path']}:0", *ask)
+    assert off["text"] == run_json("chat", converted(BASE, "f32").path, *ask)["text"]  # scale 0: the base
+
+
+def test_chat_and_serve_refuse_a_wrong_adapter_in_one_line(converted):
+    model = converted(BASE, "f32").path
+    for args in (
+        ["chat", model, "--lora", model, "-p", "Hi"],
+        ["serve", model, "--lora", model, "--port", "0"],
+    ):
+        proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1
+        assert "general.type / adapter.type are 'model' / None, expected 'adapter' / 'lora'" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) <= 2  # the error and its hint
