@@ -20,6 +20,7 @@ from test_parity import MAX_REL_ERR, gguf_logits
 
 from marco_gguf.base.errors import AdapterError
 from marco_gguf.convert import convert
+from marco_gguf.export.ollama import export_ollama
 from marco_gguf.gguf_io.lora_gguf import check_adapter, write_lora_gguf
 from marco_gguf.llama.lora import Adapters, LoraFile
 
@@ -291,3 +292,16 @@ def test_chat_and_serve_refuse_a_wrong_adapter_in_one_line(converted):
         assert proc.returncode == 1
         assert "general.type / adapter.type are 'model' / None, expected 'adapter' / 'lora'" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) <= 2  # the error and its hint
+
+
+def test_ollama_modelfile_names_the_adapter(checkpoint, converted, adapter, tmp_path):
+    a = write_lora_gguf(adapter(Adapter()), base=checkpoint(BASE), outfile=tmp_path / "adapters" / "a.gguf").path
+    model = converted(BASE, "f32").path
+    r = export_ollama(model, outdir=tmp_path / "m", lora=a)
+    lines = r.modelfile.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    assert lines[start + 1] == "ADAPTER ../adapters/a.gguf"  # Ollama resolves it against the Modelfile's folder
+    assert r.as_dict()["adapter"] == str(a)
+    with pytest.raises(AdapterError, match="expected 'adapter' / 'lora'"):
+        export_ollama(model, outdir=tmp_path / "n", lora=model)
+    assert not (tmp_path / "n").exists()
