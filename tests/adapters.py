@@ -6,6 +6,7 @@ values, scaled so the adapter moves the logits clearly without swamping the base
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,4 +82,35 @@ def save_merged(base: Path, folder: Path, out: Path) -> Path:
     for f in base.iterdir():
         if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")) or f.name == "generation_config.json":
             shutil.copy(f, out / f.name)
+    return out
+
+
+def per_expert_copy(fused: Path, out: Path, n_experts: int, expert_ff: int) -> Path:
+    """The fused-expert adapter `fused` rewritten in transformers 4.x's per-expert module layout (what PEFT makes
+    for `target_modules=["gate_proj", "up_proj", "down_proj"]` there): the same model, other tensor names.
+
+    PEFT's fused layout (ParamWrapper): lora_A [E*r, in] expert-major, lora_B [out, r*E] with column k*E + e."""
+    from safetensors.torch import load_file, save_file
+
+    state, split = load_file(fused / "adapter_model.safetensors"), {}
+    for name, t in state.items():
+        if ".mlp.experts." not in name:
+            split[name] = t
+        if ".mlp.experts." not in name or not name.endswith("lora_A.weight"):
+            continue
+        layer_prefix = name[: name.index(".mlp.experts") + len(".mlp.experts")]
+        a, b = t, state[name.replace("lora_A", "lora_B")]
+        r = a.shape[0] // n_experts
+        for e in range(n_experts):
+            a_e, b_e = a[e * r : (e + 1) * r], b[:, e::n_experts]
+            parts = {"gate_proj": b_e[:expert_ff], "up_proj": b_e[expert_ff:]} if len(b) == 2 * expert_ff else {}
+            for module, rows in (parts or {"down_proj": b_e}).items():
+                split[f"{layer_prefix}.{e}.{module}.lora_A.weight"] = a_e.clone()
+                split[f"{layer_prefix}.{e}.{module}.lora_B.weight"] = rows.contiguous()
+    out.mkdir(parents=True)
+    save_file(split, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((fused / "adapter_config.json").read_text())
+    cfg["target_modules"] = sorted(set(cfg["target_modules"]) | {"gate", "gate_proj", "up_proj", "down_proj"})
+    cfg["target_parameters"] = [p for p in cfg["target_parameters"] if "experts" not in p]
+    (out / "adapter_config.json").write_text(json.dumps(cfg))
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 import pytest
-from adapters import Adapter, make_adapter, merged_logits, peft_logits, save_merged
+from adapters import Adapter, make_adapter, merged_logits, peft_logits, per_expert_copy, save_merged
 from checkpoints import Spec, reference_logits
 from gguf import GGUFReader
 from test_parity import MAX_REL_ERR, gguf_logits
@@ -305,3 +305,42 @@ def test_ollama_modelfile_names_the_adapter(checkpoint, converted, adapter, tmp_
     with pytest.raises(AdapterError, match="expected 'adapter' / 'lora'"):
         export_ollama(model, outdir=tmp_path / "n", lora=model)
     assert not (tmp_path / "n").exists()
+
+
+def test_per_expert_adapter_layout_equals_the_fused_one(checkpoint, adapter, tmp_path):
+    """transformers 4.x adapters hold one module per expert: rewritten so, the fused adapter gives the same tensors
+    (merged F32 file and GGUF adapter alike)."""
+    base, fused = checkpoint(BASE), adapter(ADAPTERS[1][1])
+    split = per_expert_copy(fused, tmp_path / "per-expert", BASE.experts, BASE.expert_ff)
+    for kind in ("merged", "adapter"):
+        files = []
+        for folder in (fused, split):
+            out = tmp_path / kind / folder.name
+            if kind == "merged":
+                files.append(convert(base, preset="f32", lora=folder, outdir=out, threads=2).path)
+            else:
+                files.append(write_lora_gguf(folder, base=base, outfile=out / "a.gguf").path)
+        ref, ours = (GGUFReader(f) for f in files)
+        assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+        for t, r in zip(ours.tensors, ref.tensors):
+            assert bytes(t.data) == bytes(r.data), f"{kind}: {t.name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outtype", ["f32", "q8_0"])
+def test_expert_adapter_gguf_equals_the_script_on_its_per_expert_layout(
+    outtype, checkpoint, adapter, llamacpp_src, tmp_path
+):
+    """The script cannot read PEFT's fused-expert adapters ("Unprocessed experts") but stacks per-expert ones
+    (LoraTorchTensor + torch.stack): on the same adapter in that layout, its file is ours for the fused one."""
+    base, fused = checkpoint(BASE), adapter(ADAPTERS[1][1])
+    split = per_expert_copy(fused, tmp_path / "per-expert", BASE.experts, BASE.expert_ff)
+    ref = tmp_path / "ref.gguf"
+    cmd = [sys.executable, str(llamacpp_src / "convert_lora_to_gguf.py"), str(split), "--base", str(base)]
+    subprocess.run([*cmd, "--outtype", outtype, "--outfile", str(ref)], check=True, capture_output=True, cwd=tmp_path)
+    assert (
+        write_lora_gguf(split, base=base, outfile=tmp_path / "split.gguf", outtype=outtype).path.read_bytes()
+        == ref.read_bytes()
+    )
+    ours = GGUFReader(write_lora_gguf(fused, base=base, outfile=tmp_path / "fused.gguf", outtype=outtype).path)
+    assert [(t.name, bytes(t.data)) for t in ours.tensors] == [(t.name, bytes(t.data)) for t in GGUFReader(ref).tensors]

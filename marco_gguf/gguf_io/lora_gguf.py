@@ -26,7 +26,7 @@ from marco_gguf.gguf_io.metadata import KVCollector
 from marco_gguf.gguf_io.reader import read_header
 from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec
 from marco_gguf.hf.checkpoint import index_tensors, load_config
-from marco_gguf.hf.lora import LoraAdapter, Pair
+from marco_gguf.hf.lora import PREFIX, LoraAdapter, Pair
 
 Q = gguf.GGMLQuantizationType
 OUTTYPES = {  # --outtype -> (file type, tensor type): convert_lora_to_gguf.py's ftype_map
@@ -35,6 +35,7 @@ OUTTYPES = {  # --outtype -> (file type, tensor type): convert_lora_to_gguf.py's
     "bf16": (gguf.LlamaFileType.MOSTLY_BF16, Q.BF16),
     "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q8_0),
 }
+EXPERT_ORDER = ("ffn_down_exps", "ffn_gate_exps", "ffn_up_exps")  # conversion/qwen.py Qwen2MoeModel's w_name order
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,9 @@ def plan(adapter: LoraAdapter) -> list[Planned]:
                 "into one tensor of one rank",
                 "merge it into the base instead: marco-gguf convert BASE --lora ADAPTER",
             )
-        first = min((p for p in pairs if p is not None), key=lambda p: p.a.name)
-        out.append(Planned(name, kind, True, (first.a.name, int(kind == "ffn_up_exps")), pairs, ranks.pop()))
+        # the script stacks a layer's experts once it has read them all, then writes down, gate, up
+        key = (f"{PREFIX}model.layers.{layer}.mlp.experts", EXPERT_ORDER.index(kind))
+        out.append(Planned(name, kind, True, key, pairs, ranks.pop()))
     return sorted(out, key=lambda t: t.sort_key)
 
 
