@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -273,9 +273,6 @@ class LoraAdapter:
         d = b @ a
         d *= np.float32(pair.scale)
         return d
-
-    def sites(self, kind: str, layer: int) -> Iterator[tuple[Site, Pair]]:
-        return ((s, p) for s, p in self.pairs.items() if s.kind == kind and s.layer == layer)
 
 
 META = "general.lora."  # a merged GGUF's record of its adapter (llama.cpp reads no general.lora.* key)
