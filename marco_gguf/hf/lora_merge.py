@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from marco_gguf.arch.qwen3moe import EMBEDDINGS, LM_HEAD, parse_hf_name
 from marco_gguf.hf.checkpoint import Checkpoint
@@ -33,6 +34,9 @@ class MergedSource:
         self.tensors: dict[str, TensorRef] = {**ckpt.tensors, **adapter.replaced}
         if EMBEDDINGS in adapter.replaced and LM_HEAD not in self.tensors:
             self.tensors[LM_HEAD] = ckpt.tensors[EMBEDDINGS]  # the tied head keeps the base's embeddings
+        # the conversion's workers are the parallelism: a multi-threaded BLAS under each of them spins against the
+        # others (measured 10-15x slower B @ A on 2 cores), so the merge's small matmuls run on one BLAS thread
+        self._blas = threadpool_limits(1, user_api="blas")
 
     @classmethod
     def open(cls, folder: Path, adapter_folder: Path) -> MergedSource:
@@ -51,6 +55,7 @@ class MergedSource:
         self.close()
 
     def close(self) -> None:
+        self._blas.restore_original_limits()
         self.adapter.close()
         self.ckpt.close()
 
