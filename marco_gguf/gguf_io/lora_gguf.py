@@ -64,7 +64,7 @@ class Planned:
     name: str  # "blk.0.attn_q.weight"
     kind: str  # "attn_q"
     stacked: bool  # an expert stack: factors [E, r, in] and [E, out, r]
-    sort_key: tuple[str, int]  # the script's order: the adapter's tensor names, then gate before up
+    sort_key: tuple[str, int]  # the script's order: the adapter's tensor names; a layer's stacks down, gate, up
     pairs: tuple[Pair | None, ...]  # one pair, or one per expert (None: an expert the adapter leaves alone)
     rank: int
 
