@@ -15,6 +15,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import Qwen3MoeForCausalLM
 
+EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")  # target_parameters of transformers 5's fused experts
+
 
 @dataclass(frozen=True)
 class Adapter:

@@ -13,7 +13,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 import pytest
-from adapters import Adapter, make_adapter, merged_logits, peft_logits, per_expert_copy, save_merged
+from adapters import EXPERTS, Adapter, make_adapter, merged_logits, peft_logits, per_expert_copy, save_merged
 from checkpoints import Spec, reference_logits
 from gguf import GGUFReader
 from test_parity import MAX_REL_ERR, gguf_logits
@@ -26,7 +26,6 @@ from marco_gguf.llama.lora import Adapters, LoraFile
 
 N_TOKENS = 48
 BASE = Spec(seed=3)
-EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
 ADAPTERS = [
     ("attention q/k/v/o", Adapter()),
