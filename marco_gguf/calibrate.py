@@ -77,7 +77,7 @@ def calibrate_convert(
                 outfile=scratch / "calibration-Q8_0.gguf",
                 threads=threads,
                 progress=progress,
-                **{k: v for k, v in convert_options.items() if k in ("revision", "name")},
+                **{k: v for k, v in convert_options.items() if k in ("revision", "name", "lora")},
             ).path
         stem = Path(str(source).rstrip("/")).name or "model"
         imatrix_path = keep if keep is not None else scratch / f"{stem}.imatrix.gguf"

@@ -26,6 +26,8 @@ from marco_gguf.gguf_io.metadata import build_metadata, count_parameters
 from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec
 from marco_gguf.hf.checkpoint import Checkpoint
 from marco_gguf.hf.hub import resolve_source
+from marco_gguf.hf.lora import lora_metadata
+from marco_gguf.hf.lora_merge import MergedSource
 from marco_gguf.llama.ggml import prepare, quantize_rows
 from marco_gguf.quant.importance import (
     Importance,
@@ -57,6 +59,7 @@ class ConvertResult:
     hub_repo: str | None = None  # owner/name when SOURCE was a hub id
     hub_commit: str | None = None  # the commit it was converted from
     imatrix: str | None = None  # the importance matrix the tensors were quantized with
+    lora: str | None = None  # the LoRA adapter folder merged in
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -110,7 +113,7 @@ def quantize_block(
 
 
 def _stream(
-    ckpt: Checkpoint,
+    ckpt: Checkpoint | MergedSource,
     planned: list[PlannedTensor],
     specs: list[TensorSpec],
     writer: GGUFStreamWriter,
@@ -166,6 +169,7 @@ def convert(
     imatrix_label: str | None = None,
     experts: Sequence[Sequence[int]] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    lora: str | Path | None = None,
 ) -> ConvertResult:
     """Convert a Marco (qwen3_moe) checkpoint folder, or a hub id `owner/name` (at `revision`), to GGUF;
     with `imatrix` (a GGUF or legacy .dat importance matrix) the quantizers weight by it, as llama-quantize's
@@ -173,13 +177,16 @@ def convert(
 
     `experts` keeps only those experts of each layer (one list per layer, all of one length; `prune` uses
     it), with tensor types decided as for the whole model, so the file equals the whole model's converted
-    and then sliced; `metadata` adds GGUF keys (name -> gguf.GGUFValue) after all others."""
+    and then sliced; `metadata` adds GGUF keys (name -> gguf.GGUFValue) after all others; `lora` (a PEFT LoRA
+    adapter folder) is merged into the base tensor by tensor in float32 before quantization (general.lora.*
+    records it), so the file is the PEFT-merged model's."""
     started = time.perf_counter()
     chosen = preset if isinstance(preset, Preset) else load_preset(preset)
     overrides = parse_overrides(tensor_types)
     threads = threads or default_threads()
     hub = resolve_source(source, revision=revision)  # None for a local folder
-    with Checkpoint(hub.folder if hub else Path(source)) as ckpt:
+    folder = hub.folder if hub else Path(source)
+    with Checkpoint(folder) if lora is None else MergedSource.open(folder, Path(lora)) as ckpt:
         c = ckpt.config
         untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
         planned = plan_tensors(c, ckpt.tensors, keep_lm_head=untied_head)
@@ -210,13 +217,18 @@ def convert(
         )
         if importance is not None:
             add_imatrix_keys(kv, importance, imatrix_label or str(imatrix))
+        if isinstance(ckpt, MergedSource):
+            kv.update(lora_metadata(ckpt.adapter))
         kv = {**kv, **(metadata or {})}
+        stem = name or (hub.name if hub else None)
+        if lora is not None and name is None:  # my-base-my-adapter-Q4_K_M.gguf, not the base's own file name
+            stem = f"{stem or folder.resolve().name}-{Path(lora).resolve().name}"
         path = output_path(
             ckpt.folder,
             chosen,
             outfile=Path(outfile) if outfile else None,
             outdir=Path(outdir) if outdir else None,
-            name=name or (hub.name if hub else None),
+            name=stem,
             imatrix=importance is not None,
         )
         for q in {s.type for s in specs}:
@@ -245,4 +257,5 @@ def convert(
         hub.repo_id if hub else None,
         hub.commit if hub else None,
         (imatrix_label or str(imatrix)) if imatrix else None,
+        str(lora) if lora is not None else None,
     )

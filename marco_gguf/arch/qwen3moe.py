@@ -131,6 +131,27 @@ def parse_name(name: str) -> tuple[int | None, Kind] | None:
     return None
 
 
+_HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+_HF_EXPERT = re.compile(r"mlp\.experts\.(\d+)\.(\w+)\.weight")
+
+
+def parse_hf_name(name: str) -> tuple[int | None, Kind, int | None] | None:
+    """A Hugging Face tensor name's (layer, kind, expert), in the per-expert spelling: "model.layers.3.mlp.experts.
+    7.up_proj.weight" -> (3, ffn_up_exps, 7); "lm_head.weight" -> (None, output, None); None for other names."""
+    model_kind = next((k for k in KINDS if k.scope == "model" and k.hf == name), None)
+    if model_kind is not None:
+        return None, model_kind, None
+    m = _HF_LAYER.fullmatch(name)
+    if m is None:
+        return None
+    layer, rest = int(m.group(1)), m.group(2)
+    if (e := _HF_EXPERT.fullmatch(rest)) is not None:
+        kind = next((k for k in EXPERT_KINDS if k.hf == e.group(2)), None)
+        return (layer, kind, int(e.group(1))) if kind is not None else None
+    kind = next((k for k in BLOCK if k.scope == "layer" and k.hf == rest), None)
+    return (layer, kind, None) if kind is not None else None
+
+
 def gguf_tensor_shapes(c: Dims, *, with_output: bool = False) -> dict[str, tuple[int, ...]]:
     """GGUF name -> numpy-order shape of every tensor llama.cpp's qwen3moe loader creates, in its order."""
     out = {k.name(): k.gguf_shape(c) for k in HEAD}

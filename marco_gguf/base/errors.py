@@ -34,6 +34,11 @@ class TokenizerError(CheckpointError):
     """The tokenizer files are missing or not the Qwen2/Qwen3 byte-level BPE this format needs."""
 
 
+class AdapterError(CheckpointError):
+    """A LoRA adapter is damaged, uses a PEFT variant that cannot be merged or converted, or was made for
+    another model than the base it is given with."""
+
+
 class PresetError(MarcoGGUFError):
     """A quantization preset file or a tensor-type override is invalid."""
 

@@ -16,6 +16,7 @@ from marco_gguf.cli import experts as experts_cmd
 from marco_gguf.cli import export as export_cmd
 from marco_gguf.cli import imatrix as imatrix_cmd
 from marco_gguf.cli import inspect as inspect_cmd
+from marco_gguf.cli import lora as lora_cmd
 from marco_gguf.cli import prune as prune_cmd
 from marco_gguf.cli import quality as quality_cmd
 from marco_gguf.cli import serve as serve_cmd
@@ -60,6 +61,7 @@ app.command()(quality_cmd.quality)
 app.command()(imatrix_cmd.imatrix)
 app.command()(experts_cmd.experts)
 app.command()(prune_cmd.prune)
+app.command()(lora_cmd.lora)
 app.command()(serve_cmd.serve)
 
 

@@ -22,6 +22,8 @@ from marco_gguf.base.errors import ChatError, MarcoGGUFError
 from marco_gguf.cli import ui
 from marco_gguf.cli.options import Ctx, Json, Threads
 from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, TopK, TopP, settings
+from marco_gguf.cli.lora import LoraOption, LoraScaledOption
+from marco_gguf.llama.lora import lora_files
 from marco_gguf.llama.session import ChatSession, GenerationStats, Reply
 
 D = {name: p.default for name, p in inspect.signature(ChatSession).parameters.items()}  # one source of defaults
@@ -55,6 +57,8 @@ def chat(
         str | None, typer.Option("--prompt", "-p", help="Ask one question, print the answer, exit (llama-cli's -p).")
     ] = None,
     json_out: Json = False,
+    lora: LoraOption = None,
+    lora_scaled: LoraScaledOption = None,
 ) -> None:
     """Chat with a Marco GGUF in the terminal, with measured speed after every reply (--json goes with --prompt)."""
     if json_out and prompt is None:
@@ -69,6 +73,7 @@ def chat(
                 temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed
             ),
             max_tokens=max_tokens,
+            loras=lora_files(lora or (), lora_scaled or ()),
         )
     with session:
         if note := session.info.context_note(ctx):

@@ -63,6 +63,10 @@ def convert(
     keep_imatrix: Annotated[
         Path | None, typer.Option("--keep-imatrix", help="With --calibrate: keep the imatrix here.")
     ] = None,
+    lora: Annotated[
+        Path | None,
+        typer.Option("--lora", help="A PEFT LoRA adapter folder to merge into the base while converting."),
+    ] = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -81,6 +85,7 @@ def convert(
         force=force,
         tensor_types=tensor_type or (),
         revision=revision,
+        lora=lora,
     )
     with ui.errors_to_exit(), ui.progress_bar("converting", quiet=quiet or json_out) as progress:
         if calibrate:
@@ -117,6 +122,7 @@ def convert(
         ]
         + ([("source", f"{result.hub_repo} @ {result.hub_commit}")] if result.hub_repo else [])
         + ([("imatrix", result.imatrix)] if result.imatrix else [])
+        + ([("lora", f"{result.lora} (merged)")] if result.lora else [])
         + (
             [
                 (

@@ -31,11 +31,14 @@ def ollama(
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Ollama model name (default: the file's name).")] = None,
     force: Force = False,
+    lora: Annotated[
+        Path | None, typer.Option("--lora", help="A GGUF LoRA adapter for the model (the Modelfile's ADAPTER).")
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Write a Modelfile (Go chat template, stops, context, sampling defaults, license) and print `ollama create`."""
     with ui.errors_to_exit():
-        r = export_ollama(file, outdir=outdir, name=name, force=force)
+        r = export_ollama(file, outdir=outdir, name=name, force=force, lora=lora)
     if json_out:
         ui.print_json(r.as_dict())
         return
@@ -45,7 +48,8 @@ def ollama(
             ("chat format", f"{r.template_format}{' (tools supported)' if r.tools else ''}"),
             ("parameters", ", ".join(f"{k} {v}" for k, v in r.parameters)),
             ("license", r.license or "none recorded in the GGUF"),
-        ],
+        ]
+        + ([("adapter", str(r.adapter))] if r.adapter else []),
     )
     for note in r.notes:
         ui.note(note)

@@ -13,6 +13,8 @@ from marco_gguf.base.progress import ProgressEvent
 from marco_gguf.cli import ui
 from marco_gguf.cli.options import Ctx, Threads
 from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, TopK, TopP, settings
+from marco_gguf.cli.lora import LoraOption, LoraScaledOption
+from marco_gguf.llama.lora import lora_files
 from marco_gguf.server import serve as lib_serve
 
 D = {name: p.default for name, p in inspect.signature(lib_serve).parameters.items()}  # one source of defaults
@@ -60,6 +62,8 @@ def serve(
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", "-n", min=1, help="Longest reply when a request sets no max_tokens.")
     ] = D["max_tokens"],
+    lora: LoraOption = None,
+    lora_scaled: LoraScaledOption = None,
 ) -> None:
     """Serve a Marco GGUF over OpenAI's HTTP API (chat, completions, tools, JSON output) to several clients at once."""
     if host not in LOOPBACK and not api_key:
@@ -91,4 +95,5 @@ def serve(
             max_tokens=max_tokens,
             slot_prompt_similarity=slot_prompt_similarity,
             progress=progress,
+            loras=lora_files(lora or (), lora_scaled or ()),
         )

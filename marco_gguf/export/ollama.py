@@ -22,6 +22,7 @@ from marco_gguf.arch.sampling import gguf_sampling
 from marco_gguf.base.errors import ExportError
 from marco_gguf.base.files import check_writable, make_folders, remove_folders, write_text_atomic
 from marco_gguf.export.templates import go_template_for
+from marco_gguf.gguf_io.lora_gguf import check_adapter
 from marco_gguf.gguf_io.reader import read_header
 from marco_gguf.version import __version__
 
@@ -62,6 +63,7 @@ class OllamaExport:
     parameters: tuple[tuple[str, str], ...]  # (PARAMETER name, value) in file order
     license: str | None
     notes: tuple[str, ...] = ()
+    adapter: Path | None = None  # the GGUF LoRA adapter named by ADAPTER
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +76,7 @@ class OllamaExport:
             "parameters": [list(p) for p in self.parameters],
             "license": self.license,
             "notes": list(self.notes),
+            "adapter": str(self.adapter) if self.adapter else None,
         }
 
 
@@ -98,14 +101,21 @@ def _from_line(gguf_path: Path, outdir: Path) -> str:
 
 
 def modelfile_text(
-    *, from_path: str, template: str, parameters: tuple[tuple[str, str], ...], license: str | None, header: str
+    *,
+    from_path: str,
+    template: str,
+    parameters: tuple[tuple[str, str], ...],
+    license: str | None,
+    header: str,
+    adapter_path: str | None = None,
 ) -> str:
     """A Modelfile in Ollama's syntax; TEMPLATE and LICENSE as triple-quoted multi-line values."""
     for what, text in (("TEMPLATE", template), ("LICENSE", license or "")):
         if '"""' in text:
             raise ExportError(f'the {what} contains """, which a Modelfile cannot quote')
     lines = [f"# {line}" for line in header.splitlines()]
-    lines += [f"FROM {from_path}", f'TEMPLATE """{template}"""']
+    lines += [f"FROM {from_path}"] + ([f"ADAPTER {adapter_path}"] if adapter_path else [])
+    lines += [f'TEMPLATE """{template}"""']
     lines += [f'PARAMETER {k} "{v}"' if k == "stop" else f"PARAMETER {k} {v}" for k, v in parameters]
     if license:
         lines.append(f'LICENSE """{license}"""')
@@ -113,11 +123,19 @@ def modelfile_text(
 
 
 def export_ollama(
-    gguf: str | Path, *, outdir: str | Path | None = None, name: str | None = None, force: bool = False
+    gguf: str | Path,
+    *,
+    outdir: str | Path | None = None,
+    name: str | None = None,
+    force: bool = False,
+    lora: str | Path | None = None,
 ) -> OllamaExport:
-    """Write `<outdir>/Modelfile` (default: beside the GGUF) for `ollama create NAME -f <outdir>/Modelfile`."""
+    """Write `<outdir>/Modelfile` (default: beside the GGUF) for `ollama create NAME -f <outdir>/Modelfile`; `lora`
+    (a GGUF LoRA adapter, checked against the model first) becomes its ADAPTER line."""
 
     gguf_path = Path(gguf)
+    if lora is not None:
+        check_adapter(lora, gguf_path)
     fields = read_header(gguf_path).fields
     name = name or default_model_name(gguf_path)
     if not OLLAMA_NAME.fullmatch(name):
@@ -149,6 +167,7 @@ def export_ollama(
         parameters=parameters,
         license=license,
         header=header,
+        adapter_path=_from_line(Path(lora), folder) if lora is not None else None,
     )
     made: list[Path] = []
     try:
@@ -158,5 +177,14 @@ def export_ollama(
         remove_folders(made)
         raise ExportError(f"{modelfile}: cannot write it ({e.strerror or e})", "choose another --outdir") from None
     return OllamaExport(
-        modelfile, gguf_path, name, command, template.format, template.tools, parameters, license, template.notes
+        modelfile,
+        gguf_path,
+        name,
+        command,
+        template.format,
+        template.tools,
+        parameters,
+        license,
+        template.notes,
+        Path(lora) if lora is not None else None,
     )

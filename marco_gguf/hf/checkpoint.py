@@ -197,30 +197,16 @@ def index_tensors(folder: Path) -> dict[str, TensorRef]:
     return refs
 
 
-class Checkpoint:
-    """An open checkpoint: validated config, tensor index and row-block reads as float32."""
+class TensorReader:
+    """Row-block reads as float32 of the tensors `tensors` (name -> where it lives), safe across threads."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        if not self.folder.exists():
-            raise CheckpointError(f"{self.folder}: no such folder", "SOURCE must be a Hugging Face checkpoint folder")
-        if not self.folder.is_dir():
-            raise CheckpointError(
-                f"{self.folder}: is a file, not a folder", "SOURCE must be a Hugging Face checkpoint folder"
-            )
-        self.config = load_config(self.folder)
-        self.tensors = index_tensors(self.folder)
+    def __init__(self, tensors: Mapping[str, TensorRef]) -> None:
+        self.tensors = dict(tensors)
         # opened up front so reader threads share them without locking (preadv is positional); os.O_BINARY
         # matters on Windows, where os.preadv does not exist and each thread reads through its own handle
         flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
         self._fds = {f: os.open(f, flags) for f in sorted({r.file for r in self.tensors.values()})}
         self._local, self._handles, self._lock = threading.local(), list[BinaryIO](), threading.Lock()
-
-    def __enter__(self) -> Checkpoint:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -256,6 +242,27 @@ class Checkpoint:
         if got != buf.nbytes:
             raise CheckpointError(
                 f"{ref.file}: truncated while reading {name} (got {got} of {buf.nbytes} bytes)",
-                "download this shard again",
+                "download this file again",
             )
         return to_float32(buf, ref.dtype)
+
+
+class Checkpoint(TensorReader):
+    """An open checkpoint: validated config, tensor index and row-block reads as float32."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        if not self.folder.exists():
+            raise CheckpointError(f"{self.folder}: no such folder", "SOURCE must be a Hugging Face checkpoint folder")
+        if not self.folder.is_dir():
+            raise CheckpointError(
+                f"{self.folder}: is a file, not a folder", "SOURCE must be a Hugging Face checkpoint folder"
+            )
+        self.config = load_config(self.folder)
+        super().__init__(index_tensors(self.folder))
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -34,6 +34,7 @@ from marco_gguf.base.errors import RequestError, ServeError, ServerBusyError
 from marco_gguf.base.machine import physical_cores
 from marco_gguf.llama.jobs import Direct, EngineMetrics, Job, Result, SlotState, Timings
 from marco_gguf.llama.loader import check_model, load_weights, quiet_stderr
+from marco_gguf.llama.lora import Adapters, LoraFile
 from marco_gguf.llama.sampler import sampler_chain
 from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY, check_similarity, choose_slot, common_prefix
 
@@ -84,6 +85,7 @@ class Engine:
         sampling: Mapping[str, Any] | None = None,
         slot_prompt_similarity: float = SLOT_PROMPT_SIMILARITY,
         cancelled: Callable[[], bool] | None = None,
+        loras: Sequence[LoraFile] = (),
     ) -> None:
         import llama_cpp as lib
 
@@ -94,12 +96,19 @@ class Engine:
         self.ctx, self.parallel, self.queue_size = ctx, parallel, queue_size
         self.threads, self.batch = threads or physical_cores(), min(batch, ctx)
         self._lib, self.model = lib, load_weights(model, cancelled=cancelled)  # `serve` stopped while loading
+        try:
+            self.adapters = Adapters(self.model.model, model, loras)  # GGUF LoRA adapters, checked against it
+        except BaseException:
+            self.model.close()
+            raise
         self._vocab, self.n_vocab = self.model.vocab, self.model.n_vocab()
         self.metadata = self.model.metadata()
         self.template = ChatTemplate.from_metadata(self.metadata, self.token_text)
         self.sampling = model_sampling(self.info.sampling, sampling)  # what a request that sets nothing gets
         self.stop_tokens = frozenset(ids[0] for ids in map(self.tokenize, END_OF_TURN) if len(ids) == 1)
         self._ctx = self._new_context()
+        if loras:
+            self.adapters.apply(self._ctx)
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(self.batch, 0, 1)
         self._buf = ctypes.create_string_buffer(256)
@@ -441,6 +450,7 @@ class Engine:
         with quiet_stderr():  # and its destruction
             self._lib.llama_free(self._ctx)
         self._ctx = None
+        self.adapters.close()
         self.model.close()
 
     def __enter__(self) -> Engine:

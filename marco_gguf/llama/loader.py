@@ -8,12 +8,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from marco_gguf.base.errors import Cancelled, GGUFFileError, InsufficientMemoryError
 from marco_gguf.base.machine import available_memory
 from marco_gguf.gguf_io.info import GGUFInfo, read_info, require_qwen3moe
+
+if TYPE_CHECKING:
+    from marco_gguf.llama.lora import LoraFile
 
 
 def check_model(path: str | Path, *, ctx: int, available: int | None = None) -> GGUFInfo:
@@ -91,8 +95,10 @@ def load_model(
     threads: int | None = None,
     vocab_only: bool = False,
     flash_attn: bool = False,
+    loras: Sequence[LoraFile] = (),
 ):
-    """A llama_cpp.Llama for `path` (`threads` for prompt and generation alike), or a GGUFFileError.
+    """A llama_cpp.Llama for `path` (`threads` for prompt and generation alike), or a GGUFFileError; `loras`
+    are GGUF LoRA adapters applied with their scales (freed with the Llama).
 
     Its model parameters are `model_params()` (the AMX guard)."""
     from llama_cpp import Llama
@@ -101,7 +107,7 @@ def load_model(
     require_qwen3moe(read_info(path))  # llama.cpp aborts the process on some damage: refuse it first
     try:
         with quiet_stderr(), without_extra_buffers():
-            return Llama(
+            llm = Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
                 n_threads=threads,
@@ -114,6 +120,17 @@ def load_model(
         raise GGUFFileError(
             f"{path}: llama.cpp could not load it ({e})", "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log"
         ) from None
+    if loras:
+        from marco_gguf.llama.lora import Adapters  # lora.py uses quiet_stderr from here
+
+        try:
+            adapters = Adapters(llm.model, path, loras)
+        except BaseException:
+            llm.close()
+            raise
+        llm._stack.callback(adapters.close)  # llama_cpp's exit stack: runs before the model is freed
+        adapters.apply(llm.ctx)
+    return llm
 
 
 def load_weights(path: str | Path, *, cancelled: Callable[[], bool] | None = None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from marco_gguf.arch.qwen3moe import DEFAULT_CTX
 from marco_gguf.base.errors import ChatError, RequestError
 from marco_gguf.llama.engine import Engine, Job, Result, nfc
 from marco_gguf.llama.jobs import rate
+from marco_gguf.llama.lora import LoraFile
 
 ROLES = ("system", "user", "assistant")
 LOAD_HINT = 'expected {"messages": [{"role": "user", "content": "..."}, ...]} as /save writes it'
@@ -121,10 +122,12 @@ class ChatSession:
         threads: int | None = None,
         sampling: Mapping[str, Any] | None = None,
         max_tokens: int = 2048,
+        loras: Sequence[LoraFile] = (),
     ) -> None:
         """`sampling`: settings by `Sampling` field (temperature, top_p, top_k, min_p, repeat_penalty, seed) over
-        the model's own defaults (its GGUF's general.sampling.*, else Marco's); None values are not set."""
-        self.engine = Engine(model, ctx=ctx, parallel=1, threads=threads, queue_size=1, sampling=sampling)
+        the model's own defaults (its GGUF's general.sampling.*, else Marco's); None values are not set. `loras`:
+        GGUF LoRA adapters applied with their scales."""
+        self.engine = Engine(model, ctx=ctx, parallel=1, threads=threads, queue_size=1, sampling=sampling, loras=loras)
         self.info, self.template, self.stop_tokens = self.engine.info, self.engine.template, self.engine.stop_tokens
         self.ctx, self.max_tokens, self.threads = ctx, max_tokens, self.engine.threads
         self.sampling = self.engine.sampling

@@ -14,15 +14,17 @@ import functools
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from marco_gguf.arch.sampling import model_sampling
 from marco_gguf.base.errors import Cancelled, MarcoGGUFError, ServeError
 from marco_gguf.base.progress import Progress, ProgressEvent
+from marco_gguf.gguf_io.lora_gguf import check_adapter
 from marco_gguf.llama.engine import Engine, check_parallel
 from marco_gguf.llama.loader import check_model, quiet_stderr
+from marco_gguf.llama.lora import LoraFile
 from marco_gguf.llama.session import DEFAULT_CTX
 from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY, check_similarity
 from marco_gguf.server.app import ServerState, create_app, model_id
@@ -88,8 +90,9 @@ def serve(
     max_tokens: int | None = 2048,
     slot_prompt_similarity: float = SLOT_PROMPT_SIMILARITY,
     progress: Progress | None = None,
+    loras: Sequence[LoraFile] = (),
 ) -> None:
-    """Serve `model` until SIGINT/SIGTERM. `sampling` (settings by `Sampling` field, over the GGUF's own
+    """Serve `model` until SIGINT/SIGTERM (with `loras`, GGUF LoRA adapters applied to every request). `sampling` (settings by `Sampling` field, over the GGUF's own
     general.sampling.* and Marco's defaults) is what requests that set nothing get; `max_tokens` None lets a
     reply run to the end of the context. A request reuses an idle slot's cached conversation when the
     common prefix is more than `slot_prompt_similarity` of its prompt (llama-server's option), else it takes
@@ -97,6 +100,8 @@ def serve(
     info = check_model(model, ctx=ctx)
     check_parallel(parallel)
     check_similarity(slot_prompt_similarity)
+    for lora in loras:  # refused before listening, not when the engine loads in the background
+        check_adapter(lora.path, info.path)
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
     stopping = threading.Event()  # a stop signal came: a load under way ends at its next tensor
@@ -107,6 +112,7 @@ def serve(
         queue_size=queue,
         sampling=sampling,
         slot_prompt_similarity=slot_prompt_similarity,
+        loras=loras,
     )
     state = ServerState(
         model_id(info.path),
