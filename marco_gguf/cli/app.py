@@ -14,6 +14,7 @@ from marco_gguf.calibrate import calibrate_convert
 from marco_gguf.cli import bench as bench_cmd
 from marco_gguf.cli import card as card_cmd
 from marco_gguf.cli import chat as chat_cmd
+from marco_gguf.cli import convert as convert_cmd
 from marco_gguf.cli import experts as experts_cmd
 from marco_gguf.cli import export as export_cmd
 from marco_gguf.cli import imatrix as imatrix_cmd
@@ -56,8 +57,9 @@ def main_options(
 def convert(
     source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder, or a hub id owner/name (downloaded).")],
     preset: Annotated[
-        str, typer.Option("--preset", help=f"Preset id ({', '.join(builtin_presets())}) or a .toml file.")
-    ] = "q8_0",
+        str | None,
+        typer.Option("--preset", help=f"Preset id ({', '.join(builtin_presets())}) or a .toml file [default: q8_0]."),
+    ] = None,
     outfile: Annotated[Path | None, typer.Option("--outfile", "-o", help="Output file.")] = None,
     outdir: Annotated[
         Path | None,
@@ -102,6 +104,27 @@ def convert(
     keep_imatrix: Annotated[
         Path | None, typer.Option("--keep-imatrix", help="With --calibrate: keep the imatrix here.")
     ] = None,
+    target_size: Annotated[
+        str | None,
+        typer.Option(
+            "--target-size",
+            help="Plan each tensor's type for a file of at most this size (8GB = 8x10^9 bytes, 7.5GiB, bytes).",
+        ),
+    ] = None,
+    target_bpw: Annotated[
+        float | None, typer.Option("--target-bpw", help="Plan each tensor's type for at most these bits/weight.")
+    ] = None,
+    max_bytes_per_token: Annotated[
+        int | None,
+        typer.Option("--max-bytes-per-token", help="With a target: cap the weight bytes one generated token reads."),
+    ] = None,
+    types: Annotated[
+        str | None,
+        typer.Option("--types", help="With a target: the candidate types, comma-separated (default: all CPU types)."),
+    ] = None,
+    plan_out: Annotated[
+        Path | None, typer.Option("--plan-out", help="With a target: write the plan here (a preset .toml file).")
+    ] = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -120,6 +143,11 @@ def convert(
         force=force,
         tensor_types=tensor_type or (),
         revision=revision,
+        target_size=target_size,
+        target_bpw=target_bpw,
+        max_bytes_per_token=max_bytes_per_token,
+        types=[t.strip() for t in types.split(",") if t.strip()] if types else (),
+        plan_out=plan_out,
     )
     with ui.errors_to_exit(), ui.progress_bar("converting", quiet=quiet or json_out) as progress:
         if calibrate:
@@ -168,6 +196,8 @@ def convert(
             else []
         ),
     )
+    if result.plan:
+        convert_cmd.print_plan(result.plan, plan_out)
 
 
 @app.command()
