@@ -91,7 +91,12 @@ def test_the_token_cap_holds_and_costs_error(seed):
 
 
 def test_pareto_keeps_only_undominated_options():
-    opts = [Option(Q.Q4_0, 10, 0, 5.0), Option(Q.IQ4_NL, 10, 0, 4.0), Option(Q.Q5_0, 12, 0, 4.5), Option(Q.Q8_0, 20, 0, 1)]
+    opts = [
+        Option(Q.Q4_0, 10, 0, 5.0),
+        Option(Q.IQ4_NL, 10, 0, 4.0),
+        Option(Q.Q5_0, 12, 0, 4.5),
+        Option(Q.Q8_0, 20, 0, 1),
+    ]
     assert [o.type for o in pareto(opts)] == [Q.IQ4_NL, Q.Q8_0]
 
 
@@ -150,7 +155,9 @@ def test_llama_cpp_decoder_equals_gguf_py(q):
 
 def stack(n_exp: int = 4, rows: int = 64, cols: int = 256) -> tuple[PlannedTensor, np.ndarray]:
     w = (np.random.default_rng(7).standard_normal((n_exp * rows, cols)) * 0.05).astype(np.float32)
-    return PlannedTensor("blk.0.ffn_up_exps.weight", T.FFN_UP_EXP, 0, (n_exp, rows, cols), (Piece("w", 0, n_exp * rows),)), w
+    return PlannedTensor(
+        "blk.0.ffn_up_exps.weight", T.FFN_UP_EXP, 0, (n_exp, rows, cols), (Piece("w", 0, n_exp * rows),)
+    ), w
 
 
 def importance_for(t: PlannedTensor, counts: list[int]) -> Importance:

@@ -107,12 +107,16 @@ def _toml_value(value: Any) -> str:
 
 def render_toml(preset: Preset, header: Sequence[str]) -> str:
     """The preset file: comment lines, the preset's fields, one [[rules]] table per rule, the [plan] table."""
-    lines = [f"# {h}".rstrip() for h in header] + [""] * bool(header) + [
-        f"name = {_toml_value(preset.name)}",
-        f"file_type = {_toml_value(preset.file_type.name)}",
-        f"default_type = {_toml_value(preset.default_type.name)}",
-        f"description = {_toml_value(preset.description)}",
-    ]
+    lines = (
+        [f"# {h}".rstrip() for h in header]
+        + [""] * bool(header)
+        + [
+            f"name = {_toml_value(preset.name)}",
+            f"file_type = {_toml_value(preset.file_type.name)}",
+            f"default_type = {_toml_value(preset.default_type.name)}",
+            f"description = {_toml_value(preset.description)}",
+        ]
+    )
     for r in preset.rules:
         layers = r.layers if isinstance(r.layers, str) else list(r.layers)
         lines += ["", "[[rules]]", f"tensors = {_toml_value(list(r.tensors))}", f"type = {_toml_value(r.type.name)}"]
