@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import LlamaFileType as F
 
 from marco_gguf.arch.qwen3moe import KINDS, PlannedTensor, base_name
-from marco_gguf.llama.ggml import row_size
+from marco_gguf.gguf_io.format import row_size
 from marco_gguf.quant.presets import Preset, Rule
 
 PLAN_KEY_PREFIX = "quantize.plan."
