@@ -38,7 +38,7 @@ from marco_gguf.quant.importance import (
 )
 from marco_gguf.quant.plan import Model, Plan, Target, make_plan, parse_target
 from marco_gguf.quant.plan_file import plan_kv, render_toml
-from marco_gguf.quant.presets import Preset, load_preset, parse_overrides
+from marco_gguf.quant.presets import Preset, check_overrides, load_preset, parse_overrides
 
 BLOCK_BYTES = 8 << 20  # float32 bytes per work block: large enough to amortise calls, small for memory
 
@@ -210,6 +210,7 @@ def convert(
         untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
         planned = plan_tensors(c, ckpt.tensors, keep_lm_head=untied_head)
         planned = keep_experts(planned, experts) if experts is not None else planned
+        check_overrides(overrides, [t.name for t in planned])
         tied = not any(t.kind == T.OUTPUT for t in planned)
         importance = load_importance(imatrix, planned) if imatrix is not None else None
         kept = replace(c, n_experts=len(experts[0])) if experts is not None else c
@@ -267,7 +268,9 @@ def convert(
         check_required(chosen, specs, importance)
         for q in {s.type for s in specs}:
             prepare(q)
-        with GGUFStreamWriter(path, _final_kv(kv, chosen, metadata), specs, overwrite=force) as writer:
+        option = "--outfile" if outfile else "--outdir"
+        final_kv = _final_kv(kv, chosen, metadata)
+        with GGUFStreamWriter(path, final_kv, specs, overwrite=force, option=option) as writer:
             _stream(ckpt, planned, specs, writer, threads, progress, importance)
             writer.commit()
     if plan is not None and plan_out is not None:

@@ -108,5 +108,14 @@ class PruneError(MarcoGGUFError):
     """Experts cannot be pruned: N out of range, a usage file from another model, an unknown method."""
 
 
+class Cancelled(MarcoGGUFError):
+    """A slow step was stopped on request (Ctrl-C or SIGTERM while `serve` loads its model) before it ended."""
+
+
 class ServeError(MarcoGGUFError):
     """The server cannot start: its address is taken or not valid, or the model failed to load."""
+
+
+class VerifyError(MarcoGGUFError):
+    """A GGUF cannot be checked against the source given: they are different models (other architecture,
+    other shapes), so comparing them tensor by tensor would only list every tensor."""
