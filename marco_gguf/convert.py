@@ -13,17 +13,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import gguf
 import numpy as np
 from gguf import MODEL_TENSOR as T
 
 from marco_gguf.arch.qwen3moe import LM_HEAD, PlannedTensor, keep_experts, lm_head_is_tied, plan_tensors
-from marco_gguf.base.errors import OutputError
+from marco_gguf.base.errors import OutputError, PlanError
+from marco_gguf.base.files import write_text_atomic
 from marco_gguf.base.machine import usable_cpus
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.gguf_io.metadata import build_metadata, count_parameters
-from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec
+from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec, encode_header
 from marco_gguf.hf.checkpoint import Checkpoint
 from marco_gguf.hf.hub import resolve_source
 from marco_gguf.hf.lora import lora_metadata
@@ -36,6 +38,8 @@ from marco_gguf.quant.importance import (
     experts_of,
     load_importance,
 )
+from marco_gguf.quant.plan import Model, Plan, Target, make_plan, parse_target
+from marco_gguf.quant.plan_file import plan_kv, render_toml
 from marco_gguf.quant.presets import Preset, check_overrides, load_preset, parse_overrides
 
 BLOCK_BYTES = 8 << 20  # float32 bytes per work block: large enough to amortise calls, small for memory
@@ -60,6 +64,7 @@ class ConvertResult:
     hub_commit: str | None = None  # the commit it was converted from
     imatrix: str | None = None  # the importance matrix the tensors were quantized with
     lora: str | None = None  # the LoRA adapter folder merged in
+    plan: dict | None = None  # for a size or bits/weight target: quant.plan.PlanSummary.as_dict()
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -76,7 +81,13 @@ IMATRIX_MARK = "i1"  # publishers' mark for importance-matrix quants: Marco-Mini
 
 
 def output_path(
-    source: Path, preset: Preset, *, outfile: Path | None, outdir: Path | None, name: str | None, imatrix: bool = False
+    source: Path,
+    preset: Preset | str,
+    *,
+    outfile: Path | None,
+    outdir: Path | None,
+    name: str | None,
+    imatrix: bool = False,
 ) -> Path:
     """`--outfile`, else `<outdir or cwd>/<name or folder name>[-i1]-<PRESET>.gguf` (publisher convention)."""
     if outfile is not None:
@@ -85,7 +96,8 @@ def output_path(
         return Path(outfile)
     stem = (name or source.resolve().name).replace(" ", "-").replace("/", "-")
     mark = f"-{IMATRIX_MARK}" if imatrix else ""
-    return Path(outdir or Path.cwd()) / f"{stem}{mark}-{preset.name}.gguf"
+    label = preset if isinstance(preset, str) else preset.name
+    return Path(outdir or Path.cwd()) / f"{stem}{mark}-{label}.gguf"
 
 
 def row_blocks(t: PlannedTensor) -> Iterator[tuple[str, int, int]]:
@@ -156,7 +168,7 @@ def _drain_one(pending: deque, writer: GGUFStreamWriter, done: int, progress: Pr
 def convert(
     source: str | Path,
     *,
-    preset: str | Path | Preset = "q8_0",
+    preset: str | Path | Preset | None = None,
     outfile: str | Path | None = None,
     outdir: str | Path | None = None,
     name: str | None = None,
@@ -170,10 +182,20 @@ def convert(
     experts: Sequence[Sequence[int]] | None = None,
     metadata: Mapping[str, Any] | None = None,
     lora: str | Path | None = None,
+    target_size: str | int | None = None,
+    target_bpw: float | None = None,
+    max_bytes_per_token: int | None = None,
+    types: Sequence[str] = (),
+    plan_out: str | Path | None = None,
 ) -> ConvertResult:
-    """Convert a Marco (qwen3_moe) checkpoint folder, or a hub id `owner/name` (at `revision`), to GGUF;
-    with `imatrix` (a GGUF or legacy .dat importance matrix) the quantizers weight by it, as llama-quantize's
-    (`imatrix_label` is recorded as quantize.imatrix.file instead of the path, for temporary files).
+    """Convert a Marco (qwen3_moe) checkpoint folder, or a hub id `owner/name` (at `revision`), to GGUF with
+    `preset` (default q8_0); with `imatrix` (a GGUF or legacy .dat importance matrix) the quantizers weight by
+    it, as llama-quantize's (`imatrix_label` is recorded as quantize.imatrix.file instead of the path).
+
+    `target_size` ("8GB", "7.5GiB", bytes) or `target_bpw` plans each tensor's type instead of a preset: the
+    least measured error within the target (and within `max_bytes_per_token` bytes read per generated token),
+    choosing among `types` (default: every type llama.cpp's CPU backend runs; IQ types only with an imatrix);
+    the plan is a preset, written to `plan_out` when given (quant/plan.py).
 
     `experts` keeps only those experts of each layer (one list per layer, all of one length; `prune` uses
     it), with tensor types decided as for the whole model, so the file equals the whole model's converted
@@ -181,11 +203,15 @@ def convert(
     adapter folder) is merged into the base tensor by tensor in float32 before quantization (general.lora.*
     records it), so the file is the PEFT-merged model's."""
     started = time.perf_counter()
-    chosen = preset if isinstance(preset, Preset) else load_preset(preset)
+    target = _target(preset, tensor_types, target_size, target_bpw, max_bytes_per_token, types, plan_out)
+    chosen = None if target else preset if isinstance(preset, Preset) else load_preset(preset or DEFAULT_PRESET)
     overrides = parse_overrides(tensor_types)
     threads = threads or default_threads()
+    if plan_out is not None and Path(plan_out).exists() and not force:
+        raise OutputError(f"{plan_out}: already exists", "pass --force to overwrite it, or choose another --plan-out")
     hub = resolve_source(source, revision=revision)  # None for a local folder
     folder = hub.folder if hub else Path(source)
+    plan = None
     with Checkpoint(folder) if lora is None else MergedSource.open(folder, Path(lora)) as ckpt:
         c = ckpt.config
         untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
@@ -194,6 +220,47 @@ def convert(
         check_overrides(overrides, [t.name for t in planned])
         tied = not any(t.kind == T.OUTPUT for t in planned)
         importance = load_importance(imatrix, planned) if imatrix is not None else None
+        kept = replace(c, n_experts=len(experts[0])) if experts is not None else c
+        kv, tok_summary = build_metadata(
+            ckpt.folder, kept, planned, file_type=FILE_TYPE_SLOT, name=name, repo_id=hub.repo_id if hub else None
+        )
+        if importance is not None:
+            add_imatrix_keys(kv, importance, imatrix_label or str(imatrix))
+        if isinstance(ckpt, MergedSource):
+            kv.update(lora_metadata(ckpt.adapter))
+        stem = name or (hub.name if hub else None)
+        if lora is not None and name is None:  # my-base-my-adapter-Q4_K_M.gguf, not the base's own file name
+            stem = f"{stem or folder.resolve().name}-{Path(lora).resolve().name}"
+        path = output_path(
+            ckpt.folder,
+            target.name if target else cast(Preset, chosen),
+            outfile=Path(outfile) if outfile else None,
+            outdir=Path(outdir) if outdir else None,
+            name=stem,
+            imatrix=importance is not None,
+        )
+        if target is not None:
+            plan = make_plan(
+                Model(
+                    ckpt.folder,
+                    planned,
+                    c,
+                    tied,
+                    ckpt.read_rows,
+                    sorted({r.file for r in ckpt.tensors.values()}),
+                    importance,
+                    imatrix_label or (str(imatrix) if imatrix else None),
+                    lambda p: len(encode_header(_final_kv(kv, p, metadata), _f32_specs(planned))),
+                ),
+                target,
+                types=types,
+                max_bytes_per_token=max_bytes_per_token,
+                cache=(path.parent, path.name.removesuffix(".gguf").removesuffix(f"-{target.name}")),
+                threads=threads,
+                progress=progress,
+            )
+            chosen = plan.preset
+        assert chosen is not None
         specs = [
             TensorSpec(
                 t.name,
@@ -211,32 +278,73 @@ def convert(
             for t in planned
         ]
         check_required(chosen, specs, importance)
-        kept = replace(c, n_experts=len(experts[0])) if experts is not None else c
-        kv, tok_summary = build_metadata(
-            ckpt.folder, kept, planned, file_type=chosen.file_type, name=name, repo_id=hub.repo_id if hub else None
-        )
-        if importance is not None:
-            add_imatrix_keys(kv, importance, imatrix_label or str(imatrix))
-        if isinstance(ckpt, MergedSource):
-            kv.update(lora_metadata(ckpt.adapter))
-        kv = {**kv, **(metadata or {})}
-        stem = name or (hub.name if hub else None)
-        if lora is not None and name is None:  # my-base-my-adapter-Q4_K_M.gguf, not the base's own file name
-            stem = f"{stem or folder.resolve().name}-{Path(lora).resolve().name}"
-        path = output_path(
-            ckpt.folder,
-            chosen,
-            outfile=Path(outfile) if outfile else None,
-            outdir=Path(outdir) if outdir else None,
-            name=stem,
-            imatrix=importance is not None,
-        )
         for q in {s.type for s in specs}:
             prepare(q)
         option = "--outfile" if outfile else "--outdir"
-        with GGUFStreamWriter(path, kv, specs, overwrite=force, option=option) as writer:
+        final_kv = _final_kv(kv, chosen, metadata)
+        with GGUFStreamWriter(path, final_kv, specs, overwrite=force, option=option) as writer:
             _stream(ckpt, planned, specs, writer, threads, progress, importance)
             writer.commit()
+    if plan is not None and plan_out is not None:
+        write_text_atomic(Path(plan_out), render_toml(plan.preset, plan.header))
+    return _result(
+        path, chosen, specs, planned, started, tied, tok_summary, hub, imatrix_label or imatrix, lora, plan
+    )
+
+
+DEFAULT_PRESET = "q8_0"
+FILE_TYPE_SLOT = gguf.LlamaFileType.ALL_F32  # general.file_type's place in the header; _final_kv sets its value
+
+
+def _target(
+    preset: object,
+    tensor_types: Sequence[str],
+    target_size: str | int | None,
+    target_bpw: float | None,
+    max_bytes_per_token: int | None,
+    types: Sequence[str],
+    plan_out: str | Path | None,
+) -> Target | None:
+    """The size or bits/weight target, after refusing options that contradict it or need it."""
+    if target_size is None and target_bpw is None:
+        if max_bytes_per_token is not None or types or plan_out is not None:
+            raise PlanError("--max-bytes-per-token, --types and --plan-out go with --target-size or --target-bpw")
+        return None
+    if preset is not None:
+        raise PlanError("give --preset or a target (--target-size, --target-bpw), not both")
+    if tensor_types:
+        raise PlanError("--tensor-type fixes types by hand: give it or a target, not both")
+    if max_bytes_per_token is not None and max_bytes_per_token <= 0:
+        raise PlanError(f"--max-bytes-per-token {max_bytes_per_token}: not a positive number of bytes")
+    return parse_target(target_size, target_bpw)
+
+
+def _final_kv(kv: Mapping[str, Any], preset: Preset, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The header's keys under `preset`: its file type, its quantize.plan.* keys (a plan's), then the caller's."""
+    out = dict(kv)
+    out[gguf.Keys.General.FILE_TYPE] = gguf.GGUFValue(int(preset.file_type), gguf.GGUFValueType.UINT32)
+    out.update(plan_kv(preset.plan))
+    return {**out, **(metadata or {})}
+
+
+def _f32_specs(planned: Sequence[PlannedTensor]) -> list[TensorSpec]:
+    """A tensor table of the right length: a type changes an entry's value, never its size."""
+    return [TensorSpec(t.name, t.shape, gguf.GGMLQuantizationType.F32) for t in planned]
+
+
+def _result(
+    path: Path,
+    chosen: Preset,
+    specs: Sequence[TensorSpec],
+    planned: list[PlannedTensor],
+    started: float,
+    tied: bool,
+    tok_summary: dict,
+    hub: Any,
+    imatrix: str | Path | None,
+    lora: str | Path | None,
+    plan: Plan | None,
+) -> ConvertResult:
     params = count_parameters(planned).total
     data_bytes = sum(s.n_bytes for s in specs)
     types: dict[str, int] = {}
@@ -256,6 +364,7 @@ def convert(
         types,
         hub.repo_id if hub else None,
         hub.commit if hub else None,
-        (imatrix_label or str(imatrix)) if imatrix else None,
+        str(imatrix) if imatrix else None,
         str(lora) if lora is not None else None,
+        plan.summary.as_dict() if plan is not None else None,
     )

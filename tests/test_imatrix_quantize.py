@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-import reftools
 from checkpoints import Spec
 from gguf import GGUFReader
 
@@ -42,50 +41,6 @@ IMATRIX_KEYS = (
     "quantize.imatrix.chunks_count",
     "general.file_type",
 )
-
-
-@pytest.fixture(scope="session")
-def reference_imatrix(converted, llama_tool, tmp_path_factory):
-    """imatrix(spec) -> llama-imatrix's file for the spec's F32 GGUF (built-in text, 8 chunks of 128)."""
-    from marco_gguf.quant.imatrix import read_text
-
-    made = {}
-
-    def get(spec: Spec):
-        if spec not in made:
-            folder = tmp_path_factory.mktemp("imatrix")
-            text = folder / "calib.txt"
-            text.write_text(read_text(None)[0][:30000], encoding="utf-8")
-            out = folder / "ref.imatrix.gguf"
-            subprocess.run(
-                [
-                    str(llama_tool("llama-imatrix")),
-                    "-m",
-                    str(converted(spec, "f32").path),
-                    "-f",
-                    str(text),
-                    "-o",
-                    str(out),
-                    "-c",
-                    "128",
-                    "-b",
-                    "128",
-                    "-ub",
-                    "128",
-                    "--chunks",
-                    "8",
-                    "-t",
-                    "2",
-                    "--no-ppl",
-                    *reftools.weight_buffers(),
-                ],
-                check=True,
-                capture_output=True,
-            )
-            made[spec] = out
-        return made[spec]
-
-    return get
 
 
 @pytest.mark.parametrize("spec", [MINI, NANO], ids=["mini-like", "nano-like"])

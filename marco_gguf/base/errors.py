@@ -43,6 +43,11 @@ class PresetError(MarcoGGUFError):
     """A quantization preset file or a tensor-type override is invalid."""
 
 
+class PlanError(MarcoGGUFError):
+    """A size or bits/weight target cannot be planned: below the smallest file the candidate types make,
+    above F16, a type list that is unknown or needs an imatrix that was not given."""
+
+
 class OutputError(MarcoGGUFError):
     """The output cannot be written: it exists, its folder is not writable, or the disk is full."""
 

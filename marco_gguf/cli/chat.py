@@ -20,9 +20,9 @@ from rich.text import Text
 
 from marco_gguf.base.errors import ChatError, MarcoGGUFError
 from marco_gguf.cli import ui
+from marco_gguf.cli.lora import LoraOption, LoraScaledOption
 from marco_gguf.cli.options import Ctx, Json, Threads
 from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, TopK, TopP, settings
-from marco_gguf.cli.lora import LoraOption, LoraScaledOption
 from marco_gguf.llama.lora import lora_files
 from marco_gguf.llama.session import ChatSession, GenerationStats, Reply
 

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from marco_gguf.calibrate import calibrate_convert
 from marco_gguf.cli import ui
@@ -17,8 +19,9 @@ from marco_gguf.quant.presets import builtin_presets
 def convert(
     source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder, or a hub id owner/name (downloaded).")],
     preset: Annotated[
-        str, typer.Option("--preset", help=f"Preset id ({', '.join(builtin_presets())}) or a .toml file.")
-    ] = "q8_0",
+        str | None,
+        typer.Option("--preset", help=f"Preset id ({', '.join(builtin_presets())}) or a .toml file [default: q8_0]."),
+    ] = None,
     outfile: Annotated[Path | None, typer.Option("--outfile", "-o", help="Output file.")] = None,
     outdir: Annotated[
         Path | None,
@@ -67,6 +70,27 @@ def convert(
         Path | None,
         typer.Option("--lora", help="A PEFT LoRA adapter folder to merge into the base while converting."),
     ] = None,
+    target_size: Annotated[
+        str | None,
+        typer.Option(
+            "--target-size",
+            help="Plan each tensor's type for a file of at most this size (8GB = 8x10^9 bytes, 7.5GiB, bytes).",
+        ),
+    ] = None,
+    target_bpw: Annotated[
+        float | None, typer.Option("--target-bpw", help="Plan each tensor's type for at most these bits/weight.")
+    ] = None,
+    max_bytes_per_token: Annotated[
+        int | None,
+        typer.Option("--max-bytes-per-token", help="With a target: cap the weight bytes one generated token reads."),
+    ] = None,
+    types: Annotated[
+        str | None,
+        typer.Option("--types", help="With a target: the candidate types, comma-separated (default: all CPU types)."),
+    ] = None,
+    plan_out: Annotated[
+        Path | None, typer.Option("--plan-out", help="With a target: write the plan here (a preset .toml file).")
+    ] = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -86,6 +110,11 @@ def convert(
         tensor_types=tensor_type or (),
         revision=revision,
         lora=lora,
+        target_size=target_size,
+        target_bpw=target_bpw,
+        max_bytes_per_token=max_bytes_per_token,
+        types=[t.strip() for t in types.split(",") if t.strip()] if types else (),
+        plan_out=plan_out,
     )
     with ui.errors_to_exit(), ui.progress_bar("converting", quiet=quiet or json_out) as progress:
         if calibrate:
@@ -135,3 +164,32 @@ def convert(
             else []
         ),
     )
+    if result.plan:
+        print_plan(result.plan, plan_out)
+
+
+def _error(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def print_plan(plan: dict, plan_out: Path | None) -> None:
+    """The plan's size, bits/weight, bytes per token and estimated error, and the same for the fixed presets
+    just smaller and just larger (their error estimated from the same measurements)."""
+    table = Table(title=f"plan for {escape(plan['target'])}: {escape(plan['objective'])}", title_justify="left")
+    for col in ("", "size", "bits/weight", "bytes/token", "estimated error"):
+        table.add_column(col, justify="left" if not col else "right")
+    rows = sorted([plan["plan"], *plan["neighbours"]], key=lambda p: p["size_bytes"])
+    for p in rows:
+        label = f"[bold]{escape(p['preset'])} (plan)[/bold]" if p is plan["plan"] else escape(p["preset"])
+        table.add_row(
+            label,
+            f"{ui.human_bytes(p['size_bytes'])} ({p['size_bytes']:,} B)",
+            f"{p['bits_per_weight']:.3f}",
+            ui.human_bytes(p["bytes_per_token"]),
+            _error(p["estimated_error"]),
+        )
+    ui.out.print(table)
+    measured = f"{plan['measured']} measured, {plan['cached']} from the cache {escape(plan['cache'])}"
+    ui.out.print(f"[dim]errors per (tensor, type): {measured}; planning took {plan['seconds']:.1f} s[/dim]")
+    if plan_out is not None:
+        ui.out.print(f"plan written to {escape(str(plan_out))} (use it with --preset)")

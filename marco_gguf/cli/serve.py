@@ -11,9 +11,9 @@ from rich.text import Text
 
 from marco_gguf.base.progress import ProgressEvent
 from marco_gguf.cli import ui
+from marco_gguf.cli.lora import LoraOption, LoraScaledOption
 from marco_gguf.cli.options import Ctx, Threads
 from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, TopK, TopP, settings
-from marco_gguf.cli.lora import LoraOption, LoraScaledOption
 from marco_gguf.llama.lora import lora_files
 from marco_gguf.server import serve as lib_serve
 

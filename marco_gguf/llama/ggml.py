@@ -10,9 +10,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 
 from marco_gguf.base.errors import QuantizerError
@@ -55,7 +57,33 @@ def library() -> ctypes.CDLL:
     lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
     lib.ggml_quantize_init.argtypes = [ctypes.c_int]
     lib.ggml_quantize_init.restype = None
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
     return lib
+
+
+class _TypeTraits(ctypes.Structure):
+    """ggml.h `struct ggml_type_traits` (the fields up to `to_float`, the one read here)."""
+
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+    ]
+
+
+_TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+@functools.cache
+def _to_float(qtype: Q) -> Callable[[int, int, int], None]:
+    traits = library().ggml_get_type_traits(int(qtype)).contents
+    if not traits.to_float or (traits.blck_size, traits.type_size) != tuple(GGML_QUANT_SIZES[qtype]):
+        raise QuantizerError(f"llama.cpp's library has no dequantizer for {qtype.name} matching gguf-py's block table")
+    return _TO_FLOAT(traits.to_float)
 
 
 def prepare(qtype: Q) -> None:
@@ -87,4 +115,18 @@ def quantize_rows(qtype: Q, rows: np.ndarray, imatrix: np.ndarray | None = None)
     written = lib.ggml_quantize_chunk(int(qtype), rows.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row, weights)
     if written != out.nbytes:
         raise QuantizerError(f"ggml_quantize_chunk wrote {written} bytes for {qtype.name}, expected {out.nbytes}")
+    return out
+
+
+def dequantize_rows(qtype: Q, data: np.ndarray, n_per_row: int) -> np.ndarray:
+    """Decode `qtype` bytes (as quantize_rows made them) back to float32 rows with ggml's own `to_float`, the
+    function llama.cpp's CPU backend uses to read such weights."""
+    if qtype == Q.F32:
+        return np.ascontiguousarray(data).view(np.float32).reshape(-1, n_per_row)
+    size = row_size(qtype, n_per_row)
+    if data.dtype != np.uint8 or data.ndim != 1 or data.nbytes % size:
+        raise QuantizerError(f"dequantize_rows needs whole {qtype.name} rows of {n_per_row} as uint8 bytes")
+    data = np.ascontiguousarray(data)
+    out = np.empty((data.nbytes // size, n_per_row), dtype=np.float32)
+    _to_float(qtype)(data.ctypes.data, out.ctypes.data, out.size)
     return out

@@ -113,6 +113,7 @@ class Preset:
     rules: tuple[Rule, ...] = ()
     fallbacks: Mapping[Q, Q] = field(default_factory=lambda: MappingProxyType({}))
     source: str = ""
+    plan: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # a plan's [plan] table
 
     def tensor_type(
         self,
@@ -175,6 +176,39 @@ def _layers(value: Any, where: str) -> str | tuple[int, ...]:
     )
 
 
+# a plan's [plan] table (quant/plan_file.py writes it; convert records each as quantize.plan.<key>): key -> types
+PLAN_FIELDS: Mapping[str, tuple[type, ...]] = MappingProxyType(
+    {
+        "target": (str,),
+        "budget_bytes": (int,),
+        "max_bytes_per_token": (int,),
+        "objective": (str,),
+        "estimated_error": (float,),
+        "imatrix": (str,),
+        "types": (list,),
+        "sample_rows": (int,),
+        "version": (str,),
+    }
+)
+
+
+def _plan_table(raw: Any, source: str) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise PresetError(f"{source}: [plan] must be a table")
+    for key, value in raw.items():
+        want = PLAN_FIELDS.get(key)
+        if want is None:
+            raise PresetError(f"{source}: plan.{key} is not a plan field", f"accepted: {', '.join(PLAN_FIELDS)}")
+        ok = isinstance(value, want) and not isinstance(value, bool)
+        if ok and isinstance(value, int) and value < 0:
+            ok = False
+        if ok and isinstance(value, list):
+            ok = bool(value) and all(isinstance(v, str) for v in value)
+        if not ok:
+            raise PresetError(f"{source}: plan.{key} = {value!r} is not a {want[0].__name__} of the right kind")
+    return MappingProxyType(dict(raw))
+
+
 RULE_FIELDS = ("tensors", "type", "layers", "tied_only", "experts", "min_experts", "min_gqa", "imatrix")
 
 
@@ -209,7 +243,7 @@ def _rule(raw: Any, where: str) -> Rule:
 
 def parse_preset(data: Mapping[str, Any], preset_id: str, source: str) -> Preset:
     """Validate a preset's TOML table; errors name the file and the field."""
-    known = {"name", "file_type", "default_type", "description", "rules", "fallbacks"}
+    known = {"name", "file_type", "default_type", "description", "rules", "fallbacks", "plan"}
     if unknown := set(data) - known:
         raise PresetError(f"{source}: unknown field(s) {sorted(unknown)}", f"accepted: {', '.join(sorted(known))}")
     for required in ("name", "file_type", "default_type"):
@@ -236,6 +270,7 @@ def parse_preset(data: Mapping[str, Any], preset_id: str, source: str) -> Preset
         rules,
         MappingProxyType(fallbacks),
         source,
+        _plan_table(data.get("plan", {}), source),
     )
 
 
