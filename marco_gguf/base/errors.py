@@ -105,3 +105,8 @@ class PruneError(MarcoGGUFError):
 
 class ServeError(MarcoGGUFError):
     """The server cannot start: its address is taken or not valid, or the model failed to load."""
+
+
+class UpcycleError(MarcoGGUFError):
+    """A dense checkpoint cannot be upcycled as asked: a split that does not divide its FFN, an expert count
+    that is not a multiple of the split, top-k above the expert count, a drop fraction outside 0..1."""

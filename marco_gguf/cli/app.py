@@ -23,6 +23,7 @@ from marco_gguf.cli import quality as quality_cmd
 from marco_gguf.cli import serve as serve_cmd
 from marco_gguf.cli import synth as synth_cmd
 from marco_gguf.cli import ui
+from marco_gguf.cli import upcycle as upcycle_cmd
 from marco_gguf.quant.presets import builtin_presets
 
 app = typer.Typer(
@@ -217,6 +218,7 @@ app.command()(imatrix_cmd.imatrix)
 app.command()(experts_cmd.experts)
 app.command()(prune_cmd.prune)
 app.command()(serve_cmd.serve)
+app.command()(upcycle_cmd.upcycle)
 
 
 def main() -> None:

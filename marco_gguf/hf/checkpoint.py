@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -196,19 +196,23 @@ def index_tensors(folder: Path) -> dict[str, TensorRef]:
     return refs
 
 
-class Checkpoint:
-    """An open checkpoint: validated config, tensor index and row-block reads as float32."""
+class TensorFiles:
+    """A checkpoint folder's safetensors, indexed and open for row-block reads as float32 (no config read:
+    `Checkpoint` adds Marco's, `upcycle` reads a dense Qwen3's)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise CheckpointError(f"{self.folder}: not a folder", "SOURCE must be a Hugging Face checkpoint folder")
-        self.config = load_config(self.folder)
+        self._read_config()  # before the index: a wrong model is named before a damaged shard
         self.tensors = index_tensors(self.folder)
         # opened up front so reader threads share them without locking (preadv is positional)
         self._fds = {f: os.open(f, os.O_RDONLY) for f in sorted({r.file for r in self.tensors.values()})}
 
-    def __enter__(self) -> Checkpoint:
+    def _read_config(self) -> None:
+        """Subclasses read and validate config.json here."""
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -233,3 +237,12 @@ class Checkpoint:
                 "download this shard again",
             )
         return to_float32(buf, ref.dtype)
+
+
+class Checkpoint(TensorFiles):
+    """An open Marco checkpoint: validated config, tensor index and row-block reads as float32."""
+
+    config: MarcoConfig
+
+    def _read_config(self) -> None:
+        self.config = load_config(self.folder)
