@@ -106,7 +106,7 @@ def main() -> None:
             "attention.head_count_kv": 8,
             "attention.key_length": 128,
         }
-        info = GGUFInfo(Path("-"), 0, "qwen3moe", None, None, hparams, {}, True, tensors)
+        info = GGUFInfo(Path("-"), 0, "qwen3moe", None, None, hparams, {}, True, {}, tensors)
         data = sum(s.nbytes + (-s.nbytes % 32) for s in specs)
         size = header + data + (prune_key_bytes(28, keep) if keep < config.n_experts else 0)
         full = full or size

@@ -196,7 +196,7 @@ def python_layer(model: Path, ctx: int) -> dict[str, float]:
         "send": [],
         "send, 20 turns of history": [],
     }
-    with ChatSession(model, ctx=ctx, threads=1, seed=0, max_tokens=STUB_TOKENS) as s:
+    with ChatSession(model, ctx=ctx, threads=1, sampling={"seed": 0}, max_tokens=STUB_TOKENS) as s:
         raw = load_model(model, n_ctx=ctx, threads=1)
         with c_work_stubbed():
             for _ in range(5):
@@ -242,10 +242,9 @@ def main() -> None:
 
     import llama_cpp as lib
 
-    from marco_gguf.base.machine import amx_kernels_built
     from marco_gguf.gguf_io.info import read_info
     from marco_gguf.llama.engine import Engine
-    from marco_gguf.llama.loader import load_model
+    from marco_gguf.llama.loader import amx_kernels_built, load_model
     from marco_gguf.llama.sampler import sampler_chain
     from marco_gguf.llama.session import ChatSession
     from marco_gguf.measure.bench import bytes_per_token
@@ -254,7 +253,9 @@ def main() -> None:
     model = args.model or build_model(args.workdir)
     load_before, results = os.getloadavg(), {}
     for threads in args.threads:
-        session = ChatSession(model, ctx=args.ctx, threads=threads, seed=args.seed, max_tokens=args.tokens)
+        session = ChatSession(
+            model, ctx=args.ctx, threads=threads, sampling={"seed": args.seed}, max_tokens=args.tokens
+        )
         engine = Engine(model, ctx=args.ctx, parallel=1, threads=threads)  # what bench() times on
         raw = load_model(model, n_ctx=args.ctx, threads=threads)
         sampler = sampler_chain(

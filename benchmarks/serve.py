@@ -58,9 +58,9 @@ WORDS = [
 
 RUN_LLAMA_CPP_SERVER = """
 import contextlib, runpy, sys
-from marco_gguf.llama.loader import _without_extra_buffers
-from marco_gguf.base.machine import amx_kernels_built
-with _without_extra_buffers() if amx_kernels_built() else contextlib.nullcontext():
+from marco_gguf.llama.loader import without_extra_buffers
+from marco_gguf.llama.loader import amx_kernels_built
+with without_extra_buffers() if amx_kernels_built() else contextlib.nullcontext():
     sys.argv = ["llama_cpp.server", *sys.argv[1:]]
     runpy.run_module("llama_cpp.server", run_name="__main__")
 """

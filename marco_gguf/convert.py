@@ -7,7 +7,6 @@ order, keeping at most a fixed number in flight, so memory does not grow with mo
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,6 +20,7 @@ from gguf import MODEL_TENSOR as T
 
 from marco_gguf.arch.qwen3moe import LM_HEAD, PlannedTensor, keep_experts, lm_head_is_tied, plan_tensors
 from marco_gguf.base.errors import OutputError
+from marco_gguf.base.machine import usable_cpus
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.gguf_io.metadata import build_metadata, count_parameters
 from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec
@@ -65,7 +65,8 @@ class ConvertResult:
 
 
 def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Quantizing is compute-bound per block and releases the GIL: one worker per usable CPU."""
+    return len(usable_cpus()) or 1
 
 
 IMATRIX_MARK = "i1"  # publishers' mark for importance-matrix quants: Marco-Mini-Instruct-i1-Q4_K_M.gguf

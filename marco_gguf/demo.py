@@ -39,6 +39,6 @@ def demo(
         root = Path(workdir) if workdir is not None else Path(tmp)
         ckpt = synthesize(root / "Marco-Tiny-Random", shape="tiny", vocab="small", seed=0)
         result = convert(ckpt.path, preset=preset, outdir=root, threads=threads, force=True, progress=progress)
-        with ChatSession(result.path, ctx=512, threads=threads, seed=0, max_tokens=max_tokens) as session:
+        with ChatSession(result.path, ctx=512, threads=threads, sampling={"seed": 0}, max_tokens=max_tokens) as session:
             reply = session.send(DEMO_QUESTION).wait()
     return DemoResult(ckpt, result, reply.text, reply.stats)

@@ -114,7 +114,7 @@ def weight_buffers() -> list[str]:
     llama.cpp's AMX kernels are built in and crash, else llama.cpp's default (repacked for its CPU kernels,
     e.g. Q4_K on AVX2). The two layouts multiply in a different order, so a reference run on the other one
     differs in the last digits."""
-    from marco_gguf.base.machine import amx_kernels_built
+    from marco_gguf.llama.loader import amx_kernels_built
 
     return ["--no-repack"] if amx_kernels_built() else []
 

@@ -173,7 +173,7 @@ def test_errors(pair, tmp_path):
     not_gguf = tmp_path / "notes.gguf"
     not_gguf.write_text("not a model")
     cases = [  # (reason, file, ref, text, error type, message fragments)
-        ("text not UTF-8", file, ref, latin1, QualityError, ["latin1.txt: not UTF-8 text (byte 3 is 0xe9)"]),
+        ("text not UTF-8", file, ref, latin1, QualityError, ["latin1.txt: not UTF-8 text (byte 0xe9 at offset 3 of"]),
         (
             "text shorter than 2 chunks",
             file,

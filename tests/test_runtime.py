@@ -53,7 +53,7 @@ def tiny(converted):
 
 @pytest.fixture
 def session(tiny):
-    s = ChatSession(tiny, ctx=1024, seed=1, max_tokens=16)
+    s = ChatSession(tiny, ctx=1024, sampling={"seed": 1}, max_tokens=16)
     yield s
     s.close()
 
@@ -67,7 +67,7 @@ def test_prompt_tokens_equal_hf_apply_chat_template(reason, system, turns, conve
     spec = Spec(vocab="qwen3")
     hf = AutoTokenizer.from_pretrained(checkpoint(spec))
     write_conversation(tmp_path / "c.json", system, turns[:-1])
-    with ChatSession(converted(spec, "q8_0").path, ctx=512, seed=0, max_tokens=1) as s:
+    with ChatSession(converted(spec, "q8_0").path, ctx=512, sampling={"seed": 0}, max_tokens=1) as s:
         s.load(tmp_path / "c.json")
         reply = s.send(turns[-1])
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -104,7 +104,7 @@ def test_second_turn_evaluates_only_new_tokens(session):
 
 
 def test_reset_keeps_the_system_prompt_cached(tiny):
-    with ChatSession(tiny, system="You are Marco.", ctx=1024, seed=1, max_tokens=4) as s:
+    with ChatSession(tiny, system="You are Marco.", ctx=1024, sampling={"seed": 1}, max_tokens=4) as s:
         first = s.send("Hello").wait()
         s.reset()
         again = s.send("Something else entirely").wait()
@@ -114,14 +114,17 @@ def test_reset_keeps_the_system_prompt_cached(tiny):
 
 
 def test_nfd_input_is_normalized_before_tokenizing(tiny):
-    with ChatSession(tiny, ctx=512, seed=1, max_tokens=1) as a, ChatSession(tiny, ctx=512, seed=1, max_tokens=1) as b:
+    with (
+        ChatSession(tiny, ctx=512, sampling={"seed": 1}, max_tokens=1) as a,
+        ChatSession(tiny, ctx=512, sampling={"seed": 1}, max_tokens=1) as b,
+    ):
         ra, rb = a.send(NFD("Ça été")), b.send("Ça été")
         assert a.messages[0]["content"] == "Ça été" and ra.prompt == rb.prompt
         ra.wait(), rb.wait()
 
 
 def test_overflow_drops_oldest_turns_never_the_system_message(tiny):
-    with ChatSession(tiny, system="System message stays.", ctx=256, seed=1, max_tokens=16) as s:
+    with ChatSession(tiny, system="System message stays.", ctx=256, sampling={"seed": 1}, max_tokens=16) as s:
         dropped = []
         for i in range(8):
             reply = s.send(f"Turn {i}: " + "tell me more about experts and routing " * 6)
@@ -135,7 +138,7 @@ def test_overflow_drops_oldest_turns_never_the_system_message(tiny):
 
 
 def test_message_longer_than_the_context_is_refused(tiny):
-    with ChatSession(tiny, ctx=128, seed=1, max_tokens=16) as s:
+    with ChatSession(tiny, ctx=128, sampling={"seed": 1}, max_tokens=16) as s:
         with pytest.raises(
             ChatError, match=r"the message is too long: \d+ prompt tokens \+ 16 for the reply exceed --ctx 128"
         ):
@@ -144,7 +147,7 @@ def test_message_longer_than_the_context_is_refused(tiny):
 
 
 def test_interrupt_keeps_the_partial_reply_marked(tiny):
-    with ChatSession(tiny, ctx=2048, seed=1, temp=0, max_tokens=1000) as s:
+    with ChatSession(tiny, ctx=2048, sampling={"seed": 1, "temperature": 0}, max_tokens=1000) as s:
         reply = s.send("Tell me a long story.")
         pieces = []
         for piece in reply:
@@ -169,7 +172,7 @@ def test_a_half_read_reply_ends_interrupted_when_the_next_message_is_sent(sessio
 
 def test_an_unread_reply_ends_interrupted_when_the_next_message_is_sent(tiny):
     """send() starts generating at once (on the engine's thread): a reply nobody reads is still ended and kept."""
-    with ChatSession(tiny, ctx=2048, seed=1, max_tokens=1000) as s:
+    with ChatSession(tiny, ctx=2048, sampling={"seed": 1}, max_tokens=1000) as s:
         unread = s.send("Hello")
         after = s.send("Never mind.").wait()
         assert unread.stats.stop_reason == "interrupted" and after.stats.stop_reason in ("stop", "length")
@@ -268,13 +271,21 @@ def test_template_falls_back_to_chatml_only_when_the_gguf_has_none():
         ChatTemplate("{{ raise_exception('no') }}").render([])
 
 
-def test_amx_guard_turns_extra_buffers_off_and_restores_llama_cpp():
-    """llama.cpp's AMX kernels crash in this version: with them built, load_model keeps weights in plain buffers."""
+@pytest.mark.parametrize(
+    "amx, extra_buffers",
+    [
+        (True, False),  # the AMX kernels crash in this llama.cpp: keep weights in plain buffers
+        (False, True),  # no AMX kernels: llama.cpp's repacked buffers are safe and faster
+    ],
+)
+def test_amx_guard_turns_extra_buffers_off_only_with_amx_and_restores_llama_cpp(monkeypatch, amx, extra_buffers):
+    """load_model hands Llama() model_params(): extra buffer types off exactly when the AMX kernels are built."""
     import llama_cpp.llama_cpp as c
 
-    from marco_gguf.llama.loader import _without_extra_buffers
+    from marco_gguf.llama import loader
 
+    monkeypatch.setattr(loader, "amx_kernels_built", lambda: amx)
     before = c.llama_model_default_params
-    with _without_extra_buffers():
-        assert c.llama_model_default_params().use_extra_bufts is False
+    with loader.without_extra_buffers():
+        assert c.llama_model_default_params().use_extra_bufts is extra_buffers
     assert c.llama_model_default_params is before and c.llama_model_default_params().use_extra_bufts is True

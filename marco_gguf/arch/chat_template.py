@@ -15,10 +15,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from marco_gguf.arch.qwen3moe import CHAT_TEMPLATE_KEY as TEMPLATE_KEY
 from marco_gguf.arch.qwen3moe import CHATML as CHATML_TEMPLATE
 from marco_gguf.base.errors import ChatError
-
-TEMPLATE_KEY = "tokenizer.chat_template"
 
 
 @lru_cache(maxsize=8)

@@ -313,7 +313,8 @@ def keep_experts(planned: list[PlannedTensor], keep: Sequence[Sequence[int]]) ->
 
 # --- derived figures, from a GGUF's tensor table and qwen3moe.* keys (read by inspect, bench, the RAM check) ---
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default F16 KV cache
-LOGITS_BATCH = 512  # llama.cpp's default n_batch: its logits/compute buffers scale with it
+DEFAULT_BATCH = 512  # llama.cpp's default n_batch: the most tokens one llama_decode carries; logits and
+# compute buffers scale with it
 
 
 class StoredLike(Protocol):
@@ -372,7 +373,7 @@ def ram_needed(tensors: Sequence[StoredLike], hparams: Mapping[str, Any], n_ctx:
     """RAM to run with a context of n_ctx: weights, F16 KV cache, and llama.cpp's logits and compute buffers."""
     weights = sum(t.n_bytes for t in tensors)
     vocab = next((t.shape[0] for t in tensors if t.name == "token_embd.weight"), 0)
-    compute = LOGITS_BATCH * vocab * 4 * 2  # logits plus llama.cpp's compute buffer of the same order
+    compute = DEFAULT_BATCH * vocab * 4 * 2  # logits plus llama.cpp's compute buffer of the same order
     kv = kv_cache_bytes(hparams, n_ctx)
     return {"weights": weights, "kv_cache": kv, "compute": compute, "total": weights + kv + compute}
 

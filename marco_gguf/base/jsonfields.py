@@ -14,7 +14,7 @@ from typing import Any
 
 from marco_gguf.base.errors import MarcoGGUFError
 
-_MISSING: Any = object()
+MISSING: Any = object()
 _PLURAL = {int: "integers", str: "strings", dict: "objects", object: "values"}
 INT32_MAX = 2**31 - 1  # GGUF stores these hyperparameters as uint32; llama.cpp reads them into int32
 FLOAT32_MAX = 3.4028234663852886e38  # GGUF stores float hyperparameters as float32
@@ -68,21 +68,21 @@ class Fields:
         return self.error(f"{self.path}: {self.where}{key} is {shown} ({_kind(found)}), expected {expected}", self.hint)
 
     def _get(self, key: str, default: Any) -> Any:
-        v = self.data.get(key, _MISSING)
-        if v is _MISSING or v is None:
-            if default is _MISSING:
+        v = self.data.get(key, MISSING)
+        if v is MISSING or v is None:
+            if default is MISSING:
                 raise self.error(f"{self.path}: {self.where}{key} is missing", self.hint)
             return default
         return v
 
-    def int(self, key: str, *, lo: int = 0, hi: int = INT32_MAX, default: Any = _MISSING) -> Any:
+    def int(self, key: str, *, lo: int = 0, hi: int = INT32_MAX, default: Any = MISSING) -> Any:
         v = self._get(key, default)
         if v is not default and not (is_int(v) and lo <= v <= hi):
             raise self.fail(key, v, f"an integer from {lo:,} to {hi:,}")
         return v
 
     def number(
-        self, key: str, *, lo: float = 0.0, hi: float = FLOAT32_MAX, default: Any = _MISSING, exclusive_lo: bool = True
+        self, key: str, *, lo: float = 0.0, hi: float = FLOAT32_MAX, default: Any = MISSING, exclusive_lo: bool = True
     ) -> Any:
         v = self._get(key, default)
         if v is default:
@@ -97,25 +97,25 @@ class Fields:
             raise self.fail(key, v, f"a finite number {'above' if exclusive_lo else 'from'} {lo:g}" + f" up to {hi:g}")
         return float(v)
 
-    def bool(self, key: str, *, default: Any = _MISSING) -> Any:
+    def bool(self, key: str, *, default: Any = MISSING) -> Any:
         v = self._get(key, default)
         if v is not default and not isinstance(v, bool):
             raise self.fail(key, v, "true or false")
         return v
 
-    def str(self, key: str, *, default: Any = _MISSING) -> Any:
+    def str(self, key: str, *, default: Any = MISSING) -> Any:
         v = self._get(key, default)
         if v is not default and not isinstance(v, str):
             raise self.fail(key, v, "a string")
         return v
 
-    def obj(self, key: _Str, *, default: Any = _MISSING) -> Any:
+    def obj(self, key: _Str, *, default: Any = MISSING) -> Any:
         v = self._get(key, default)
         if v is not default and not isinstance(v, dict):
             raise self.fail(key, v, "an object")
         return v
 
-    def list(self, key: _Str, item: type, *, default: Any = _MISSING) -> Any:
+    def list(self, key: _Str, item: type, *, default: Any = MISSING) -> Any:
         v = self._get(key, default)
         if v is not default and not (isinstance(v, list) and all(_is(x, item) for x in v)):
             raise self.fail(key, v, f"a list of {_PLURAL[item]}")

@@ -1,43 +1,37 @@
-"""Facts about this computer that running a model depends on: physical cores, available memory, AMX."""
+"""Facts about this computer that running a model depends on: usable CPUs, physical cores, available memory.
+
+psutil answers on Linux, macOS and Windows alike (it reads /proc and /sys on Linux, sysctl and the Mach and
+Win32 APIs elsewhere), so nothing here depends on a Linux-only file. Whether llama.cpp carries its AMX kernels
+is a fact of the llama.cpp build, asked in llama/loader.py.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-from pathlib import Path
+
+import psutil
+
+
+def usable_cpus() -> list[int]:
+    """The logical CPUs this process may run on (its affinity where the OS has one: Linux, Windows)."""
+    try:
+        return sorted(psutil.Process().cpu_affinity() or [])
+    except (AttributeError, NotImplementedError, psutil.Error):  # macOS has no affinity: every CPU is usable
+        return list(range(os.cpu_count() or 1))
 
 
 def physical_cores() -> int:
-    """Distinct (package, core) pairs in sysfs, capped by this process's CPU affinity."""
-    cores = set()
-    for topo in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
-        with contextlib.suppress(OSError):
-            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(len(cores) or usable, usable))
+    """Physical cores, capped by the CPUs this process may use: llama.cpp's default threads (one per core, as
+    its cpu_get_num_math does), since a second hyperthread on a core adds no matrix throughput."""
+    usable = len(usable_cpus()) or 1
+    cores = psutil.cpu_count(logical=False) or usable
+    return max(1, min(cores, usable))
 
 
 def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo (else psutil), in bytes; None when neither can tell."""
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+    """Memory that can be given to a new process without swapping, in bytes (psutil's `available`: MemAvailable
+    on Linux); None when the OS does not tell."""
     try:
-        import psutil
-    except ImportError:
+        return int(psutil.virtual_memory().available)
+    except (OSError, psutil.Error):
         return None
-    return int(psutil.virtual_memory().available)
-
-
-@functools.lru_cache(maxsize=1)
-def amx_kernels_built() -> bool:
-    """True when the installed llama.cpp carries its AMX matrix kernels (built with -march=native on a CPU with AMX).
-
-    Those kernels crash at their first tile instruction in this llama.cpp (SIGILL, seen on this project's
-    Xeon build machine): the tile configuration is built on the stack and optimized away (ggml-org/llama.cpp
-    pull request 26954). They are reached only through llama.cpp's extra weight buffer types."""
-    import llama_cpp
-
-    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()

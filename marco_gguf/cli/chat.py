@@ -20,7 +20,7 @@ from rich.text import Text
 
 from marco_gguf.base.errors import ChatError, MarcoGGUFError
 from marco_gguf.cli import ui
-from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP
+from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP, settings
 from marco_gguf.llama.session import ChatSession, GenerationStats, Reply
 
 D = {name: p.default for name, p in inspect.signature(ChatSession).parameters.items()}  # one source of defaults
@@ -44,12 +44,12 @@ def chat(
         int, typer.Option("--ctx", min=16, help="Context length in tokens (Marco was fine-tuned at 8192).")
     ] = D["ctx"],
     threads: Threads = D["threads"],
-    temp: Temp = D["temp"],
-    top_p: TopP = D["top_p"],
-    top_k: TopK = D["top_k"],
-    min_p: MinP = D["min_p"],
-    repeat_penalty: RepeatPenalty = D["repeat_penalty"],
-    seed: Seed = D["seed"],
+    temp: Temp = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    min_p: MinP = None,
+    repeat_penalty: RepeatPenalty = None,
+    seed: Seed = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Longest reply.")] = D["max_tokens"],
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", help="Ask one question, print the answer, exit.")
@@ -67,12 +67,9 @@ def chat(
             system=system,
             ctx=ctx,
             threads=threads,
-            temp=temp,
-            top_p=top_p,
-            top_k=top_k,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=seed,
+            sampling=settings(
+                temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed
+            ),
             max_tokens=max_tokens,
         )
     with session:

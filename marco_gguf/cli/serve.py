@@ -11,7 +11,7 @@ from rich.text import Text
 
 from marco_gguf.base.progress import ProgressEvent
 from marco_gguf.cli import ui
-from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP
+from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP, settings
 from marco_gguf.server import serve as lib_serve
 
 D = {name: p.default for name, p in inspect.signature(lib_serve).parameters.items()}  # one source of defaults
@@ -42,12 +42,12 @@ def serve(
         str | None,
         typer.Option("--cors", metavar="ORIGIN", help="Allow browser requests from ORIGIN (off by default)."),
     ] = D["cors"],
-    temp: Temp = D["temp"],
-    top_p: TopP = D["top_p"],
-    top_k: TopK = D["top_k"],
-    min_p: MinP = D["min_p"],
-    repeat_penalty: RepeatPenalty = D["repeat_penalty"],
-    seed: Seed = D["seed"],
+    temp: Temp = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    min_p: MinP = None,
+    repeat_penalty: RepeatPenalty = None,
+    seed: Seed = None,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", "-n", min=1, help="Longest reply when a request sets no max_tokens.")
     ] = D["max_tokens"],
@@ -76,12 +76,9 @@ def serve(
             api_key=api_key,
             queue=queue,
             cors=cors,
-            temp=temp,
-            top_p=top_p,
-            top_k=top_k,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=seed,
+            sampling=settings(
+                temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed
+            ),
             max_tokens=max_tokens,
             progress=progress,
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from marco_gguf.arch.qwen3moe import ARCH_NAME, ROUTER
+from marco_gguf.arch.qwen3moe import ARCH_KEY, ARCH_NAME, ROUTER
 from marco_gguf.base.errors import GGUFFileError
 from marco_gguf.gguf_io.reader import read_header
 
@@ -56,7 +56,7 @@ def gguf_identity(path: str | Path) -> ModelIdentity:
     path = Path(path)
     header = read_header(path)
     f, by_name = header.fields, {t.name: t for t in header.tensors}
-    arch = f.get("general.architecture")
+    arch = f.get(ARCH_KEY)
     if arch != ARCH_NAME:
         raise GGUFFileError(
             f"{path}: architecture {arch!r} is not {ARCH_NAME}", "marco-gguf runs Marco (qwen3moe) GGUFs only"

@@ -16,85 +16,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from marco_gguf.base.errors import ExpertsError
 from marco_gguf.base.progress import Progress
-from marco_gguf.experts.identity import ModelIdentity, gguf_identity
+from marco_gguf.experts.identity import gguf_identity
+from marco_gguf.experts.plots import check_plotting, plot_usage
+from marco_gguf.experts.records import ExpertUsage, TextUsage
+from marco_gguf.experts.usage_file import check_writable, write_usage
 from marco_gguf.llama.observer import GraphObserver, Node, ObservedModel, layer_of
 from marco_gguf.quant.imatrix import read_text
 
 TOPK, WEIGHTS, DOWN = "ffn_moe_topk", "ffn_moe_weights_norm", "ffn_moe_down"
-
-
-@dataclass(frozen=True)
-class TextUsage:
-    """One text's routing, per layer x expert."""
-
-    label: str
-    source: str
-    tokens: int
-    counts: np.ndarray  # int64 [layers, experts]: tokens routed to the expert
-    weight: np.ndarray  # float64 [layers, experts]: summed gate weight (the routing mass)
-    reap_sum: np.ndarray  # float64 [layers, experts]: summed gate weight x ||expert output||
-    routing: np.ndarray | None = field(default=None, repr=False)  # int32 [layers, tokens, k], with keep_routing
-    chunks: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)  # the token ids evaluated
-
-    @property
-    def reap(self) -> np.ndarray:
-        """REAP saliency: mean over the expert's tokens of gate weight x ||output|| (0 for an unused expert)."""
-        return np.divide(self.reap_sum, self.counts, out=np.zeros_like(self.reap_sum), where=self.counts > 0)
-
-    def as_dict(self) -> dict:
-        return {
-            "label": self.label,
-            "source": self.source,
-            "tokens": self.tokens,
-            "counts": self.counts.tolist(),
-            "weight": self.weight.tolist(),
-            "reap_sum": self.reap_sum.tolist(),
-        }
-
-
-@dataclass(frozen=True)
-class ExpertUsage:
-    """What `expert_usage` measured: the model it ran and each text's routing."""
-
-    model: ModelIdentity
-    model_path: str
-    ctx: int
-    texts: tuple[TextUsage, ...]
-    seconds: float = 0.0
-    tokens_per_s: float = 0.0
-
-    @property
-    def labels(self) -> list[str]:
-        return [t.label for t in self.texts]
-
-    def combined(self) -> TextUsage:
-        """All texts as one."""
-        t = self.texts
-        return TextUsage(
-            "+".join(self.labels),
-            ", ".join(x.source for x in t),
-            sum(x.tokens for x in t),
-            np.sum([x.counts for x in t], axis=0),
-            np.sum([x.weight for x in t], axis=0),
-            np.sum([x.reap_sum for x in t], axis=0),
-        )
-
-    def as_dict(self) -> dict:
-        return {
-            "model": self.model.as_dict(),
-            "model_path": self.model_path,
-            "ctx": self.ctx,
-            "seconds": self.seconds,
-            "tokens_per_s": self.tokens_per_s,
-            "texts": [t.as_dict() for t in self.texts],
-        }
 
 
 class RoutingCollector:
@@ -189,9 +124,6 @@ def expert_usage(
     """Routing statistics of `model` (a qwen3moe GGUF) over each text (a file; None: the built-in text),
     saved for `prune` to `usage` and drawn to `plot` (PNG) when given. `keep_routing` keeps every token's
     top-k experts (for tests); `kv_f32` uses an F32 KV cache (for exact comparisons)."""
-    from marco_gguf.experts.plots import check_plotting, plot_usage
-    from marco_gguf.experts.usage_file import check_writable, write_usage
-
     started, model = time.perf_counter(), Path(model)
     texts = list(texts) or [None]
     names = text_labels(texts, labels)

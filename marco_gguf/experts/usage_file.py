@@ -16,6 +16,7 @@ from marco_gguf.base.errors import ExpertsError
 from marco_gguf.base.files import write_text_atomic
 from marco_gguf.base.jsonfields import Fields
 from marco_gguf.experts.identity import ModelIdentity
+from marco_gguf.experts.records import ExpertUsage, TextUsage
 
 KIND, VERSION = "marco-gguf expert usage", 1
 HINT = "write one with: marco-gguf experts MODEL.gguf --text FILE --usage usage.json"
@@ -30,7 +31,7 @@ def check_writable(path: Path) -> None:
         raise ExpertsError(f"{folder}: output folder is not writable", "choose another path")
 
 
-def write_usage(usage, path: Path) -> Path:
+def write_usage(usage: ExpertUsage, path: Path) -> Path:
     """Write an ExpertUsage atomically (a temporary file beside `path`, then one rename)."""
     doc = {"kind": KIND, "version": VERSION, **usage.as_dict()}
     try:
@@ -73,10 +74,8 @@ def _identity(f: Fields) -> ModelIdentity:
     )
 
 
-def read_usage(path: str | Path):
+def read_usage(path: str | Path) -> ExpertUsage:
     """Read a usage file back as an ExpertUsage; anything else is one ExpertsError naming the problem."""
-    from marco_gguf.experts.usage import ExpertUsage, TextUsage
-
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

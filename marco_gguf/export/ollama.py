@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from marco_gguf.arch.qwen3moe import DEFAULT_CTX, END_OF_TURN
+import gguf
+
+from marco_gguf.arch.qwen3moe import CHAT_TEMPLATE_KEY, DEFAULT_CTX, END_OF_TURN
+from marco_gguf.arch.sampling import gguf_sampling
 from marco_gguf.base.errors import ExportError
 from marco_gguf.base.files import write_text_atomic
 from marco_gguf.export.templates import go_template_for
@@ -26,16 +29,17 @@ END_OF_CHATML_TURN, EOS = END_OF_TURN
 STOPS = (END_OF_CHATML_TURN, "<|im_start|>", EOS)  # <|im_start|>: a new turn, which the model should never write
 NUM_CTX = DEFAULT_CTX  # Marco's SFT context; Ollama's default is shorter and silently truncates long chats
 
-# GGUF general.sampling.* key (gguf-py Keys.General.SAMPLING_*) -> Ollama PARAMETER. The others
-# (sampling.sequence, xtc_*) have no Ollama parameter; Ollama ignores mirostat* since 0.12.
+# The model's sampling settings (arch/sampling.py reads them from general.sampling.*, as chat and serve do), by
+# Sampling field -> Ollama PARAMETER (docs/modelfile.md); penalty_last_n has no Sampling field but an Ollama
+# parameter. The other keys (sampling.sequence, xtc_*) have none; Ollama ignores mirostat* since 0.12.
 SAMPLING_PARAMETERS = {
-    "general.sampling.temp": "temperature",
-    "general.sampling.top_k": "top_k",
-    "general.sampling.top_p": "top_p",
-    "general.sampling.min_p": "min_p",
-    "general.sampling.penalty_repeat": "repeat_penalty",
-    "general.sampling.penalty_last_n": "repeat_last_n",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "repeat_penalty": "repeat_penalty",
 }
+REPEAT_LAST_N = (gguf.Keys.General.SAMPLING_PENALTY_LAST_N, "repeat_last_n")
 
 # Ollama's model name rules (types/model/name.go): [namespace/]model[:tag], parts start with a letter,
 # digit or underscore; model and tag may also hold '.', '-', '_'; at most 80 characters each.
@@ -125,11 +129,12 @@ def export_ollama(
     modelfile = folder / "Modelfile"
     if modelfile.exists() and not force:
         raise ExportError(f"{modelfile} already exists", "pass --force to overwrite it")
-    template = go_template_for(fields.get("tokenizer.chat_template"))
+    template = go_template_for(fields.get(CHAT_TEMPLATE_KEY))
     parameters = (
         tuple(("stop", s) for s in STOPS)
         + (("num_ctx", str(NUM_CTX)),)
-        + tuple((param, _number(fields[key])) for key, param in SAMPLING_PARAMETERS.items() if key in fields)
+        + tuple((SAMPLING_PARAMETERS[k], _number(v)) for k, v in gguf_sampling(fields).items())
+        + tuple((REPEAT_LAST_N[1], _number(fields[key])) for key in REPEAT_LAST_N[:1] if key in fields)
     )
     license = _license(fields)
     command = f"ollama create {name} -f {shlex.quote(str(modelfile))}"

@@ -20,7 +20,14 @@ from gguf import GGUFValueType as V
 
 from marco_gguf.arch.chat_template import TEMPLATE_KEY, compile_template
 from marco_gguf.arch.config import Dims
-from marco_gguf.arch.qwen3moe import KINDS, TOKENIZER_MODEL, TOKENIZER_PRE, gguf_tensor_shapes, pretokenizer_allowed
+from marco_gguf.arch.qwen3moe import (
+    ARCH_KEY,
+    KINDS,
+    TOKENIZER_MODEL,
+    TOKENIZER_PRE,
+    gguf_tensor_shapes,
+    pretokenizer_allowed,
+)
 from marco_gguf.base.errors import GGUFFileError
 from marco_gguf.gguf_io.reader import DAMAGED, Header
 
@@ -68,7 +75,7 @@ TOKENIZER_TYPES: dict[str, V] = {
 }
 # other keys llama.cpp or our runtime reads, with their types; source: llama-model-loader.cpp, llama-vocab.cpp
 GENERAL_TYPES: dict[str, V] = {
-    "general.architecture": V.STRING,
+    ARCH_KEY: V.STRING,
     "general.name": V.STRING,
     "general.file_type": V.UINT32,
     "general.quantization_version": V.UINT32,
@@ -229,7 +236,7 @@ def check_qwen3moe(path: str | Path, header: Header, arch: str) -> None:
     """Raise GGUFFileError for anything in a qwen3moe GGUF that llama.cpp would abort or fail on while loading."""
     c = _Check(Path(path), header)
     for key, vtype in GENERAL_TYPES.items():
-        c.typed(key, vtype, key == "general.architecture")
+        c.typed(key, vtype, key == ARCH_KEY)
     _template(c)
     n_vocab = _tokens(c)
     _tensors(c, _geometry(c, arch, _hparams(c, arch), n_vocab))

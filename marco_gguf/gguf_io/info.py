@@ -15,7 +15,8 @@ from typing import Any
 from gguf import GGUFValueType as V
 
 from marco_gguf.arch import qwen3moe as spec
-from marco_gguf.arch.qwen3moe import ARCH_NAME, DEFAULT_CTX, GROUPS
+from marco_gguf.arch.qwen3moe import ARCH_KEY, ARCH_NAME, CHAT_TEMPLATE_KEY, DEFAULT_CTX, GROUPS
+from marco_gguf.arch.sampling import gguf_sampling
 from marco_gguf.base.errors import GGUFFileError
 from marco_gguf.gguf_io.check import check_qwen3moe
 from marco_gguf.gguf_io.reader import DAMAGED, read_header
@@ -46,6 +47,7 @@ class GGUFInfo:
     hparams: dict[str, Any]
     tokenizer: dict[str, Any]
     has_chat_template: bool
+    sampling: dict[str, float | int]  # the file's general.sampling.* by Sampling field (arch/sampling.py)
     tensors: tuple[TensorInfo, ...] = field(repr=False)
 
     def group_totals(self) -> dict[str, dict[str, float]]:
@@ -93,6 +95,7 @@ class GGUFInfo:
             "hparams": self.hparams,
             "tokenizer": self.tokenizer,
             "has_chat_template": self.has_chat_template,
+            "sampling": self.sampling,
             "parameters": self.n_parameters,
             "bits_per_weight": self.bits_per_weight,
             "groups": self.group_totals(),
@@ -145,8 +148,8 @@ def _read_info(path: Path) -> GGUFInfo:
     everything llama.cpp would abort or fail on while loading it (gguf_check.py)."""
     header = read_header(path)
     fields = header.fields
-    arch = fields.get("general.architecture") or "?"
-    if header.types.get("general.architecture", V.STRING) != V.STRING:
+    arch = fields.get(ARCH_KEY) or "?"
+    if header.types.get(ARCH_KEY, V.STRING) != V.STRING:
         raise GGUFFileError(
             f"{path}: key general.architecture is {header.types['general.architecture'].name}, expected STRING", DAMAGED
         )
@@ -163,7 +166,8 @@ def _read_info(path: Path) -> GGUFInfo:
         fields.get("general.file_type"),
         hparams,
         _tokenizer_summary(fields),
-        "tokenizer.chat_template" in fields,
+        CHAT_TEMPLATE_KEY in fields,
+        gguf_sampling(fields),
         tensors,
     )
 

@@ -24,8 +24,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 
 from marco_gguf.base.errors import GGUFFileError
-from marco_gguf.gguf_io.writer import SCALAR_FORMATS
-from marco_gguf.llama.ggml import row_size
+from marco_gguf.gguf_io.format import SCALAR_FORMATS, row_size
 
 FORMATS = SCALAR_FORMATS  # scalar value type -> struct format, the writer's table
 GGML_MAX_NAME = 64  # ggml.h: a tensor name must be shorter than this

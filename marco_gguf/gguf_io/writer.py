@@ -29,23 +29,7 @@ from gguf import GGUFValueType as V
 
 from marco_gguf.base.errors import OutputError
 from marco_gguf.base.files import check_space, existing_ancestor, make_folders, publish, remove_folders
-from marco_gguf.llama.ggml import row_size
-
-ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT  # 32
-# scalar value type -> struct format; source: gguf-py gguf_writer.py _simple_value_packing
-SCALAR_FORMATS: Mapping[V, str] = {
-    V.UINT8: "B",
-    V.INT8: "b",
-    V.UINT16: "H",
-    V.INT16: "h",
-    V.UINT32: "I",
-    V.INT32: "i",
-    V.FLOAT32: "f",
-    V.UINT64: "Q",
-    V.INT64: "q",
-    V.FLOAT64: "d",
-    V.BOOL: "?",
-}
+from marco_gguf.gguf_io.format import ALIGNMENT, SCALAR_FORMATS, row_size
 
 
 @dataclass(frozen=True)

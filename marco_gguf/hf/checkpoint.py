@@ -7,9 +7,10 @@ resident set stays at the size of one block whatever the model size.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 import numpy as np
 
@@ -206,8 +207,11 @@ class TensorFiles:
             raise CheckpointError(f"{self.folder}: not a folder", "SOURCE must be a Hugging Face checkpoint folder")
         self._read_config()  # before the index: a wrong model is named before a damaged shard
         self.tensors = index_tensors(self.folder)
-        # opened up front so reader threads share them without locking (preadv is positional)
-        self._fds = {f: os.open(f, os.O_RDONLY) for f in sorted({r.file for r in self.tensors.values()})}
+        # opened up front so reader threads share them without locking (preadv is positional); os.O_BINARY
+        # matters on Windows, where os.preadv does not exist and each thread reads through its own handle
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+        self._fds = {f: os.open(f, flags) for f in sorted({r.file for r in self.tensors.values()})}
+        self._local, self._handles, self._lock = threading.local(), list[BinaryIO](), threading.Lock()
 
     def _read_config(self) -> None:
         """Subclasses read and validate config.json here."""
@@ -222,6 +226,24 @@ class TensorFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        with self._lock:
+            for h in self._handles:
+                h.close()
+            self._handles.clear()
+
+    def _read_at(self, file: Path, view: memoryview, offset: int) -> int:
+        """Bytes read into `view` from `offset` of `file`: one positional os.preadv where the OS has it (Linux,
+        macOS), else (Windows) seek + readinto on this thread's own handle, so threads never share a position."""
+        if hasattr(os, "preadv"):
+            return os.preadv(self._fds[file], [view], offset)
+        handles = self._local.__dict__.setdefault("handles", {})
+        if file not in handles:
+            handles[file] = open(file, "rb")  # noqa: SIM115  (closed by close(), with every thread's)
+            with self._lock:
+                self._handles.append(handles[file])
+        f = handles[file]
+        f.seek(offset)
+        return f.readinto(view) or 0
 
     def read_rows(self, name: str, start: int = 0, count: int | None = None) -> np.ndarray:
         """Rows [start, start+count) of a tensor viewed as (n_rows, row_len), converted to float32."""
@@ -230,7 +252,7 @@ class TensorFiles:
         store, itemsize = WEIGHT_DTYPES[ref.dtype]
         buf = np.empty((count, ref.row_len), dtype=store)
         offset = ref.offset + start * ref.row_len * itemsize
-        got = os.preadv(self._fds[ref.file], [buf.data.cast("B")], offset)
+        got = self._read_at(ref.file, buf.data.cast("B"), offset)
         if got != buf.nbytes:
             raise CheckpointError(
                 f"{ref.file}: truncated while reading {name} (got {got} of {buf.nbytes} bytes)",

@@ -21,25 +21,26 @@ import threading
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from marco_gguf.arch.chat_template import ChatTemplate
-from marco_gguf.arch.qwen3moe import DEFAULT_CTX, END_OF_TURN
-from marco_gguf.base.errors import RequestError, ServerBusyError
+from marco_gguf.arch.qwen3moe import DEFAULT_BATCH, DEFAULT_CTX, END_OF_TURN
+from marco_gguf.arch.sampling import Sampling, model_sampling
+from marco_gguf.base.errors import RequestError, ServeError, ServerBusyError
 from marco_gguf.base.machine import physical_cores
-from marco_gguf.llama.jobs import Direct, EngineMetrics, Job, Result, Sampling, Timings
-from marco_gguf.llama.loader import _quiet_stderr, check_model, load_weights
+from marco_gguf.llama.jobs import Direct, EngineMetrics, Job, Result, Timings
+from marco_gguf.llama.loader import check_model, load_weights, quiet_stderr
 from marco_gguf.llama.sampler import sampler_chain
 
 __all__ = ["MAX_PARALLEL", "Direct", "Engine", "EngineMetrics", "Job", "Result", "Sampling", "Timings", "sampler_chain"]
 
 MAX_PARALLEL = 64  # llama.cpp's LLAMA_MAX_SEQ is 256; more slots than this only splits a CPU's bandwidth thinner
-DEFAULT_BATCH = 512  # llama.cpp's default n_batch: the most tokens one llama_decode carries
 
 
-def _nfc(text: str) -> str:
+def nfc(text: str) -> str:
     # Qwen's tokenizer.json normalizes NFC, llama.cpp's BPE does not: normalize before tokenizing
     return unicodedata.normalize("NFC", text)
 
@@ -68,6 +69,12 @@ class _Slot:
         return self.job
 
 
+def check_parallel(parallel: int) -> None:
+    """The slot count an engine can have; `serve` asks before it binds its port, the engine again."""
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise ServeError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}")
+
+
 class Engine:
     """`parallel` generation slots over one llama.cpp context of `ctx` tokens, driven by one thread."""
 
@@ -80,11 +87,11 @@ class Engine:
         threads: int | None = None,
         queue_size: int = 64,
         batch: int = DEFAULT_BATCH,
+        sampling: Mapping[str, Any] | None = None,
     ) -> None:
         import llama_cpp as lib
 
-        if not 1 <= parallel <= MAX_PARALLEL:
-            raise RequestError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}", param="parallel")
+        check_parallel(parallel)
         self.info = check_model(model, ctx=ctx)
         self.ctx, self.parallel, self.queue_size = ctx, parallel, queue_size
         self.threads, self.batch = threads or physical_cores(), min(batch, ctx)
@@ -92,6 +99,7 @@ class Engine:
         self._vocab, self.n_vocab = self.model.vocab, self.model.n_vocab()
         self.metadata = self.model.metadata()
         self.template = ChatTemplate.from_metadata(self.metadata, self.token_text)
+        self.sampling = model_sampling(self.info.sampling, sampling)  # what a request that sets nothing gets
         self.stop_tokens = frozenset(ids[0] for ids in map(self.tokenize, END_OF_TURN) if len(ids) == 1)
         self._ctx = self._new_context()
         self._mem = lib.llama_get_memory(self._ctx)
@@ -113,7 +121,7 @@ class Engine:
         p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = self.ctx, self.batch, self.batch, self.parallel
         p.kv_unified = True  # one KV cache shared by the slots: any slot may take the whole context
         p.n_threads = p.n_threads_batch = self.threads
-        with _quiet_stderr():  # llama.cpp logs the context's construction to fd 2
+        with quiet_stderr():  # llama.cpp logs the context's construction to fd 2
             ctx = lib.llama_init_from_model(self.model.model, p)
         if not ctx:
             raise RequestError(
@@ -125,7 +133,7 @@ class Engine:
     # tokens <-> text
     def tokenize(self, text: str) -> list[int]:
         """Tokens of `text` (NFC-normalized as Qwen's tokenizer.json does; special tokens parsed)."""
-        return self.model.tokenize(_nfc(text).encode("utf-8"), add_bos=False, special=True)
+        return self.model.tokenize(nfc(text).encode("utf-8"), add_bos=False, special=True)
 
     def token_text(self, token: int) -> str:
         return (self._lib.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
@@ -143,7 +151,7 @@ class Engine:
         prompt: list[int],
         *,
         max_tokens: int | None = None,
-        sampling: Sampling = Sampling(),
+        sampling: Sampling | None = None,
         stop: Sequence[str] = (),
         sink: Callable[[str | Result], object] | None = None,
     ) -> Job:
@@ -159,7 +167,7 @@ class Engine:
             )
         room = self.ctx - len(prompt)
         max_tokens = room if max_tokens is None else min(max_tokens, room)
-        sampler = self._sampler(sampling)
+        sampler = self._sampler(sampling or self.sampling)
         job = Job(next(self._ids), list(prompt), max_tokens, stop, sampler, sink, self._wake)
         with self._cv:
             if self._stopping or self._exclusive or len(self._waiting) >= self.queue_size:
@@ -240,7 +248,7 @@ class Engine:
                 self._exclusive = False
 
     def _set_threads(self, n: int) -> None:
-        with _quiet_stderr():  # llama.cpp logs the change to fd 2
+        with quiet_stderr():  # llama.cpp logs the change to fd 2
             self._lib.llama_set_n_threads(self._ctx, n, n)
 
     def _forget(self) -> None:
@@ -415,7 +423,7 @@ class Engine:
             return
         self.stop()
         self._lib.llama_batch_free(self._batch)
-        with _quiet_stderr():  # and its destruction
+        with quiet_stderr():  # and its destruction
             self._lib.llama_free(self._ctx)
         self._ctx = None
         self.model.close()

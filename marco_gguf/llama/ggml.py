@@ -12,19 +12,13 @@ import functools
 import importlib.util
 from pathlib import Path
 
-import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
 from marco_gguf.base.errors import QuantizerError
+from marco_gguf.gguf_io.format import row_size
 
 LIBRARY_NAMES = ("libggml-base.so", "libggml-base.dylib", "ggml-base.dll")
-
-
-def row_size(qtype: Q, n_per_row: int) -> int:
-    """Bytes of one row of `n_per_row` elements in `qtype` (gguf-py's block table)."""
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    return n_per_row // block * type_size
 
 
 def _library_path() -> Path:
@@ -41,7 +35,8 @@ def _library_path() -> Path:
 
 
 @functools.cache
-def _ggml() -> ctypes.CDLL:
+def library() -> ctypes.CDLL:
+    """libggml-base, loaded once, with the signatures of the functions we call declared."""
     try:
         lib = ctypes.CDLL(str(_library_path()))
     except OSError as e:
@@ -67,7 +62,7 @@ def prepare(qtype: Q) -> None:
     """Load the library and build its lookup tables once, before worker threads start."""
     if qtype == Q.F32:
         return
-    _ggml().ggml_quantize_init(int(qtype))
+    library().ggml_quantize_init(int(qtype))
 
 
 def quantize_rows(qtype: Q, rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -79,7 +74,7 @@ def quantize_rows(qtype: Q, rows: np.ndarray, imatrix: np.ndarray | None = None)
         return np.ascontiguousarray(rows).view(np.uint8).reshape(-1)
     rows = np.ascontiguousarray(rows)
     n_rows, n_per_row = rows.shape
-    lib = _ggml()
+    lib = library()
     if imatrix is None and lib.ggml_quantize_requires_imatrix(int(qtype)):  # ggml would abort the process
         raise QuantizerError(
             f"type {qtype.name} needs an importance matrix",

@@ -14,23 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 
-def _rate(n: float, seconds: float) -> float:
+def rate(n: float, seconds: float) -> float:
+    """Per second, 0 for no time (a rate nobody measured)."""
     return n / seconds if seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """One request's sampling; `grammar` is GBNF text (root rule `root`) that every reply must match."""
-
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 20
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    grammar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +30,7 @@ class Timings:
     predicted_ms: float  # from the first generated token to the last
 
     def as_dict(self) -> dict:
-        per = lambda n, ms: (ms / n if n else 0.0, _rate(n, ms / 1000))  # noqa: E731
+        per = lambda n, ms: (ms / n if n else 0.0, rate(n, ms / 1000))  # noqa: E731
         (ppt, pps), (gpt, gps) = per(self.prompt_n, self.prompt_ms), per(self.predicted_n, self.predicted_ms)
         return {
             **asdict(self),

@@ -1,14 +1,18 @@
-"""Loading a Marco GGUF into llama-cpp-python: checks before loading (architecture, RAM), then a quiet load."""
+"""Loading a Marco GGUF into llama-cpp-python: checks before loading (architecture, RAM), then a quiet load.
+
+Every load (`load_model`, `load_weights`, the graph observer's) takes its model parameters from `model_params`,
+the one place that knows about llama.cpp's crashing AMX kernels."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from marco_gguf.base.errors import GGUFFileError, InsufficientMemoryError
-from marco_gguf.base.machine import amx_kernels_built, available_memory
+from marco_gguf.base.machine import available_memory
 from marco_gguf.gguf_io.info import GGUFInfo, read_info, require_qwen3moe
 
 
@@ -29,7 +33,7 @@ def check_model(path: str | Path, *, ctx: int, available: int | None = None) -> 
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     # llama.cpp logs model loading straight to fd 2; keep the terminal clean unless debugging
     if os.environ.get("MARCO_GGUF_DEBUG"):
         yield
@@ -44,19 +48,36 @@ def _quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+@functools.cache
+def amx_kernels_built() -> bool:
+    """True when the installed llama.cpp carries its AMX matrix kernels (built with -march=native on a CPU with AMX).
+
+    Those kernels crash at their first tile instruction in this llama.cpp (SIGILL, seen on this project's
+    Xeon build machine): the tile configuration is built on the stack and optimized away (ggml-org/llama.cpp
+    pull request 26954). They are reached only through llama.cpp's extra weight buffer types."""
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+def model_params():
+    """llama.cpp's default model parameters, with its extra weight buffer types off where they would reach the
+    crashing AMX kernels: slower prompt processing than with AMX or repacked weights, but correct."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    if amx_kernels_built():
+        params.use_extra_bufts = False
+    return params
+
+
 @contextlib.contextmanager
-def _without_extra_buffers() -> Iterator[None]:
-    """Llama() below builds its model params from llama_model_default_params(); turn off extra buffer types."""
+def without_extra_buffers() -> Iterator[None]:
+    """Llama() builds its model params from llama_model_default_params(): hand it `model_params()` instead."""
     import llama_cpp.llama_cpp as c
 
     default = c.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    c.llama_model_default_params = params
+    c.llama_model_default_params = model_params
     try:
         yield
     finally:
@@ -73,15 +94,13 @@ def load_model(
 ):
     """A llama_cpp.Llama for `path` (`threads` for prompt and generation alike), or a GGUFFileError.
 
-    When llama.cpp was built with its AMX kernels, which crash (see machine.amx_kernels_built), weights stay
-    in plain CPU buffers: slower prompt processing than with AMX or repacked weights, but correct."""
+    Its model parameters are `model_params()` (the AMX guard)."""
     from llama_cpp import Llama
 
     path = Path(path)
     require_qwen3moe(read_info(path))  # llama.cpp aborts the process on some damage: refuse it first
-    guard = _without_extra_buffers() if amx_kernels_built() else contextlib.nullcontext()
     try:
-        with _quiet_stderr(), guard:
+        with quiet_stderr(), without_extra_buffers():
             return Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
@@ -100,17 +119,15 @@ def load_model(
 def load_weights(path: str | Path):
     """The weights alone (a llama_cpp._internals.LlamaModel, no context), for an engine that builds its own
     multi-sequence context; the same quiet load and AMX guard as load_model."""
-    import llama_cpp
     from llama_cpp._internals import LlamaModel
 
     path = Path(path)
     require_qwen3moe(read_info(path))
-    params = llama_cpp.llama_model_default_params()
-    if amx_kernels_built():
-        params.use_extra_bufts = False
     try:
-        with _quiet_stderr():
-            return LlamaModel(path_model=str(path), params=params, verbose=bool(os.environ.get("MARCO_GGUF_DEBUG")))
+        with quiet_stderr():
+            return LlamaModel(
+                path_model=str(path), params=model_params(), verbose=bool(os.environ.get("MARCO_GGUF_DEBUG"))
+            )
     except (ValueError, RuntimeError) as e:
         raise GGUFFileError(
             f"{path}: llama.cpp could not load it ({e})", "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log"

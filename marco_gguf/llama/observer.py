@@ -27,7 +27,7 @@ import numpy as np
 
 from marco_gguf.base.errors import GGUFFileError, MarcoGGUFError
 from marco_gguf.base.progress import Progress, ProgressEvent
-from marco_gguf.llama.ggml import _ggml
+from marco_gguf.llama.ggml import library
 
 GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64  # ggml.h
 GGML_OBJECT_SIZE = 32  # sizeof(struct ggml_object) in ggml.c: offs, size, next, type + 4 bytes padding
@@ -58,7 +58,7 @@ class _GGMLTensor(ctypes.Structure):
 
 @functools.cache
 def _lib() -> ctypes.CDLL:
-    lib = _ggml()
+    lib = library()
     lib.ggml_op_name.restype, lib.ggml_op_name.argtypes = ctypes.c_char_p, [ctypes.c_int]
     lib.ggml_nbytes.restype, lib.ggml_nbytes.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
     lib.ggml_tensor_overhead.restype, lib.ggml_tensor_overhead.argtypes = ctypes.c_size_t, []
@@ -206,13 +206,11 @@ class ObservedModel:
     ) -> None:
         import llama_cpp as lib
 
-        from marco_gguf.base.machine import amx_kernels_built
-        from marco_gguf.llama.loader import _quiet_stderr
+        from marco_gguf.llama.loader import model_params, quiet_stderr
 
         self.lib, self.observer, self.n_ctx = lib, observer, n_ctx
-        mparams = lib.llama_model_default_params()
-        mparams.use_extra_bufts = not amx_kernels_built()  # as loader.load_model: AMX kernels crash
-        with _quiet_stderr():
+        mparams = model_params()
+        with quiet_stderr():
             lib.llama_backend_init()
             self.model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
@@ -227,7 +225,7 @@ class ObservedModel:
             # and no flash attention: build_attn_mha (src/llama-graph.cpp) casts F32 K and V to F16 for it
             cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.cb_eval, cparams.cb_eval_user_data = observer.callback, None
-        with _quiet_stderr():
+        with quiet_stderr():
             self.ctx = lib.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             self.close()
@@ -290,9 +288,9 @@ class ObservedModel:
         return time.perf_counter() - started
 
     def close(self) -> None:
-        from marco_gguf.llama.loader import _quiet_stderr
+        from marco_gguf.llama.loader import quiet_stderr
 
-        with _quiet_stderr():  # llama.cpp logs its buffer sizes when a context is freed
+        with quiet_stderr():  # llama.cpp logs its buffer sizes when a context is freed
             self._free()
 
     def _free(self) -> None:

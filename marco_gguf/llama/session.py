@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from marco_gguf.arch.qwen3moe import DEFAULT_CTX
 from marco_gguf.base.errors import ChatError, RequestError
-from marco_gguf.llama.engine import Engine, Job, Result, Sampling, _nfc
-from marco_gguf.llama.jobs import _rate
+from marco_gguf.llama.engine import Engine, Job, Result, nfc
+from marco_gguf.llama.jobs import rate
 
 ROLES = ("system", "user", "assistant")
 LOAD_HINT = 'expected {"messages": [{"role": "user", "content": "..."}, ...]} as /save writes it'
@@ -53,11 +54,11 @@ class SessionStats:
 
     @property
     def prompt_tokens_per_s(self) -> float:
-        return _rate(self.prompt_tokens, self.prompt_seconds)
+        return rate(self.prompt_tokens, self.prompt_seconds)
 
     @property
     def completion_tokens_per_s(self) -> float:
-        return _rate(self.generation_steps, self.generation_seconds)
+        return rate(self.generation_steps, self.generation_seconds)
 
     def add(
         self, s: GenerationStats, prompt_seconds: float, generation_seconds: float, steps: int, dropped: int
@@ -118,19 +119,16 @@ class ChatSession:
         system: str | None = None,
         ctx: int = DEFAULT_CTX,
         threads: int | None = None,
-        temp: float = 0.7,
-        top_p: float = 0.8,
-        top_k: int = 20,
-        min_p: float = 0.0,
-        repeat_penalty: float = 1.0,
-        seed: int | None = None,
+        sampling: Mapping[str, Any] | None = None,
         max_tokens: int = 2048,
     ) -> None:
-        self.engine = Engine(model, ctx=ctx, parallel=1, threads=threads, queue_size=1)
+        """`sampling`: settings by `Sampling` field (temperature, top_p, top_k, min_p, repeat_penalty, seed) over
+        the model's own defaults (its GGUF's general.sampling.*, else Marco's); None values are not set."""
+        self.engine = Engine(model, ctx=ctx, parallel=1, threads=threads, queue_size=1, sampling=sampling)
         self.info, self.template, self.stop_tokens = self.engine.info, self.engine.template, self.engine.stop_tokens
         self.ctx, self.max_tokens, self.threads = ctx, max_tokens, self.engine.threads
-        self.sampling = Sampling(temp, top_p, top_k, min_p, repeat_penalty, seed=seed)
-        self.system = _nfc(system) if system else None
+        self.sampling = self.engine.sampling
+        self.system = nfc(system) if system else None
         self.messages: list[dict] = []  # user/assistant turns; the system message is kept apart, never dropped
         self.totals = SessionStats()
         self._seen: tuple[str, list[int]] = ("", [])  # last prompt + reply as text and as the tokens the model saw
@@ -160,7 +158,7 @@ class ChatSession:
         """Add a user message and return the Reply to iterate; old turns are dropped if the context is short."""
         sent = time.perf_counter()
         self._end_active()
-        messages, dropped = [*self.messages, {"role": "user", "content": _nfc(text)}], 0
+        messages, dropped = [*self.messages, {"role": "user", "content": nfc(text)}], 0
         reserve = min(self.max_tokens, self.ctx // 2)  # room left for the answer
         while True:
             prompt_text, tokens = self._prompt(messages)
@@ -226,9 +224,9 @@ class ChatSession:
         steps = max(job.sampled - 1, 0)  # decode+sample steps after the first token, as llama-bench's tg counts
         reply._stats = stats = GenerationStats(
             prompt_tokens=t.prompt_n,
-            prompt_tokens_per_s=_rate(t.prompt_n, t.prompt_ms / 1000),
+            prompt_tokens_per_s=rate(t.prompt_n, t.prompt_ms / 1000),
             completion_tokens=len(result.tokens),
-            completion_tokens_per_s=_rate(steps, t.predicted_ms / 1000),
+            completion_tokens_per_s=rate(steps, t.predicted_ms / 1000),
             time_to_first_token_s=(job.first - reply.sent) if job.first else 0.0,
             stop_reason=reason,
             cached_tokens=t.cache_n,
@@ -248,7 +246,7 @@ class ChatSession:
 
     def set_system(self, text: str | None) -> None:
         self._end_active()
-        self.system, self._seen = (_nfc(text) if text else None), ("", [])
+        self.system, self._seen = (nfc(text) if text else None), ("", [])
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -284,7 +282,7 @@ class ChatSession:
                 )
         system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
         self.set_system(system)
-        self.messages = [{**m, "content": _nfc(m["content"])} for m in messages[1 if system is not None else 0 :]]
+        self.messages = [{**m, "content": nfc(m["content"])} for m in messages[1 if system is not None else 0 :]]
         return len(messages)
 
     def close(self) -> None:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from marco_gguf.base.machine import usable_cpus
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.gguf_io.info import bytes_per_token
 from marco_gguf.llama.engine import Direct, Engine
 from marco_gguf.llama.loader import check_model
+from marco_gguf.llama.timing import time_generation, time_prompt
 
 PROBE_MIB = 256  # per array; three arrays of 256 MiB are 24x this machine class's 32 MiB L3
 
@@ -109,14 +111,14 @@ def _timed_parallel(kernel: Callable[[slice], object], slices: list[slice], reps
     each pinned to its own CPU when there are enough (a pool may run two slices on one worker or core).
     Each run spans the earliest start to the latest end the workers recorded themselves: timing from
     the main thread, which may be scheduled late on a busy 2-CPU machine, once gave 170 GB/s."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cpus = usable_cpus()
     go = threading.Barrier(len(slices))
     stamps = [[(0.0, 0.0)] * (reps + 1) for _ in slices]
     errors: list[BaseException] = []
 
     def work(k: int) -> None:
         try:
-            if len(cpus) >= len(slices):
+            if len(cpus) >= len(slices) and hasattr(os, "sched_setaffinity"):  # Linux; elsewhere the OS places
                 os.sched_setaffinity(0, {cpus[k]})  # affects this thread only
             for r in range(reps + 1):
                 go.wait()
@@ -138,43 +140,6 @@ def _timed_parallel(kernel: Callable[[slice], object], slices: list[slice], reps
         raise errors[0]
     runs = [(min(s[r][0] for s in stamps), max(s[r][1] for s in stamps)) for r in range(1, reps + 1)]
     return [end - begin for begin, end in runs]  # run 0 warmed the threads and caches up
-
-
-def _decode(lib, ctx, tokens: Sequence[int]) -> None:
-    arr = (lib.llama_token * len(tokens))(*tokens)
-    if lib.llama_decode(ctx, lib.llama_batch_get_one(arr, len(tokens))) != 0:
-        raise RuntimeError("llama_decode failed")
-
-
-def time_prompt(direct: Direct, tokens: Sequence[int]) -> float:
-    """Seconds to evaluate `tokens` from an empty KV cache, n_batch at a time (llama-bench's test_prompt)."""
-    import llama_cpp as lib
-
-    lib.llama_memory_clear(lib.llama_get_memory(direct.ctx), False)
-    started = time.perf_counter()
-    for i in range(0, len(tokens), direct.n_batch):
-        _decode(lib, direct.ctx, tokens[i : i + direct.n_batch])
-    lib.llama_synchronize(direct.ctx)
-    return time.perf_counter() - started
-
-
-def time_generation(direct: Direct, tokens: Sequence[int], *, after: Sequence[int] = ()) -> float:
-    """Seconds to evaluate `tokens` one llama_decode each from an empty KV cache (llama-bench's test_gen), or
-    after `after` was evaluated untimed (llama-bench's --n-depth: generation deeper into a conversation)."""
-    import llama_cpp as lib
-
-    lib.llama_memory_clear(lib.llama_get_memory(direct.ctx), False)
-    for i in range(0, len(after), direct.n_batch):
-        _decode(lib, direct.ctx, after[i : i + direct.n_batch])
-    ctx, one = direct.ctx, (lib.llama_token * 1)()
-    decode, batch_get_one, synchronize = lib.llama_decode, lib.llama_batch_get_one, lib.llama_synchronize
-    started = time.perf_counter()
-    for token in tokens:
-        one[0] = token
-        if decode(ctx, batch_get_one(one, 1)) != 0:
-            raise RuntimeError("llama_decode failed")
-        synchronize(ctx)
-    return time.perf_counter() - started
 
 
 def _stepper(progress: Progress | None, total: int) -> Callable[[str], None]:

@@ -34,6 +34,7 @@ import numpy as np
 from marco_gguf.base.errors import QualityError
 from marco_gguf.base.files import check_space
 from marco_gguf.base.progress import Progress, ProgressEvent
+from marco_gguf.base.texts import read_text_file
 from marco_gguf.gguf_io.info import read_info, require_qwen3moe
 from marco_gguf.gguf_io.reader import read_header
 from marco_gguf.llama.chunk_logits import ChunkModel
@@ -89,23 +90,6 @@ class QualityReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": FORMAT, "format": FORMAT_VERSION, **asdict(self)}
-
-
-def read_text(path: str | Path) -> bytes:
-    """The text as llama-perplexity reads `-f`: raw bytes minus one trailing newline; it must be UTF-8."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise QualityError(f"{path}: cannot read the text ({e.strerror})") from None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise QualityError(
-            f"{path}: not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x})",
-            "convert it to UTF-8, e.g. iconv -t utf-8",
-        ) from None
-    return data[:-1] if data.endswith(b"\n") else data
 
 
 def _check_files(ref: Path, files: Sequence[Path], n_ctx: int) -> None:
@@ -235,7 +219,7 @@ def quality(
     """Perplexity of REF and of each FILE, and each FILE's KL divergence from REF, over `text` (see the module doc)."""
     paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
     ref, text = Path(ref), Path(text)
-    data = read_text(text)
+    data = read_text_file(text, QualityError).encode("utf-8")  # llama-perplexity tokenizes the bytes
     _check_files(ref, paths, n_ctx)
     with ChunkModel(ref, n_ctx=n_ctx, threads=threads) as model:
         tokens = model.tokenize(data)

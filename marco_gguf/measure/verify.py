@@ -24,10 +24,10 @@ from marco_gguf.arch.qwen3moe import LM_HEAD, PlannedTensor, lm_head_is_tied, pl
 from marco_gguf.base.errors import MarcoGGUFError
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.convert import row_blocks
+from marco_gguf.gguf_io.format import row_size
 from marco_gguf.gguf_io.metadata import build_metadata
 from marco_gguf.gguf_io.reader import Header, read_header
 from marco_gguf.hf.checkpoint import Checkpoint
-from marco_gguf.llama.ggml import row_size
 from marco_gguf.llama.loader import load_model
 
 # relative RMS error bound per type: about twice what ggml's quantizers give on Gaussian weights,

@@ -20,6 +20,7 @@ import numpy as np
 
 from marco_gguf.base.errors import ImatrixError, MarcoGGUFError
 from marco_gguf.base.progress import Progress
+from marco_gguf.base.texts import decode_text, read_text_file
 from marco_gguf.gguf_io.info import read_info, require_qwen3moe
 from marco_gguf.llama.observer import GraphObserver, Node, ObservedModel
 from marco_gguf.quant.imatrix_file import Entry, Imatrix, write_imatrix
@@ -131,20 +132,9 @@ def read_text(
     """(text, dataset name): the file's UTF-8 text, or the built-in calibration text. One trailing newline is
     dropped, as llama.cpp's `-f` does. Failures raise `error` (the caller's command's error type)."""
     if path is None:
-        raw, dataset = (resources.files("marco_gguf") / DEFAULT_TEXT).read_bytes(), DEFAULT_DATASET
-    else:
-        try:
-            raw, dataset = Path(path).read_bytes(), str(path)
-        except OSError as e:
-            raise error(f"{path}: cannot read {what} ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise error(
-            f"{dataset}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start:,} of {len(raw):,})",
-            "convert it to UTF-8, e.g. iconv -t UTF-8",
-        ) from None
-    return text.removesuffix("\n"), dataset
+        raw = (resources.files("marco_gguf") / DEFAULT_TEXT).read_bytes()
+        return decode_text(raw, DEFAULT_DATASET, error), DEFAULT_DATASET
+    return read_text_file(path, error, what), str(path)
 
 
 def compute_imatrix(

@@ -12,13 +12,15 @@ import contextlib
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+from marco_gguf.arch.sampling import model_sampling
 from marco_gguf.base.errors import MarcoGGUFError, ServeError
 from marco_gguf.base.progress import Progress, ProgressEvent
-from marco_gguf.llama.engine import MAX_PARALLEL, Engine, Sampling
-from marco_gguf.llama.loader import _quiet_stderr, check_model
+from marco_gguf.llama.engine import Engine, check_parallel
+from marco_gguf.llama.loader import check_model, quiet_stderr
 from marco_gguf.llama.session import DEFAULT_CTX
 from marco_gguf.server.app import ServerState, create_app, model_id
 
@@ -79,29 +81,24 @@ def serve(
     api_key: str | None = None,
     queue: int = 64,
     cors: str | None = None,
-    temp: float = 0.7,
-    top_p: float = 0.8,
-    top_k: int = 20,
-    min_p: float = 0.0,
-    repeat_penalty: float = 1.0,
-    seed: int | None = None,
+    sampling: Mapping[str, Any] | None = None,
     max_tokens: int | None = 2048,
     progress: Progress | None = None,
 ) -> None:
-    """Serve `model` until SIGINT/SIGTERM. The sampling options are the defaults of requests that do not
-    set them; `max_tokens` None lets a reply run to the end of the context."""
+    """Serve `model` until SIGINT/SIGTERM. `sampling` (settings by `Sampling` field, over the GGUF's own
+    general.sampling.* and Marco's defaults) is what requests that set nothing get; `max_tokens` None lets a
+    reply run to the end of the context."""
     info = check_model(model, ctx=ctx)
-    if not 1 <= parallel <= MAX_PARALLEL:
-        raise ServeError(f"--parallel {parallel}: expected 1 to {MAX_PARALLEL}")
+    check_parallel(parallel)
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
     state = ServerState(
         model_id(info.path),
         max_tokens=max_tokens,
-        defaults=Sampling(
-            temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed
+        defaults=model_sampling(info.sampling, sampling),
+        load=lambda: Engine(
+            info.path, ctx=ctx, parallel=parallel, threads=threads, queue_size=queue, sampling=sampling
         ),
-        load=lambda: Engine(info.path, ctx=ctx, parallel=parallel, threads=threads, queue_size=queue),
         on_ready=lambda: report(ProgressEvent(2, 2, "steps", "ready")),
     )
     server = _uvicorn_server(create_app(state, api_key=api_key, cors=cors), state.stop_engine)
@@ -120,7 +117,7 @@ def serve(
     finally:
         sock.close()
         if state.engine is not None:
-            with _quiet_stderr():  # llama.cpp logs the context's teardown to fd 2
+            with quiet_stderr():  # llama.cpp logs the context's teardown to fd 2
                 state.engine.close()
     if state.failed is not None:
         if isinstance(state.failed, MarcoGGUFError):

@@ -7,7 +7,7 @@ a colon is reserved for recording rules), so dashboards made for it need only th
 from __future__ import annotations
 
 from marco_gguf.llama.engine import EngineMetrics
-from marco_gguf.llama.jobs import _rate
+from marco_gguf.llama.jobs import rate
 
 PREFIX = "marco_gguf_"
 # (name, type, help, value)
@@ -39,13 +39,13 @@ METRICS = [
         "prompt_tokens_seconds",
         "gauge",
         "Average prompt throughput in tokens/s.",
-        lambda m: _rate(m.prompt_tokens_total, m.prompt_seconds_total),
+        lambda m: rate(m.prompt_tokens_total, m.prompt_seconds_total),
     ),
     (
         "predicted_tokens_seconds",
         "gauge",
         "Average generation throughput in tokens/s per request.",
-        lambda m: _rate(m.tokens_predicted_total, m.tokens_predicted_seconds_total),
+        lambda m: rate(m.tokens_predicted_total, m.tokens_predicted_seconds_total),
     ),
     ("slots", "gauge", "Generation slots (--parallel).", lambda m: m.slots),
     ("requests_processing", "gauge", "Busy slots.", lambda m: m.busy_slots),

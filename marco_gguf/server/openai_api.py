@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from marco_gguf.base.errors import ChatError, RequestError
-from marco_gguf.base.jsonfields import _MISSING, Fields, is_int
+from marco_gguf.base.jsonfields import MISSING, Fields, is_int
 from marco_gguf.llama.engine import Engine, Result, Sampling
 from marco_gguf.server import tools as tool_calls
 
@@ -37,7 +37,7 @@ class Body(Fields):
 
     def _get(self, key: str, default: Any) -> Any:
         v = self.data.get(key)
-        if v is None and default is _MISSING:
+        if v is None and default is MISSING:
             raise RequestError(f"{self.where}{key} is missing", param=f"{self.where}{key}")
         return default if v is None else v
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from marco_gguf.base.errors import RequestError
+from marco_gguf.llama.grammar import json_gbnf, schema_converter
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"\s*(\{.*\})\s*", re.DOTALL)
@@ -25,13 +26,6 @@ _BLOCK = re.compile(r"\s*(\{.*\})\s*", re.DOTALL)
 def _literal(text: str) -> str:
     """A GBNF string literal."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def _converter():
-    from llama_cpp.llama_grammar import SchemaConverter
-
-    # the options json_schema_to_gbnf uses: no remote $refs, no newlines in patterns' dots
-    return SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
 def _visit(converter, schema: dict, name: str, param: str) -> str:
@@ -49,7 +43,7 @@ def _visit(converter, schema: dict, name: str, param: str) -> str:
 def tool_grammar(tools: list[dict], names: list[str], parallel: bool) -> str:
     """GBNF allowing only `<tool_call>` blocks calling one of `names` with arguments that match its
     `parameters`; several blocks (one per line) when `parallel`."""
-    converter, calls = _converter(), []
+    converter, calls = schema_converter(), []
     for i, tool in enumerate(tools):
         fn = tool["function"]
         if fn["name"] not in names:
@@ -65,14 +59,12 @@ def tool_grammar(tools: list[dict], names: list[str], parallel: bool) -> str:
 
 def response_grammar(response_format: dict) -> str | None:
     """GBNF for `response_format` ({"type": "text" | "json_object" | "json_schema"}), None for text."""
-    from llama_cpp.llama_grammar import JSON_GBNF
-
     kind = response_format["type"]
     if kind == "text":
         return None
     if kind == "json_object":
-        return JSON_GBNF
-    converter = _converter()
+        return json_gbnf()
+    converter = schema_converter()
     _visit(converter, response_format["json_schema"]["schema"], "", "response_format.json_schema.schema")
     return converter.format_grammar()
 
