@@ -21,7 +21,7 @@ from marco_gguf.hf.tokenizer import SMOLLM_PRE_TOKENIZER
 from marco_gguf.synth.qwen_vocab import write_tokenizer_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from proxy_attention import attention, fit_layer, layer_weights, mlp, rms_norm, rope_tables  # noqa: E402
+from proxy_attention import attention, fit_layer, layer_weights, mlp, rms_norm, rope_tables
 from proxy_surgery import (  # benchmarks/ is not a package: imported by path
     Shape,
     head_slots,
@@ -210,7 +210,9 @@ def test_fit_layer_lowers_the_attention_error_it_reports():
     assert fit["rel_sq_err_after"] < 0.5 * fit["rel_sq_err_before"], (fit["rel_sq_err_before"], fit["rel_sq_err_after"])
     with torch.no_grad():
         target = attention(x[24:], w, shape, rope_cs, None)
-        got = attention(x[24:], w | fit["tensors"], shape, rope_cs, (fit["tensors"]["q_norm"], fit["tensors"]["k_norm"]))
+        got = attention(
+            x[24:], w | fit["tensors"], shape, rope_cs, (fit["tensors"]["q_norm"], fit["tensors"]["k_norm"])
+        )
     assert float((got - target).pow(2).sum() / target.pow(2).sum()) == pytest.approx(fit["rel_sq_err_after"], rel=1e-4)
 
 
