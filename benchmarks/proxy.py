@@ -270,9 +270,9 @@ def perplexity_tool() -> Path:
 
 PATTERNS = {
     "ppl": r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)",
-    "mean_kld": r"Mean\s+KLD:\s+([-\d.]+) ± ([\d.]+)",
+    "mean_kld": r"Mean\s+KLD:\s+([-\d.]+) ±\s+([\d.]+)",
     "kld_99": r"99\.0%\s+KLD:\s+([-\d.]+)",
-    "same_top_p": r"Same top p:\s+([\d.]+) ± ([\d.]+) %",
+    "same_top_p": r"Same top p:\s+([\d.]+) ±\s+([\d.]+) %",
     "ppl_ratio": r"Mean\s+PPL\(Q\)/PPL\(base\)\s*:\s+([\d.]+)",
     "mean_ppl_q": r"Mean\s+PPL\(Q\)\s*:\s+([\d.]+)",
     "mean_ppl_base": r"Mean\s+PPL\(base\)\s*:\s+([\d.]+)",
@@ -315,6 +315,7 @@ def main() -> None:
     ap.add_argument("--fit-length", type=int, default=256, help="sequence length of the attention fit")
     ap.add_argument("--fit-steps", type=int, default=16, help="Adam steps per layer")
     ap.add_argument("--fit-batch", type=int, default=1, help="sequences per Adam step")
+    ap.add_argument("--json", type=Path, default=HERE / "proxy.json", help="where the figures go")
     ap.add_argument("--dense-only", action="store_true", help="stop after the dense Qwen3's figures")
     ap.add_argument("--chunks", type=int, default=16, help="held-out chunks of 512 tokens for PPL/KLD")
     ap.add_argument("--threads", type=int, default=2)
@@ -333,7 +334,7 @@ def main() -> None:
 
     def save() -> None:  # after every measurement: a stopped build keeps what it measured
         out = result | {"timings": timings, **stats}
-        (HERE / "proxy.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
     def score(name: str, model: Path) -> None:
         t0 = time.perf_counter()
