@@ -34,6 +34,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import gguf
@@ -153,6 +154,10 @@ def build_dense(work: Path, calib: np.ndarray, stats: dict, fit: dict) -> Shape:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in padded.items()}, str(folder / "model.safetensors"))
     return padded_shape
+
+
+def padded_shape(shape: Shape) -> Shape:
+    return replace(shape, hidden=HIDDEN, heads=HEADS, rms_eps=shape.rms_eps * shape.hidden / HIDDEN)
 
 
 def ffn_inputs(folder: Path, shape: Shape, batches: np.ndarray) -> list[np.ndarray]:
@@ -316,6 +321,7 @@ def main() -> None:
     ap.add_argument("--fit-steps", type=int, default=16, help="Adam steps per layer")
     ap.add_argument("--fit-batch", type=int, default=1, help="sequences per Adam step")
     ap.add_argument("--json", type=Path, default=HERE / "proxy.json", help="where the figures go")
+    ap.add_argument("--reuse-dense", action="store_true", help="keep --workdir's fitted dense Qwen3, if any")
     ap.add_argument("--dense-only", action="store_true", help="stop after the dense Qwen3's figures")
     ap.add_argument("--chunks", type=int, default=16, help="held-out chunks of 512 tokens for PPL/KLD")
     ap.add_argument("--threads", type=int, default=2)
@@ -329,8 +335,8 @@ def main() -> None:
         timings[name] = round(time.perf_counter() - t0, 1)
         log(f"{name}: {timings[name]} s")
 
-    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "options": vars(args)}
-    result["options"]["workdir"] = str(work)
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "options": options}
 
     def save() -> None:  # after every measurement: a stopped build keeps what it measured
         out = result | {"timings": timings, **stats}
@@ -358,26 +364,29 @@ def main() -> None:
     dense_run = start_perplexity(ref, eval_txt, base, make_base=True, chunks=args.chunks, threads=args.threads)
     timed("dense reference GGUF", t0)
     t0 = time.perf_counter()
-    fit = {"tokens": args.fit_tokens, "length": args.fit_length, "steps": args.fit_steps, "batch": args.fit_batch}
-    shape = build_dense(work, calib, stats, fit)
-    config = qwen3_config(shape, bos=ids["bos"], eos=ids["eos"], tied=True)
-    (dense_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (dense_dir / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": ids["bos"], "eos_token_id": ids["eos"]}), encoding="utf-8"
-    )
-    timed("dense Qwen3 (attention fit, padding)", t0)
-    t0 = time.perf_counter()
-    # the dense Qwen3 through llama.cpp: two whole copies, both chosen, are exactly the dense FFN (test_upcycle)
-    upcycle(dense_dir, experts=2, top_k=2, outdir=work / "qwen3-dense-moe2", force=True)
-    dense_gguf = work / "qwen3-dense-F32.gguf"
-    convert(work / "qwen3-dense-moe2", preset="f32", outfile=dense_gguf, force=True, threads=args.threads)
-    timed("dense Qwen3 as F32 GGUF", t0)
-    t0 = time.perf_counter()
-    result["dense"] = figures(dense_run)
-    timed("llama-perplexity (dense reference, waited for)", t0)
-    score("qwen3_dense", dense_gguf)
-    if args.dense_only:
-        return
+    if args.reuse_dense and (dense_dir / "model.safetensors").is_file():  # a previous run's fitted dense Qwen3
+        shape = padded_shape(read_llama_gguf(SOURCE)[0])
+    else:
+        fit = {"tokens": args.fit_tokens, "length": args.fit_length, "steps": args.fit_steps, "batch": args.fit_batch}
+        shape = build_dense(work, calib, stats, fit)
+        config = qwen3_config(shape, bos=ids["bos"], eos=ids["eos"], tied=True)
+        (dense_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (dense_dir / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": ids["bos"], "eos_token_id": ids["eos"]}), encoding="utf-8"
+        )
+        timed("dense Qwen3 (attention fit, padding)", t0)
+        t0 = time.perf_counter()
+        # the dense Qwen3 through llama.cpp: two whole copies, both chosen, are exactly the dense FFN (test_upcycle)
+        upcycle(dense_dir, experts=2, top_k=2, outdir=work / "qwen3-dense-moe2", force=True)
+        dense_gguf = work / "qwen3-dense-F32.gguf"
+        convert(work / "qwen3-dense-moe2", preset="f32", outfile=dense_gguf, force=True, threads=args.threads)
+        timed("dense Qwen3 as F32 GGUF", t0)
+        t0 = time.perf_counter()
+        result["dense"] = figures(dense_run)
+        timed("llama-perplexity (dense reference, waited for)", t0)
+        score("qwen3_dense", dense_gguf)
+        if args.dense_only:
+            return
     t0 = time.perf_counter()
     proxy_dir = work / "checkpoint"
     r = upcycle(
@@ -394,6 +403,8 @@ def main() -> None:
     result["build_seconds"] = round(
         time.perf_counter() - started - sum(v for k, v in timings.items() if "perp" in k), 1
     )
+    if "dense" not in result:
+        result["dense"] = figures(dense_run)
     score("proxy", gguf_path)
     log(f"build {result['build_seconds']:.0f} s (llama-perplexity runs not counted)")
 
