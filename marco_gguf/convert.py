@@ -34,7 +34,7 @@ from marco_gguf.quant.importance import (
     experts_of,
     load_importance,
 )
-from marco_gguf.quant.presets import Preset, load_preset, parse_overrides
+from marco_gguf.quant.presets import Preset, check_overrides, load_preset, parse_overrides
 
 BLOCK_BYTES = 8 << 20  # float32 bytes per work block: large enough to amortise calls, small for memory
 
@@ -184,6 +184,7 @@ def convert(
         untied_head = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
         planned = plan_tensors(c, ckpt.tensors, keep_lm_head=untied_head)
         planned = keep_experts(planned, experts) if experts is not None else planned
+        check_overrides(overrides, [t.name for t in planned])
         tied = not any(t.kind == T.OUTPUT for t in planned)
         importance = load_importance(imatrix, planned) if imatrix is not None else None
         specs = [

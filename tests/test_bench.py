@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -172,6 +173,10 @@ def test_bench_table_cli(converted):
         "bytes read per generated token",
     ):
         assert text in proc.stdout
+    # one number format for a speed and its spread, as llama-bench's (it printed `104 ± 2.29`)
+    pairs = re.findall(r"([\d,.]+) ± ([\d,.]+)", proc.stdout)
+    assert len(pairs) == 2 and all(re.fullmatch(r"[\d,]+\.\d\d", x) for pair in pairs for x in pair), pairs
+    assert re.search(r"\d\.\d\d MiB", proc.stdout)  # the size in MiB/GiB, as llama.cpp's tools print it
 
 
 BAD = [

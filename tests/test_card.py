@@ -59,7 +59,7 @@ def test_table_rows_are_read_from_the_files(folder):
             (
                 path.stat().st_size,
                 f"| [{path.name}](./{path.name}) | {quant} | "
-                f"{path.stat().st_size / 1e6:.2f} MB | {bpw:.2f} | "
+                f"{path.stat().st_size / 2**20:.2f} MiB | {bpw:.2f} | "  # binary units, as llama.cpp prints sizes
                 f"{load_preset(preset).description} |",
             )
         )

@@ -49,7 +49,10 @@ def test_error_is_one_red_line_and_exit_1(tmp_path):
     proc = run("convert", str(tmp_path / "missing"))
     assert proc.returncode == 1
     assert proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and "error:" in proc.stderr and "not a folder" in proc.stderr
+    # a missing folder is "no such folder" (it said "not a folder", the cause of a file given as SOURCE)
+    assert proc.stderr == (
+        f"error: {tmp_path / 'missing'}: no such folder — SOURCE must be a Hugging Face checkpoint folder\n"
+    )
     assert "Traceback" not in proc.stderr
 
 

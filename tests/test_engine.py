@@ -54,6 +54,29 @@ def test_cancel_frees_the_slot(engine):
     assert engine.metrics().busy_slots == 0
 
 
+def test_no_token_after_a_cancel_during_decode(engine, monkeypatch):
+    """Reason: Ctrl-C in chat printed one more token: the batch being decoded when the request was cancelled
+    still sampled and sent one."""
+    job = engine.submit(engine.tokenize(PROMPTS[2]), max_tokens=500, sampling=GREEDY)
+    next(iter(job))  # generating
+    real, sent = engine._lib, []
+
+    class CancelDuringDecode:  # llama.cpp, except that the request is cancelled while a batch decodes
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def llama_decode(self, ctx, batch):
+            if not sent:
+                sent.append(len(job.tokens))
+                job.cancel()
+            return real.llama_decode(ctx, batch)
+
+    monkeypatch.setattr(engine, "_lib", CancelDuringDecode())
+    result = job.wait()
+    monkeypatch.setattr(engine, "_lib", real)
+    assert result.finish_reason == "cancelled" and len(result.tokens) == sent[0]
+
+
 REFUSED = [  # (reason, prompt length, error, message fragment)
     ("an empty prompt", 0, RequestError, "the prompt is empty"),
     ("a prompt longer than the context", 1024, RequestError, "the prompt is 1,024 tokens, the context holds 1,024"),

@@ -313,6 +313,7 @@ def keep_experts(planned: list[PlannedTensor], keep: Sequence[Sequence[int]]) ->
 
 # --- derived figures, from a GGUF's tensor table and qwen3moe.* keys (read by inspect, bench, the RAM check) ---
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default F16 KV cache
+KV_CELLS_PAD = 256  # llama.cpp rounds n_ctx up to a multiple of 256 cells (src/llama-context.cpp, GGML_PAD)
 DEFAULT_BATCH = 512  # llama.cpp's default n_batch: the most tokens one llama_decode carries; logits and
 # compute buffers scale with it
 
@@ -365,15 +366,34 @@ def bytes_per_token(tensors: Sequence[StoredLike], hparams: Mapping[str, Any]) -
 
 
 def kv_cache_bytes(hparams: Mapping[str, Any], n_ctx: int) -> int:
+    """K and V of every layer for n_ctx cells, as llama.cpp allocates them (n_ctx rounded up to 256 cells)."""
     kv_dim = hparams.get("attention.head_count_kv", 0) * hparams.get("attention.key_length", 0)
-    return 2 * hparams.get("block_count", 0) * n_ctx * kv_dim * KV_BYTES_PER_ELEMENT
+    cells = -(-n_ctx // KV_CELLS_PAD) * KV_CELLS_PAD
+    return 2 * hparams.get("block_count", 0) * cells * kv_dim * KV_BYTES_PER_ELEMENT
+
+
+def compute_bytes(hparams: Mapping[str, Any], n_vocab: int, n_ctx: int) -> int:
+    """llama.cpp's compute and output buffers for chat's and serve's context (n_batch = n_ubatch = min(512,
+    n_ctx), flash attention on, as "auto" gives a CPU). The graph allocator reuses memory, so the compute buffer
+    is its larger stage: the output (one micro-batch's F32 logits and two n_embd-wide rows), or a layer (the F16
+    KQ mask, n_kv x n_ubatch, next to the routed experts' gate, up, SwiGLU and down activations). Marco's 151,936
+    token vocabulary makes the output stage the larger one at any context (flat in n_ctx); small test models
+    grow with the mask. The output buffer holds one row of logits. Compared with llama.cpp's log ("CPU compute
+    buffer size") by tests/test_inspect_verify.py: to its printed 0.01 MiB on Marco's vocabulary, within 5 % on
+    test shapes (a few n_embd-wide rows of the layer stage are not counted)."""
+    n_ubatch, n_embd = min(n_ctx, DEFAULT_BATCH), hparams.get("embedding_length", 0)
+    output = n_ubatch * (n_vocab + 2 * n_embd) * 4
+    mask = -(-n_ctx // KV_CELLS_PAD) * KV_CELLS_PAD * n_ubatch * 2
+    ff, used = hparams.get("expert_feed_forward_length", 0), hparams.get("expert_used_count", 0)
+    layer = mask + n_ubatch * used * (3 * ff + n_embd) * 4
+    return max(output, layer) + n_vocab * 4
 
 
 def ram_needed(tensors: Sequence[StoredLike], hparams: Mapping[str, Any], n_ctx: int) -> dict[str, int]:
-    """RAM to run with a context of n_ctx: weights, F16 KV cache, and llama.cpp's logits and compute buffers."""
+    """RAM to run with a context of n_ctx: weights, F16 KV cache, and llama.cpp's compute and output buffers."""
     weights = sum(t.n_bytes for t in tensors)
     vocab = next((t.shape[0] for t in tensors if t.name == "token_embd.weight"), 0)
-    compute = DEFAULT_BATCH * vocab * 4 * 2  # logits plus llama.cpp's compute buffer of the same order
+    compute = compute_bytes(hparams, vocab, n_ctx)
     kv = kv_cache_bytes(hparams, n_ctx)
     return {"weights": weights, "kv_cache": kv, "compute": compute, "total": weights + kv + compute}
 

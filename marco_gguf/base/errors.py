@@ -110,3 +110,8 @@ class ServeError(MarcoGGUFError):
 class UpcycleError(MarcoGGUFError):
     """A dense checkpoint cannot be upcycled as asked: a split that does not divide its FFN, an expert count
     that is not a multiple of the split, top-k above the expert count, a drop fraction outside 0..1."""
+
+
+class VerifyError(MarcoGGUFError):
+    """A GGUF cannot be checked against the source given: they are different models (other architecture,
+    other shapes), so comparing them tensor by tensor would only list every tensor."""

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import Json
 from marco_gguf.measure.bench import bench as lib_bench
 
 D = {name: p.default for name, p in inspect.signature(lib_bench).parameters.items()}
@@ -26,14 +27,10 @@ def _thread_counts(value: str) -> tuple[int, ...]:
     return counts
 
 
-def _num(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
-
-
 def bench(
     model: Annotated[Path, typer.Argument(help="A Marco (qwen3moe) GGUF file.")],
     n_prompt: Annotated[
-        int, typer.Option("-p", "--n-prompt", min=0, help="Prompt length of the pp test (0: skip).")
+        int, typer.Option("-p", "--n-prompt", min=0, help="Prompt length of the pp test (0: skip; llama-bench's -p).")
     ] = D["n_prompt"],
     n_gen: Annotated[int, typer.Option("-n", "--n-gen", min=0, help="Generated tokens of the tg test (0: skip).")] = D[
         "n_gen"
@@ -42,7 +39,7 @@ def bench(
         map(str, D["threads"])
     ),
     reps: Annotated[int, typer.Option("--reps", "-r", min=1, help="Repetitions after one warm-up.")] = D["reps"],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list on stdout.")] = False,
+    json_out: Json = False,
 ) -> None:
     """Prompt and generation speed (like llama-bench), memory bandwidth, and speed as a share of the roofline."""
     counts = _thread_counts(threads)
@@ -65,12 +62,12 @@ def bench(
             f"{r.bits_per_weight:.2f}",
             str(r.threads),
             r.test,
-            f"{_num(r.tokens_per_s)} ± {_num(r.spread)}",
+            f"{r.tokens_per_s:,.2f} ± {r.spread:,.2f}",  # llama-bench's format: one precision for both
             f"{r.roofline_tokens_per_s:,.1f}" if r.roofline_tokens_per_s else "",
             f"{r.roofline_fraction:.0%}" if r.roofline_fraction is not None else "",
         )
     # a pipe or a file gets the whole table rather than Rich's 80 columns
-    (ui.out if ui.out.is_terminal else Console(highlight=False, width=160)).print(table)
+    (ui.out if ui.out.is_terminal else Console(highlight=False, markup=False, width=160)).print(table)
     bw = ", ".join(f"{gbps:,.1f} GB/s with {t} thread(s)" for t, gbps in result.bandwidth_gbps.items())
     ui.out.print(f"memory bandwidth (STREAM-like copy/add over 3 x 256 MiB arrays, best of 5): {bw}", soft_wrap=True)
     ui.out.print(

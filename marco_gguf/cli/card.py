@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import Json
 from marco_gguf.export import write_card
-from marco_gguf.export.card import human_size
 
 
 def card(
@@ -20,7 +20,7 @@ def card(
         list[Path] | None,
         typer.Option("--quality", help="A `marco-gguf quality --json` result for files of FOLDER (repeatable)."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_out: Json = False,
 ) -> None:
     """Write FOLDER/README.md: source, license, a table of the files, measured quality, prompt format, how to run each."""
     with ui.errors_to_exit():
@@ -28,10 +28,10 @@ def card(
     if json_out:
         ui.print_json(r.as_dict())
         return
-    ui.out.print(f"wrote {r.path}", markup=False, soft_wrap=True)
+    ui.out.print(f"wrote {r.path}", soft_wrap=True)
     table = Table()
     for col in ("file", "quant type", "size", "bits/weight"):
         table.add_column(col, justify="left" if col in ("file", "quant type") else "right")
     for row in r.rows:
-        table.add_row(row.filename, row.quant_type, human_size(row.size_bytes), f"{row.bits_per_weight:.2f}")
+        table.add_row(row.filename, row.quant_type, ui.human_bytes(row.size_bytes), f"{row.bits_per_weight:.2f}")
     ui.out.print(table)

@@ -20,7 +20,8 @@ from rich.text import Text
 
 from marco_gguf.base.errors import ChatError, MarcoGGUFError
 from marco_gguf.cli import ui
-from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP, settings
+from marco_gguf.cli.options import Ctx, Json, Threads
+from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, TopK, TopP, settings
 from marco_gguf.llama.session import ChatSession, GenerationStats, Reply
 
 D = {name: p.default for name, p in inspect.signature(ChatSession).parameters.items()}  # one source of defaults
@@ -40,9 +41,7 @@ BLOCK = '"""'
 def chat(
     model: Annotated[Path, typer.Argument(help="A Marco (qwen3moe) GGUF file.")],
     system: Annotated[str | None, typer.Option("--system", help="System message.")] = D["system"],
-    ctx: Annotated[
-        int, typer.Option("--ctx", min=16, help="Context length in tokens (Marco was fine-tuned at 8192).")
-    ] = D["ctx"],
+    ctx: Ctx = D["ctx"],
     threads: Threads = D["threads"],
     temp: Temp = None,
     top_p: TopP = None,
@@ -51,14 +50,13 @@ def chat(
     repeat_penalty: RepeatPenalty = None,
     seed: Seed = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Longest reply.")] = D["max_tokens"],
+    # -p as llama-cli's (a contract of issue 4); bench's -p is llama-bench's prompt length, each as its namesake
     prompt: Annotated[
-        str | None, typer.Option("--prompt", "-p", help="Ask one question, print the answer, exit.")
+        str | None, typer.Option("--prompt", "-p", help="Ask one question, print the answer, exit (llama-cli's -p).")
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="With -p: print text and figures as one JSON object.")
-    ] = False,
+    json_out: Json = False,
 ) -> None:
-    """Chat with a Marco GGUF in the terminal, with measured speed after every reply."""
+    """Chat with a Marco GGUF in the terminal, with measured speed after every reply (--json goes with --prompt)."""
     if json_out and prompt is None:
         raise typer.BadParameter("--json needs -p/--prompt", param_hint="--json")
     with ui.errors_to_exit():
@@ -73,6 +71,8 @@ def chat(
             max_tokens=max_tokens,
         )
     with session:
+        if note := session.info.context_note(ctx):
+            ui.note(note)
         if not session.template.from_gguf:
             notice("the GGUF has no chat template: using ChatML, Marco-Instruct's format")
         if prompt is None:
@@ -103,7 +103,7 @@ def repl(session: ChatSession, read: Callable[[str], str] = input) -> None:
             sys.stdout.write("\n")
             return
         except MarcoGGUFError as e:  # a refused message or a bad /load file: say so and carry on
-            ui.err.print(Text("error: ", style="red") + Text(e.message + (f" — {e.hint}" if e.hint else "")))
+            ui.err.print(ui.error_line(e), soft_wrap=True)
 
 
 def read_message(read: Callable[[str], str]) -> str:

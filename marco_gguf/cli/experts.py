@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import ChunkCtx, Json, Quiet, Threads
 from marco_gguf.experts.report import build_report
 from marco_gguf.experts.usage import expert_usage
 
@@ -24,10 +25,8 @@ def experts(
     label: Annotated[
         list[str] | None, typer.Option("--label", help="Name of each --text, in order (default: the file's stem).")
     ] = None,
-    ctx: Annotated[int, typer.Option("--ctx", "-c", min=1, help="Tokens per chunk.")] = 512,
-    threads: Annotated[
-        int | None, typer.Option("--threads", "-t", min=1, help="Threads (default: llama.cpp's).")
-    ] = None,
+    ctx: ChunkCtx = 512,
+    threads: Threads = None,
     plot: Annotated[
         Path | None,
         typer.Option("--plot", help="Write heat maps and the similarity matrix to this PNG (needs matplotlib)."),
@@ -35,10 +34,8 @@ def experts(
     usage: Annotated[
         Path | None, typer.Option("--usage", help="Write the measurement here, for `prune --usage`.")
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the report and the counts as JSON on stdout.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Which experts each text routes to: mass concentration, entropy, unused experts, overlap between texts."""
     with ui.errors_to_exit(), ui.progress_bar("routing", quiet=quiet or json_out) as progress:
@@ -53,15 +50,12 @@ def experts(
     ui.out.print(
         f"{m.file}: {m.layers} layers, {m.experts} experts, {m.experts_per_token} per token; "
         f"{sum(t.tokens for t in r.texts):,} tokens at {r.tokens_per_s:,.0f} tokens/s",
-        markup=False,
+        soft_wrap=True,
     )
+    # the legend as a line of its own: a table's caption wraps to the table's width (a 20-column box)
+    ui.out.print("50 / 90 / 99 %: the experts carrying that share of the routing mass", style="dim", soft_wrap=True)
     for t in report.texts:
-        table = Table(
-            title=f"{t.label} ({t.tokens:,} tokens)",
-            title_justify="left",
-            caption="experts carrying 50 / 90 / 99 % of the routing mass",
-            caption_justify="left",
-        )
+        table = Table(title=f"{t.label} ({t.tokens:,} tokens)", title_justify="left")
         for col in ("layer", "50 %", "90 %", "99 %", "entropy bits", "unused", "specific"):
             table.add_column(col, justify="right")
         for f in t.layers:
@@ -74,19 +68,18 @@ def experts(
             )
         ui.out.print(table)
     if len(r.texts) > 1:
-        table = Table(
-            title="core-expert overlap (Jaccard)",
-            title_justify="left",
-            caption=f"core: the experts carrying {round(100 * report.core_mass)} % of a text's routing mass; "
-            "mean over layers",
-            caption_justify="left",
-        )
+        table = Table(title="core-expert overlap (Jaccard)", title_justify="left")
         table.add_column("")
         for name in r.labels:
             table.add_column(name, justify="right")
         for name, row in zip(r.labels, report.similarity):
             table.add_row(name, *(f"{v:.2f}" for v in row))
         ui.out.print(table)
+        ui.out.print(
+            f"core: the experts carrying {round(100 * report.core_mass)} % of a text's routing mass; mean over layers",
+            style="dim",
+            soft_wrap=True,
+        )
     for what, path in (("usage", usage), ("plot", plot)):
         if path is not None:
-            ui.out.print(f"wrote {what} {path}", markup=False)
+            ui.out.print(f"wrote {what} {path}", soft_wrap=True)

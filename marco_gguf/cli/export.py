@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import Json
 from marco_gguf.export import export_lmstudio, export_ollama
 from marco_gguf.export.lmstudio import DEFAULT_PUBLISHER
 
@@ -20,7 +21,6 @@ app = typer.Typer(
 
 File = Annotated[Path, typer.Argument(help="A GGUF file.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace what is already there.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
 @app.command()
@@ -48,9 +48,9 @@ def ollama(
         ],
     )
     for note in r.notes:
-        ui.err.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+        ui.note(note)
     ui.out.print("register it with:", style="bold")
-    ui.out.print(r.command, markup=False, soft_wrap=True)
+    ui.out.print(r.command, soft_wrap=True)
 
 
 @app.command()
@@ -73,4 +73,4 @@ def lmstudio(
         return
     ui.print_fields(f"{r.target}", [("method", r.method), ("models folder", str(r.models_dir))])
     ui.out.print("the same with LM Studio's CLI:", style="bold")
-    ui.out.print(r.command, markup=False, soft_wrap=True)
+    ui.out.print(r.command, soft_wrap=True)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import ChunkCtx, Json, Quiet, Threads
 from marco_gguf.quant.imatrix import compute_imatrix
 
 
@@ -18,14 +19,12 @@ def imatrix(
         Path | None,
         typer.Option("--text", "-f", help="Calibration text, UTF-8 (default: the built-in multilingual text)."),
     ] = None,
-    ctx: Annotated[int, typer.Option("--ctx", "-c", min=16, help="Tokens per chunk.")] = 512,
+    ctx: ChunkCtx = 512,
     chunks: Annotated[int | None, typer.Option("--chunks", min=1, help="Use at most this many chunks.")] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", "-t", min=1, help="Threads (default: llama.cpp's).")
-    ] = None,
+    threads: Threads = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Compute an importance matrix (llama-imatrix's sums of squared activations) for `convert --imatrix`."""
     with ui.errors_to_exit(), ui.progress_bar("imatrix", quiet=quiet or json_out) as progress:

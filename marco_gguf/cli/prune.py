@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import Json, Quiet, Threads
 from marco_gguf.experts.prune import prune as lib_prune
 
 
@@ -37,10 +38,10 @@ def prune(
     fmt: Annotated[
         str, typer.Option("--format", help="gguf, or hf: a pruned Hugging Face checkpoint (checkpoint SOURCE).")
     ] = "gguf",
-    threads: Annotated[int | None, typer.Option("--threads", "-t", min=1, help="Quantizer threads.")] = None,
+    threads: Threads = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """A smaller Marco: the N best experts of every layer by REAP score or routing frequency."""
     with ui.errors_to_exit(), ui.progress_bar("pruning", quiet=quiet or json_out) as progress:
@@ -70,6 +71,8 @@ def prune(
         + ([("imatrix", str(r.imatrix))] if r.imatrix else []),
     )
     ui.out.print(
-        "[dim]measure what pruning cost before trusting the file: marco-gguf quality PRUNED.gguf --ref "
-        "ORIGINAL.gguf --text eval.txt[/dim]"
+        "measure what pruning cost before trusting the file: marco-gguf quality PRUNED.gguf --ref "
+        "ORIGINAL.gguf --text eval.txt",
+        style="dim",
+        soft_wrap=True,
     )

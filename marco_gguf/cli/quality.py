@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import ChunkCtx, Json, Threads
 from marco_gguf.measure.quality import FileQuality
 from marco_gguf.measure.quality import quality as lib_quality
 
@@ -37,21 +38,16 @@ def _rows(r: FileQuality) -> list[tuple[str, str]]:
 def quality(
     files: Annotated[list[Path], typer.Argument(help="GGUF file(s) to measure.")],
     ref: Annotated[Path, typer.Option("--ref", help="Reference GGUF of the same model (e.g. F16, BF16 or Q8_0).")],
-    text: Annotated[Path, typer.Option("--text", help="UTF-8 evaluation text (at least 2 chunks of -c tokens).")],
-    n_ctx: Annotated[
-        int, typer.Option("-c", "--ctx-size", min=4, help="Tokens per chunk; the second half is scored.")
-    ] = D["n_ctx"],
+    text: Annotated[Path, typer.Option("--text", "-f", help="UTF-8 evaluation text (at least 2 chunks of -c tokens).")],
+    n_ctx: ChunkCtx = D["n_ctx"],
     chunks: Annotated[
         int | None, typer.Option("--chunks", min=1, help="Score at most N chunks (default: all).")
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", "-t", min=1, help="Threads (default: physical cores).")
-    ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the result as JSON on stdout (`card --quality` reads it).")
-    ] = False,
+    threads: Threads = None,
+    json_out: Json = False,
 ) -> None:
-    """Perplexity and KL divergence from REF of each FILE, as llama-perplexity --kl-divergence measures them."""
+    """Perplexity and KL divergence from REF of each FILE, as llama-perplexity --kl-divergence measures them
+    (the second half of each chunk is scored); `card --quality` reads its --json."""
     with ui.errors_to_exit(), ui.progress_bar("scoring", quiet=json_out) as progress:
         report = lib_quality(files, ref=ref, text=text, n_ctx=n_ctx, chunks=chunks, threads=threads, progress=progress)
     if json_out:
@@ -61,7 +57,6 @@ def quality(
         f"{report.text}: {report.text_tokens:,} tokens, {report.chunks} chunks of {report.n_ctx}, "
         f"{report.scored_tokens:,} scored (the second half of each chunk)",
         soft_wrap=True,
-        markup=False,
     )
     ui.print_fields(
         f"reference {Path(report.ref).name}",

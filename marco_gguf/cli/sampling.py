@@ -12,7 +12,6 @@ from marco_gguf.arch.sampling import Sampling
 M = Sampling()  # Marco's defaults, named in the help texts
 MODEL = "default: the model's own, else"
 
-Threads = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="Threads (default: physical cores).")]
 Temp = Annotated[
     float | None,
     typer.Option("--temp", min=0.0, show_default=False, help=f"Temperature, 0: greedy ({MODEL} {M.temperature})."),

@@ -11,7 +11,8 @@ from rich.text import Text
 
 from marco_gguf.base.progress import ProgressEvent
 from marco_gguf.cli import ui
-from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, Threads, TopK, TopP, settings
+from marco_gguf.cli.options import Ctx, Threads
+from marco_gguf.cli.sampling import MinP, RepeatPenalty, Seed, Temp, TopK, TopP, settings
 from marco_gguf.server import serve as lib_serve
 
 D = {name: p.default for name, p in inspect.signature(lib_serve).parameters.items()}  # one source of defaults
@@ -22,12 +23,10 @@ def serve(
     model: Annotated[Path, typer.Argument(help="A Marco (qwen3moe) GGUF file.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = D["host"],
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free one).")] = D["port"],
-    parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Requests generated at once (slots).")] = D[
-        "parallel"
-    ],
-    ctx: Annotated[int, typer.Option("--ctx", min=16, help="Context length in tokens, shared by all slots.")] = D[
-        "ctx"
-    ],
+    parallel: Annotated[
+        int, typer.Option("--parallel", min=1, max=64, help="Requests generated at once (slots, sharing one --ctx).")
+    ] = D["parallel"],
+    ctx: Ctx = D["ctx"],
     threads: Threads = D["threads"],
     api_key: Annotated[
         str | None,

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import Json, Quiet
 from marco_gguf.synth.model import synthesize
 
 
@@ -30,8 +31,8 @@ def synth(
     dtype: Annotated[DType, typer.Option("--dtype", help="Storage type of the weights.")] = DType.bf16,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     vocab: Annotated[str, typer.Option("--vocab", help="auto, qwen3 (real vocabulary) or small.")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Write a RANDOM-WEIGHT checkpoint in exact Hugging Face layout (for benchmarks and tests)."""
     with ui.errors_to_exit(), ui.progress_bar("synthesizing", quiet=quiet or json_out) as progress:

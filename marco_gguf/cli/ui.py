@@ -1,4 +1,10 @@
-"""Rendering for the CLI: one progress bar on stderr, results on stdout, errors as one red line."""
+"""Rendering for the CLI: progress on stderr, results on stdout, errors as one red line.
+
+Both consoles have Rich markup off: every string they print is shown as it is, so a path like
+`model[v2].gguf`, a hint like `pip install 'marco-gguf[plots]'` or a file named `[bold red]x.gguf`
+can neither lose its brackets, restyle the output nor crash it (a stray `[/]` is a MarkupError).
+Style goes through `Text` and `style=` only.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,24 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from marco_gguf.base.errors import MarcoGGUFError
 from marco_gguf.base.progress import ProgressEvent
+from marco_gguf.base.units import human_bytes
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+__all__ = ["err", "human_bytes", "out"]
+
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
+PIPED_EVERY = 10.0  # seconds between progress lines when stderr is a pipe or a file (a log)
 
 
 def _count(e: ProgressEvent, speed: float) -> str:
@@ -32,30 +43,61 @@ def _count(e: ProgressEvent, speed: float) -> str:
     return f"{e.done:,.0f}{total} {e.unit}{rate}"
 
 
+class _Counter:
+    """Speed of the unit being counted: a call that changes unit (convert --calibrate) restarts the count."""
+
+    def __init__(self) -> None:
+        self.unit, self.t0 = "", 0.0
+
+    def speed(self, e: ProgressEvent) -> tuple[float, bool]:
+        now, restarted = time.perf_counter(), e.unit != self.unit
+        if restarted:
+            self.unit, self.t0 = e.unit, now
+        return e.done / max(1e-9, now - self.t0), restarted
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, *, quiet: bool) -> Iterator[Callable[[ProgressEvent], None] | None]:
-    """One Rich bar on stderr for any library call's ProgressEvents, drawn by their unit (a call that changes
-    unit, like convert --calibrate, restarts the count); yields None when quiet or stderr is not a terminal."""
-    if quiet or not err.is_terminal:
+    """Progress of any library call's ProgressEvents on stderr: one Rich bar on a terminal, a line every
+    PIPED_EVERY seconds on a pipe or in a log (so a long job shows it is alive); yields None when quiet."""
+    if quiet:
         yield None
-        return
-    columns = (
-        TextColumn("[bold]{task.description}"),
+    elif not err.is_terminal:
+        yield _lines(label)
+    else:
+        with _bar(label) as update:
+            yield update
+
+
+def _lines(label: str) -> Callable[[ProgressEvent], None]:
+    counter, last = _Counter(), [time.perf_counter()]
+
+    def update(e: ProgressEvent) -> None:
+        speed, _ = counter.speed(e)
+        if time.perf_counter() - last[0] >= PIPED_EVERY:
+            last[0] = time.perf_counter()
+            share = f" ({e.done / e.total:.0%})" if e.total else ""
+            err.print(f"{label}: {_count(e, speed)}{share}" + (f" · {e.what}" if e.what else ""), soft_wrap=True)
+
+    return update
+
+
+@contextlib.contextmanager
+def _bar(label: str) -> Iterator[Callable[[ProgressEvent], None]]:
+    columns = (  # markup off in every column: `what` names files and tensors
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
-        TextColumn("{task.fields[count]}"),
+        TextColumn("{task.fields[count]}", markup=False),
         TimeRemainingColumn(),
-        TextColumn("[dim]{task.fields[what]}"),
+        TextColumn("{task.fields[what]}", style="dim", markup=False),
     )
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None, count="", what="")
-        unit, t0 = [""], [0.0]  # the unit being counted and when its count started
+        task, counter = bar.add_task(label, total=None, count="", what=""), _Counter()
 
         def update(e: ProgressEvent) -> None:
-            now = time.perf_counter()
-            if e.unit != unit[0]:
-                unit[0], t0[0] = e.unit, now
+            speed, restarted = counter.speed(e)
+            if restarted:
                 bar.reset(task)
-            speed = e.done / max(1e-9, now - t0[0])
             bar.update(task, completed=e.done, total=e.total, count=_count(e, speed), what=e.what)
 
         yield update
@@ -65,21 +107,20 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def print_fields(title: str, rows: list[tuple[str, str]]) -> None:
-    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
+def print_fields(title: str, rows: Sequence[tuple[str, str | Text]]) -> None:
+    """A title line (never wrapped: it often holds a path to copy), then label/value rows."""
+    out.print(Text(title, style="bold"), soft_wrap=True)
+    table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # a hash or a path is shown whole, never cut with an ellipsis
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
+def note(text: str) -> None:
+    """A remark on stderr (not an error): the run goes on."""
+    err.print(Text("note: ", style="yellow") + Text(text), soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -91,10 +132,16 @@ def errors_to_exit() -> Iterator[None]:
     except MarcoGGUFError as e:
         if debug:
             raise
-        err.print(f"[red]error:[/red] {e.message}" + (f" [dim]— {e.hint}[/dim]" if e.hint else ""), soft_wrap=True)
+        err.print(error_line(e), soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         if debug:
             raise
-        err.print("[yellow]interrupted[/yellow]: nothing was left half-written")
+        err.print(Text("interrupted", style="yellow") + Text(": nothing was left half-written"))
         raise typer.Exit(130) from None
+
+
+def error_line(e: MarcoGGUFError) -> Text:
+    """`error: MESSAGE — HINT`, the message and hint shown exactly as written."""
+    line = Text("error:", style="red") + Text(f" {e.message}")
+    return line + Text(f" — {e.hint}", style="dim") if e.hint else line

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from marco_gguf.base.errors import ExpertsError
+from marco_gguf.base.machine import physical_cores
 from marco_gguf.base.progress import Progress
 from marco_gguf.experts.identity import gguf_identity
 from marco_gguf.experts.plots import check_plotting, plot_usage
@@ -139,7 +140,11 @@ def expert_usage(
     k, collector = identity.experts_per_token, RoutingCollector(identity.layers, identity.experts, keep_routing)
     results, seconds = [], 0.0
     with ObservedModel(
-        model, GraphObserver(collector.wants, collector.take), n_ctx=ctx, threads=threads, kv_f32=kv_f32
+        model,
+        GraphObserver(collector.wants, collector.take),
+        n_ctx=ctx,
+        threads=threads or physical_cores(),
+        kv_f32=kv_f32,
     ) as m:
         tokenized = [m.tokenize(body) for body, _ in bodies]
         chunked = [_chunks(tokens, ctx) for tokens in tokenized]

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import gguf
 from gguf import GGUFValueType as V
 
 from marco_gguf.arch import qwen3moe as spec
@@ -19,7 +20,9 @@ from marco_gguf.arch.qwen3moe import ARCH_KEY, ARCH_NAME, CHAT_TEMPLATE_KEY, DEF
 from marco_gguf.arch.sampling import gguf_sampling
 from marco_gguf.base.errors import GGUFFileError
 from marco_gguf.gguf_io.check import check_qwen3moe
-from marco_gguf.gguf_io.reader import DAMAGED, read_header
+from marco_gguf.gguf_io.reader import DAMAGED, check_file, read_header
+
+MARCO_PREFIX = "marco."  # keys marco-gguf adds beyond llama.cpp's (prune records what it kept as marco.prune.*)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,31 @@ class GGUFInfo:
     has_chat_template: bool
     sampling: dict[str, float | int]  # the file's general.sampling.* by Sampling field (arch/sampling.py)
     tensors: tuple[TensorInfo, ...] = field(repr=False)
+    marco: dict[str, Any] = field(default_factory=dict)  # marco.* keys marco-gguf wrote (a pruned file's record)
+
+    @property
+    def file_type_name(self) -> str | None:
+        """general.file_type as llama.cpp names it (gguf-py's LlamaFileType): 15 -> "Q4_K_M", 0 -> "F32"."""
+        if self.file_type is None:
+            return None
+        try:
+            return gguf.LlamaFileType(self.file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            return f"file type {self.file_type}"
+
+    @property
+    def context_length(self) -> int | None:
+        return self.hparams.get("context_length")
+
+    def context_note(self, n_ctx: int) -> str | None:
+        """What to tell someone asking for more context than the model has (llama.cpp warns alike, as
+        "possible training context overflow"); None when n_ctx is within it."""
+        if self.context_length is None or n_ctx <= self.context_length:
+            return None
+        return (
+            f"--ctx {n_ctx:,} is beyond the model's context length of {self.context_length:,} tokens "
+            f"({self.architecture}.context_length): positions past it are outside what it was trained on"
+        )
 
     def group_totals(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -92,6 +120,7 @@ class GGUFInfo:
             "architecture": self.architecture,
             "name": self.name,
             "file_type": self.file_type,
+            "file_type_name": self.file_type_name,
             "hparams": self.hparams,
             "tokenizer": self.tokenizer,
             "has_chat_template": self.has_chat_template,
@@ -103,6 +132,8 @@ class GGUFInfo:
             "bytes_per_token": self.bytes_per_token,
             "ctx": n_ctx,
             "ram_needed": self.ram_needed(n_ctx),
+            "context_note": self.context_note(n_ctx),
+            "marco": self.marco,
             "tensors": [
                 {"name": t.name, "shape": list(t.shape), "type": t.type, "bytes": t.n_bytes, "group": t.group}
                 for t in self.tensors
@@ -132,8 +163,7 @@ def read_info(path: str | Path) -> GGUFInfo:
     """Parse a GGUF's header into GGUFInfo, validated (see _read_info); cached while the file is unchanged,
     since check_model and load_model both read it before a load."""
     path = Path(path)
-    if not path.is_file():
-        raise GGUFFileError(f"{path}: no such file")
+    check_file(path)
     st = path.stat()
     return _cached_info(path.resolve(), st.st_size, st.st_mtime_ns, path)
 
@@ -169,6 +199,7 @@ def _read_info(path: Path) -> GGUFInfo:
         CHAT_TEMPLATE_KEY in fields,
         gguf_sampling(fields),
         tensors,
+        {k: v for k, v in fields.items() if k.startswith(MARCO_PREFIX)},
     )
 
 

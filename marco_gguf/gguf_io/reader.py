@@ -196,12 +196,25 @@ def _parse(buf: Any, size: int) -> Header:
     return Header(version, fields, types, tuple(tensors), data_offset, items)
 
 
-def read_header(path: str | Path) -> Header:
-    """Parse a GGUF's header; damage of any kind becomes one GGUFFileError naming the file."""
-    path = Path(path)
+def check_file(path: Path) -> int:
+    """The size of `path`, or a GGUFFileError naming what it is instead of a GGUF: nothing, a folder, empty
+    (each once reported as "no such file" or "starts with b''")."""
+    if path.is_dir():
+        raise GGUFFileError(f"{path}: is a folder, not a GGUF file", "give the .gguf file inside it")
     if not path.is_file():
         raise GGUFFileError(f"{path}: no such file")
     size = path.stat().st_size
+    if size == 0:
+        raise GGUFFileError(
+            f"{path}: is empty (0 bytes), not a GGUF file", "the copy or download failed: make it again"
+        )
+    return size
+
+
+def read_header(path: str | Path) -> Header:
+    """Parse a GGUF's header; damage of any kind becomes one GGUFFileError naming the file."""
+    path = Path(path)
+    size = check_file(path)
     with open(path, "rb") as f:
         magic = f.read(4)
         if magic != b"GGUF":

@@ -203,8 +203,12 @@ class TensorFiles:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        if not self.folder.exists():
+            raise CheckpointError(f"{self.folder}: no such folder", "SOURCE must be a Hugging Face checkpoint folder")
         if not self.folder.is_dir():
-            raise CheckpointError(f"{self.folder}: not a folder", "SOURCE must be a Hugging Face checkpoint folder")
+            raise CheckpointError(
+                f"{self.folder}: is a file, not a folder", "SOURCE must be a Hugging Face checkpoint folder"
+            )
         self._read_config()  # before the index: a wrong model is named before a damaged shard
         self.tensors = index_tensors(self.folder)
         # opened up front so reader threads share them without locking (preadv is positional); os.O_BINARY

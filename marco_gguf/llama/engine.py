@@ -314,7 +314,8 @@ class Engine:
         self._counts["decode"] += 1
         for slot, tokens, output in rows:
             slot.cache += tokens
-            if output is not None:
+            # a request cancelled while the batch was decoding (Ctrl-C in chat) gets no token after it
+            if output is not None and not slot.active().cancelled:
                 self._on_token(slot, lib.llama_sampler_sample(slot.active().sampler, self._ctx, output))
 
     def _make_room(self) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from marco_gguf.base.errors import QualityError
 from marco_gguf.base.files import check_space
+from marco_gguf.base.machine import physical_cores
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.base.texts import read_text_file
 from marco_gguf.gguf_io.info import read_info, require_qwen3moe
@@ -218,7 +219,7 @@ def quality(
 ) -> QualityReport:
     """Perplexity of REF and of each FILE, and each FILE's KL divergence from REF, over `text` (see the module doc)."""
     paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
-    ref, text = Path(ref), Path(text)
+    ref, text, threads = Path(ref), Path(text), threads or physical_cores()
     data = read_text_file(text, QualityError).encode("utf-8")  # llama-perplexity tokenizes the bytes
     _check_files(ref, paths, n_ctx)
     with ChunkModel(ref, n_ctx=n_ctx, threads=threads) as model:

@@ -18,10 +18,11 @@ from typing import Any
 
 import gguf
 import numpy as np
+from gguf import MODEL_TENSOR as T
 from gguf import GGMLQuantizationType as Q
 
-from marco_gguf.arch.qwen3moe import LM_HEAD, PlannedTensor, lm_head_is_tied, plan_tensors
-from marco_gguf.base.errors import MarcoGGUFError
+from marco_gguf.arch.qwen3moe import ARCH_NAME, LM_HEAD, PlannedTensor, gguf_name, lm_head_is_tied, plan_tensors
+from marco_gguf.base.errors import MarcoGGUFError, VerifyError
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.convert import row_blocks
 from marco_gguf.gguf_io.format import row_size
@@ -78,6 +79,8 @@ class VerifyResult:
     load_error: str | None
     seconds: float
     extra: dict = field(default_factory=dict)
+    metadata_checked: int = 0  # keys compared with what the source implies
+    load_tried: bool = True  # load_error None then means llama.cpp loaded it
 
     @property
     def flagged(self) -> tuple[TensorCheck, ...]:
@@ -104,6 +107,8 @@ class VerifyResult:
             "unexpected": list(self.unexpected),
             "shape_mismatches": list(self.shape_mismatches),
             "metadata_mismatches": list(self.metadata_mismatches),
+            "metadata_checked": self.metadata_checked,
+            "load_tried": self.load_tried,
             "load_error": self.load_error,
             "flagged": [t.name for t in self.flagged],
             "tensors": [
@@ -134,23 +139,63 @@ def _tensor_error(fd: int, offset: int, qtype: Q, planned: PlannedTensor, ckpt: 
     return math.sqrt(err2 / ref2) if ref2 > 0 else math.sqrt(err2)
 
 
-def _metadata_mismatches(header: Header, ckpt: Checkpoint, planned: list[PlannedTensor]) -> list[str]:
+def _metadata_mismatches(header: Header, ckpt: Checkpoint, planned: list[PlannedTensor]) -> tuple[list[str], int]:
+    """The keys whose value differs from what the source implies, and how many keys were compared."""
     file_type = gguf.LlamaFileType(header.fields["general.file_type"])
     expected, _ = build_metadata(ckpt.folder, ckpt.config, planned, file_type=file_type, name=None)
-    out = []
+    out, checked = [], 0
     for key, value in expected.items():
         if key.startswith("general."):
             continue  # names and card-derived fields legitimately follow --name
+        checked += 1
         got, want = header.fields.get(key), value.value
         if isinstance(want, float) and isinstance(got, float) and math.isclose(want, got, rel_tol=1e-6):
             continue
         if got != (list(want) if isinstance(want, (list, tuple)) else want):
             out.append(f"{key}: file has {_short(got)}, source implies {_short(want)}")
-    return out
+    return out, checked
 
 
 def _short(v: Any) -> str:
-    return f"[{len(v)} items]" if isinstance(v, (list, tuple)) and len(v) > 8 else repr(v)
+    """A value for a one-line message: long lists and texts (a chat template) summarised."""
+    if isinstance(v, (list, tuple)) and len(v) > 8:
+        return f"[{len(v)} items]"
+    if isinstance(v, str) and len(v) > 60:
+        return f"{v[:40]!r}... ({len(v):,} characters)"
+    return repr(v)
+
+
+# what makes two files the same model: (what to call it, GGUF key under qwen3moe., MarcoConfig field)
+SAME_MODEL = (
+    ("layers", "block_count", "n_layers"),
+    ("hidden size", "embedding_length", "hidden"),
+    ("attention heads", "attention.head_count", "n_heads"),
+    ("KV heads", "attention.head_count_kv", "n_kv_heads"),
+    ("head size", "attention.key_length", "head_dim"),
+    ("experts", "expert_count", "n_experts"),
+    ("expert width", "expert_feed_forward_length", "expert_ff"),
+)
+
+
+def same_model(path: Path, header: Header, ckpt: Checkpoint) -> None:
+    """Refuse, in one line, a file and a checkpoint of different models: every tensor would differ."""
+    arch = header.fields.get("general.architecture")
+    if arch != ARCH_NAME:
+        raise VerifyError(f"{path}: architecture {arch!r} is not {ARCH_NAME}", "verify checks Marco (qwen3moe) GGUFs")
+    c = ckpt.config
+    vocab = next((t.shape[0] for t in header.tensors if t.name == gguf_name(T.TOKEN_EMBD)), None)
+    pairs = [(what, header.fields.get(f"{ARCH_NAME}.{key}"), getattr(c, name)) for what, key, name in SAME_MODEL]
+    diffs = [
+        f"{what} {got} vs {want}" for what, got, want in [*pairs, ("vocabulary", vocab, c.vocab_size)] if got != want
+    ]
+    if diffs:
+        pruned = any(k.startswith("marco.prune.") for k in header.fields)
+        raise VerifyError(
+            f"{path.name} and {ckpt.folder} are different models: {', '.join(diffs)} (file vs checkpoint)",
+            "a pruned file keeps fewer experts: verify the file it was pruned from"
+            if pruned
+            else "give --source the checkpoint this file was converted from",
+        )
 
 
 def verify(
@@ -161,6 +206,7 @@ def verify(
     header = read_header(path)
     stored = {t.name: t for t in header.tensors}
     with Checkpoint(Path(source)) as ckpt:
+        same_model(path, header, ckpt)
         untied = LM_HEAD in ckpt.tensors and not lm_head_is_tied(ckpt.read_rows, ckpt.tensors)
         planned = plan_tensors(ckpt.config, ckpt.tensors, keep_lm_head=untied)
         missing = tuple(t.name for t in planned if t.name not in stored)
@@ -173,8 +219,8 @@ def verify(
                 s = stored.get(t.name)
                 if s is None:
                     continue
-                if s.shape != t.shape:
-                    shape_bad.append(f"{t.name}: file has {list(s.shape)}, source implies {list(t.shape)}")
+                if s.shape != t.shape:  # in ggml's order (ne), as inspect prints shapes
+                    shape_bad.append(f"{t.name}: file has ne {_ne(s.shape)}, source implies ne {_ne(t.shape)}")
                     continue
                 err = _tensor_error(fd, s.offset, s.type, t, ckpt)
                 checks.append(TensorCheck(t.name, s.type.name, t.shape, err, ERROR_BOUNDS.get(s.type, 1.0)))
@@ -183,7 +229,7 @@ def verify(
                     progress(ProgressEvent(done, total, "parameters", t.name))
         finally:
             os.close(fd)
-        meta_bad = _metadata_mismatches(header, ckpt, planned)
+        meta_bad, meta_checked = _metadata_mismatches(header, ckpt, planned)
     load_error = _try_load(path) if load else None
     return VerifyResult(
         path,
@@ -195,7 +241,13 @@ def verify(
         tuple(meta_bad),
         load_error,
         time.perf_counter() - started,
+        metadata_checked=meta_checked,
+        load_tried=load,
     )
+
+
+def _ne(shape: tuple[int, ...]) -> list[int]:
+    return list(reversed(shape))
 
 
 def _try_load(path: Path) -> str | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from marco_gguf.base.errors import ImatrixError, MarcoGGUFError
+from marco_gguf.base.machine import physical_cores
 from marco_gguf.base.progress import Progress
 from marco_gguf.base.texts import decode_text, read_text_file
 from marco_gguf.gguf_io.info import read_info, require_qwen3moe
@@ -164,7 +165,11 @@ def compute_imatrix(
     body, dataset = read_text(text)
     collector = ImatrixCollector()
     with ObservedModel(
-        model, GraphObserver(collector.wants, collector.take), n_ctx=ctx, threads=threads, kv_f32=kv_f32
+        model,
+        GraphObserver(collector.wants, collector.take),
+        n_ctx=ctx,
+        threads=threads or physical_cores(),
+        kv_f32=kv_f32,
     ) as m:
         tokens = m.tokenize(body)
         available = len(tokens) // ctx

@@ -274,6 +274,19 @@ def load_preset(name_or_path: str | Path) -> Preset:
     return parse_preset(data, path.stem, str(path))
 
 
+def check_overrides(overrides: Sequence[tuple[re.Pattern[str], Q]], names: Sequence[str]) -> None:
+    """Refuse an override whose pattern matches none of the model's tensors: a typo would otherwise be ignored
+    without a word and the file made with types the user did not ask for."""
+    for pattern, q in overrides:
+        if not any(pattern.search(n) for n in names):
+            raise PresetError(
+                f"--tensor-type {pattern.pattern}={q.name}: the pattern {pattern.pattern!r} matches no tensor "
+                f"of this model",
+                "tensors are named like blk.0.ffn_down_exps.weight or token_embd.weight "
+                "(marco-gguf inspect FILE lists them)",
+            )
+
+
 def parse_overrides(specs: Sequence[str]) -> list[tuple[re.Pattern[str], Q]]:
     """`PATTERN=TYPE` strings (llama-quantize's --tensor-type) -> compiled (regex, type) pairs."""
     out = []
