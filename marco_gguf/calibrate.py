@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from marco_gguf.base.errors import OutputError
-from marco_gguf.base.files import make_folders, remove_folders
+from marco_gguf.base.files import check_writable, make_folders, remove_folders
 from marco_gguf.base.progress import Progress
 from marco_gguf.convert import ConvertResult, convert
 from marco_gguf.quant.imatrix import ImatrixResult, compute_imatrix
@@ -63,6 +63,9 @@ def calibrate_convert(
     if keep is not None and keep.exists() and not force:
         raise OutputError(f"{keep}: already exists", "pass --force to overwrite it, or choose another --keep-imatrix")
     where = Path(outfile).parent if outfile is not None else Path(outdir or Path.cwd())
+    check_writable(where / "scratch", hint="choose another --outdir or --outfile")  # the scratch folder goes there
+    if keep is not None:
+        check_writable(keep, hint="choose another --keep-imatrix")
     made = make_folders(where)
     scratch = Path(tempfile.mkdtemp(prefix=".marco-calibrate-", dir=where))
     try:

@@ -221,7 +221,8 @@ def convert(
         )
         for q in {s.type for s in specs}:
             prepare(q)
-        with GGUFStreamWriter(path, kv, specs, overwrite=force) as writer:
+        option = "--outfile" if outfile else "--outdir"
+        with GGUFStreamWriter(path, kv, specs, overwrite=force, option=option) as writer:
             _stream(ckpt, planned, specs, writer, threads, progress, importance)
             writer.commit()
     params = count_parameters(planned).total

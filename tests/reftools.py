@@ -2,7 +2,7 @@
 
 The sdist of the llama-cpp-python version that is installed vendors llama.cpp's full source: its
 converter (convert_hf_to_gguf.py, gguf-py) and the tools we compare against (llama-quantize,
-llama-imatrix, llama-perplexity). Both are kept in a per-machine cache outside the clone
+llama-imatrix, llama-perplexity, llama-server). Both are kept in a per-machine cache outside the clone
 (`MARCO_GGUF_CACHE`, default ~/.cache/marco-gguf) so CI and every test run build them only once;
 a file lock keeps concurrent runs from building the same tree twice. The sdist comes from the
 package registry through pip (the one download these tests may make, as `.ci/run` did before).
@@ -19,15 +19,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity")
-# CMake options for a CPU-only build of the tools alone; GGML_NATIVE matches llama-cpp-python's default build
+TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-server")
+# CMake options for a CPU-only build of the tools alone; GGML_NATIVE matches llama-cpp-python's default build.
+# llama-server (benchmarks/serve_slots.py's reference) without its web UI: no npm, no download of prebuilt assets
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_NATIVE=ON",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_TOOLS=ON",
     "-DBUILD_SHARED_LIBS=OFF",
     "-DGGML_OPENMP=OFF",

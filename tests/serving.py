@@ -19,15 +19,17 @@ TIMEOUT_S = 60
 
 
 class LiveServer:
-    """`create_app(state, **options)` listening on 127.0.0.1:<free port> until close()."""
+    """`create_app(state, **options)` listening on 127.0.0.1:<free port> until close(); `wrap` (an ASGI
+    middleware factory) sees every request, for tests that check what a client sent."""
 
-    def __init__(self, state: ServerState, **options) -> None:
+    def __init__(self, state: ServerState, wrap=None, **options) -> None:
         self.state = state
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(state, **options), log_level="warning", lifespan="on")
+        app = create_app(state, **options)
+        config = uvicorn.Config(wrap(app) if wrap else app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()

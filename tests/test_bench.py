@@ -17,7 +17,7 @@ from gguf import GGML_QUANT_SIZES, GGUFReader
 
 import marco_gguf.measure.bench as bench_module
 from marco_gguf.gguf_io.info import read_info
-from marco_gguf.measure.bench import _timed_parallel, bench, bytes_per_token, memory_bandwidth
+from marco_gguf.measure.bench import BenchResult, _timed_parallel, bench, bytes_per_token, probe_bandwidth
 
 CLI = [sys.executable, "-m", "marco_gguf"]
 
@@ -88,9 +88,9 @@ def test_time_generation_runs_after_its_depth(reason, depth, n, converted):
         assert lib.llama_memory_seq_pos_max(lib.llama_get_memory(direct.ctx), 0) == depth + n - 1
 
 
-def test_bandwidth_probe_reports_copy_and_add():
-    gbps = memory_bandwidth(threads=2, mib=16, reps=2)
-    assert set(gbps) == {"copy", "add"} and all(0.1 < v < 10_000 for v in gbps.values())
+def test_bandwidth_probe_reports_every_run_of_copy_and_add():
+    gbps = probe_bandwidth(threads=2, mib=16, reps=3)
+    assert set(gbps) == {"copy", "add"} and all(len(v) == 3 and all(0.1 < x < 10_000 for x in v) for v in gbps.values())
 
 
 def test_parallel_timing_runs_every_slice_on_its_own_pinned_thread():
@@ -123,12 +123,47 @@ def test_parallel_timing_reports_a_failing_kernel_instead_of_hanging():
         _timed_parallel(kernel, [slice(0, 1), slice(1, 2)], reps=2)
 
 
-def test_bench_roofline_takes_the_better_of_two_probes(converted, monkeypatch):
-    """A shared host's bandwidth moves between probes: the probe after the tests counts when it is higher."""
-    probes = iter([{"copy": 10.0, "add": 12.0}, {"copy": 30.0, "add": 5.0}])
-    monkeypatch.setattr(bench_module, "memory_bandwidth", lambda **kw: next(probes))
+def test_bench_roofline_takes_the_best_run_of_both_probes(converted, monkeypatch):
+    """A shared host's bandwidth moves between probes: every run of the probes before and after the tests is
+    kept (each run's better kernel), the roofline takes the best, the spread is reported with it."""
+    probes = iter([{"copy": [10.0, 11.0], "add": [12.0, 9.0]}, {"copy": [30.0, 8.0], "add": [5.0, 10.0]}])
+    monkeypatch.setattr(bench_module, "probe_bandwidth", lambda **kw: next(probes))
     result = bench(converted(Spec(), "q8_0").path, n_prompt=8, n_gen=4, threads=1, reps=1)
+    assert result.bandwidth_runs == {1: (12.0, 11.0, 30.0, 10.0)}
     assert result.bandwidth_gbps == {1: 30.0} and all(r.bandwidth_gbps == 30.0 for r in result)
+    spread = {"best": 30.0, "median": 11.5, "lowest": 10.0, "runs": 4, "uncertainty": 30.0 / 11.5 - 1}
+    assert result.bandwidth_spread(1) == spread and result.as_dict()["bandwidth_spread"] == {1: spread}
+
+
+SPREADS = [  # (reason, probe runs in GB/s, the line bench prints)
+    (
+        "a quiet machine: the runs agree",
+        (50.0, 49.0, 50.0, 48.0),
+        "  2 thread(s): best 50.0 GB/s of 4 runs (median 49.5, lowest 48.0); the roofline uses the best: at the "
+        'median, "of roofline" would be 1% higher',
+    ),
+    (
+        "a busy machine (issue 26: 34 to 55 GB/s): the uncertainty is said",
+        (55.0, 34.0, 40.0, 45.0),
+        "  2 thread(s): best 55.0 GB/s of 4 runs (median 42.5, lowest 34.0); the roofline uses the best: at the "
+        'median, "of roofline" would be 29% higher',
+    ),
+]
+
+
+@pytest.mark.parametrize("reason,runs,line", SPREADS, ids=[s[0] for s in SPREADS])
+def test_cli_shows_the_probe_spread(reason, runs, line, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from marco_gguf.cli import bench as cli_bench
+    from marco_gguf.cli.app import app
+
+    result = BenchResult(tmp_path / "m.gguf", 1, 8.5, 1000, {2: max(runs)}, (), {2: runs})
+    monkeypatch.setattr(cli_bench, "lib_bench", lambda *a, **k: result)
+    (tmp_path / "m.gguf").write_bytes(b"")
+    r = CliRunner().invoke(app, ["bench", str(tmp_path / "m.gguf"), "-t", "2"], terminal_width=60)
+    assert r.exit_code == 0, r.output
+    assert line in r.stdout.splitlines()
 
 
 def test_bench_json_cli(converted):
@@ -169,7 +204,7 @@ def test_bench_table_cli(converted):
         "pp16",
         "tg4",
         " ± ",
-        "GB/s with 1 thread(s)",
+        "  1 thread(s): best ",
         "bytes read per generated token",
     ):
         assert text in proc.stdout

@@ -163,3 +163,79 @@ def test_cli_uses_home_and_prints_lms_import(gguf, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "models" / "me" / "Marco-Test-Instruct-GGUF" / gguf.name).is_file()
     assert proc.stdout.splitlines()[-1] == f"lms import {gguf} --user-repo me/Marco-Test-Instruct-GGUF -c"
+
+
+REPLACEMENTS = [  # (reason, first placement, second call's flags, method then, symlink?, message without --force)
+    (
+        "--symlink --force over a hard link makes the symlink asked for",
+        {},
+        {"symlink": True},
+        "symlink",
+        True,
+        "already exists and is a hard link to {src} — pass --force to replace it with a symlink",
+    ),
+    (
+        "--link --force over a symlink makes the hard link asked for",
+        {"symlink": True},
+        {"link": True},
+        "hardlink",
+        False,
+        "already exists and is a symlink to {src} — pass --force to replace it with a hard link",
+    ),
+    (
+        "--copy --force over a hard link makes a copy",
+        {},
+        {"copy": True},
+        "copy",
+        False,
+        "already exists and is a hard link to {src} — pass --force to replace it with a copy",
+    ),
+]
+
+
+@pytest.mark.parametrize("reason,first,flags,method,is_symlink,message", REPLACEMENTS, ids=[r[0] for r in REPLACEMENTS])
+def test_force_replaces_a_placement_of_another_kind(reason, first, flags, method, is_symlink, message, gguf, tmp_path):
+    placed = export_lmstudio(gguf, home=tmp_path, **first).target
+    with pytest.raises(ExportError) as e:
+        export_lmstudio(gguf, home=tmp_path, **flags)
+    assert f"{e.value.message} — {e.value.hint}" == f"{placed} " + message.format(src=gguf)
+    r = export_lmstudio(gguf, home=tmp_path, force=True, **flags)
+    assert (r.method, r.target.is_symlink(), r.target.read_bytes() == gguf.read_bytes()) == (method, is_symlink, True)
+    assert os.path.samefile(gguf, r.target) == (method != "copy")
+    assert r.command.endswith(" " + {"symlink": "-l", "hardlink": "-L", "copy": "-c"}[method])
+
+
+KEPT = [  # (reason, first placement, second call's flags, method reported, lms flag): no --force needed
+    ("the default finds its hard link in place", {}, {}, "existing", "-L"),
+    ("--symlink finds its symlink in place", {"symlink": True}, {"symlink": True}, "existing", "-l"),
+    ("the default takes a symlink already there", {"symlink": True}, {}, "existing", "-l"),
+]
+
+
+@pytest.mark.parametrize("reason,first,flags,method,lms_flag", KEPT, ids=[k[0] for k in KEPT])
+def test_a_placement_of_the_kind_asked_is_kept(reason, first, flags, method, lms_flag, gguf, tmp_path):
+    before = export_lmstudio(gguf, home=tmp_path, **first).target
+    r = export_lmstudio(gguf, home=tmp_path, **flags)
+    assert (r.method, r.target, r.command.split()[-1]) == (method, before, lms_flag)
+
+
+def test_cli_never_wraps_the_paths(gguf, tmp_path):
+    """Reason: a path broken mid-word at the terminal's edge cannot be copied."""
+    from typer.testing import CliRunner
+
+    from marco_gguf.cli.app import app
+
+    home = tmp_path / ("a-long-folder-name-" * 4)
+    home.mkdir()
+    r = CliRunner().invoke(
+        app, ["export", "lmstudio", str(gguf), "--symlink"], env={"HOME": str(home)}, terminal_width=40
+    )
+    assert r.exit_code == 0, r.output
+    target = home.resolve() / ".lmstudio" / "models" / "marco-gguf" / "Marco-Test-Instruct-GGUF" / gguf.name
+    assert r.stdout.splitlines() == [
+        str(target),
+        "method         symlink",
+        f"models folder  {home.resolve() / '.lmstudio' / 'models'}",
+        "the same with LM Studio's CLI:",
+        f"lms import {gguf} --user-repo marco-gguf/Marco-Test-Instruct-GGUF -l",
+    ]

@@ -229,7 +229,7 @@ def test_json_schema_output_parses_and_validates(client):
 
 SDK_ERRORS = [  # (reason, request options, SDK exception, message fragment)
     ("n > 1 is refused", dict(n=2), openai.BadRequestError, "n = 1"),
-    ("a wrong type names the field", dict(temperature="hot"), openai.BadRequestError, "temperature is 'hot'"),
+    ("a wrong type names the field", dict(temperature="hot"), openai.BadRequestError, 'temperature is "hot"'),
     ("out of range", dict(top_p=1.5), openai.BadRequestError, "top_p is 1.5, expected a finite number from 0 up to 1"),
     (
         "images are refused",
@@ -241,7 +241,7 @@ SDK_ERRORS = [  # (reason, request options, SDK exception, message fragment)
         "a named tool that is not given",
         dict(tools=[TIME], tool_choice={"type": "function", "function": {"name": "nope"}}),
         openai.BadRequestError,
-        "'nope', which is not among the tools",
+        '"nope", which is not among the tools',
     ),
     (
         "a prompt longer than the context, with the numbers",

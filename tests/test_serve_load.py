@@ -340,6 +340,12 @@ REFUSED = [
     ("the port is taken", _taken_port, 1, ["error: cannot listen on 127.0.0.1:", "Address already in use"]),
     ("--parallel out of range", lambda d, p: [str(p), "--parallel", "65"], 2, ["less than or equal to 64"]),
     (
+        "--slot-prompt-similarity out of range",
+        lambda d, p: [str(p), "--slot-prompt-similarity", "1.5"],
+        2,
+        ["Invalid value for '--slot-prompt-similarity': Input should be less than or equal to 1"],
+    ),
+    (
         "every interface without a key warns first",
         lambda d, p: [str(d / "missing.gguf"), "--host", "0.0.0.0"],
         1,

@@ -55,6 +55,8 @@ PARALLEL = [
     {"role": "user", "content": "Und morgen? 明天呢?"},
 ]
 PARTS = [{"role": "user", "content": [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world!"}]}]
+BARE = {"type": "function", "function": {"name": "get_weather", "description": None, "parameters": None}}
+PLAIN_PARTS = {"role": "user", "content": "Hello, world!"}
 
 
 def _plain(system, turns):
@@ -94,6 +96,24 @@ CASES = [
         None,
     ),
     (
+        "null content and null tool_calls from the assistant: an empty reply (as llama-server reads it)",
+        {"messages": [*PARTS, {"role": "assistant", "content": None, "tool_calls": None}, *PARTS]},
+        [PLAIN_PARTS, {"role": "assistant", "content": ""}, PLAIN_PARTS],
+        None,
+    ),
+    (
+        "an empty list of tool calls is no call",
+        {"messages": [*PARTS, {"role": "assistant", "content": "Hi.", "tool_calls": []}, *PARTS]},
+        [PLAIN_PARTS, {"role": "assistant", "content": "Hi."}, PLAIN_PARTS],
+        None,
+    ),
+    (
+        "a tool result with a null tool_call_id; a tool's null description and parameters reach the template as given",
+        {"messages": [*ROUND_TRIP[:3], {**ROUND_TRIP[3], "tool_call_id": None}], "tools": [BARE]},
+        [*ROUND_TRIP[:3], {"role": "tool", "content": ROUND_TRIP[3]["content"]}],
+        [BARE],
+    ),
+    (
         "the developer role is the system role",
         {"messages": [{"role": "developer", "content": "Be terse."}, *PARTS]},
         [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hello, world!"}],
@@ -119,6 +139,24 @@ def test_request_prompt_equals_hf_apply_chat_template(reason, body, messages, to
         messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"]
     assert parse_chat(body, engine, Sampling(), 1).prompt == list(expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "reason,turns",
+    [
+        ("a reply begun by the client is continued from its last word", ["Name a colour.", "The colour is"]),
+        ("an empty prefill continues from the start of the reply", ["Hi", ""]),
+        ("a prefill after a full exchange", ["Hi", "Hello!", "Count to three.", "One, two,"]),
+    ],
+)
+def test_a_conversation_ending_with_the_assistant_is_continued_as_transformers_does(reason, turns, qwen3):
+    engine, hf = qwen3
+    messages = _plain(None, turns)
+    expected = hf.apply_chat_template(
+        messages, continue_final_message=True, add_generation_prompt=False, tokenize=True, return_dict=True
+    )["input_ids"]
+    assert parse_chat({"messages": messages}, engine, Sampling(), 1).prompt == list(expected)
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ from marco_gguf.arch.qwen3moe import CHAT_TEMPLATE_KEY as TEMPLATE_KEY
 from marco_gguf.arch.qwen3moe import CHATML as CHATML_TEMPLATE
 from marco_gguf.base.errors import ChatError
 
+CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' marker for continue_final_message
+
 
 @lru_cache(maxsize=8)
 def compile_template(source: str) -> Any:
@@ -85,12 +87,32 @@ class ChatTemplate:
         return cls(source or CHATML_TEMPLATE, from_gguf=bool(source), **specials)
 
     def render(
-        self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[dict],
+        *,
+        tools: Sequence[dict] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final: bool = False,
     ) -> str:
-        """The prompt text; `tools` (OpenAI function definitions) go to the template as transformers passes them."""
+        """The prompt text; `tools` (OpenAI function definitions) go to the template as transformers passes them.
+        `continue_final`: the prompt ends inside the last message, right after its text (transformers'
+        `continue_final_message`, found the way it finds it: a marker appended to that text)."""
         import jinja2
 
+        if continue_final:
+            messages = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + CONTINUE_TAG}]
         try:
-            return render_template(self.source, messages, tools, add_generation_prompt, **self.special_tokens)
+            text = render_template(
+                self.source, messages, tools, add_generation_prompt and not continue_final, **self.special_tokens
+            )
         except jinja2.TemplateError as e:
             raise ChatError(f"the chat template refused this conversation ({e})") from None
+        except (TypeError, ValueError, LookupError, AttributeError) as e:  # a template tripping on a value it got
+            raise ChatError(f"the chat template failed on this conversation ({type(e).__name__}: {e})") from None
+        if not continue_final:
+            return text
+        at = text.rfind(CONTINUE_TAG.strip())
+        if at < 0:
+            raise ChatError("the chat template leaves out the last message, so it cannot be continued")
+        # a template that strips the message's text trimmed the marker's space too: trim as transformers does
+        return text[:at] if text[at : at + len(CONTINUE_TAG)] == CONTINUE_TAG else text[:at].rstrip()

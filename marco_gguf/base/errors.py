@@ -103,6 +103,10 @@ class PruneError(MarcoGGUFError):
     """Experts cannot be pruned: N out of range, a usage file from another model, an unknown method."""
 
 
+class Cancelled(MarcoGGUFError):
+    """A slow step was stopped on request (Ctrl-C or SIGTERM while `serve` loads its model) before it ended."""
+
+
 class ServeError(MarcoGGUFError):
     """The server cannot start: its address is taken or not valid, or the model failed to load."""
 

@@ -25,7 +25,9 @@ def _atomically(dst: Path, make: Callable[[Path], object]) -> None:
         make(tmp)
         os.replace(tmp, dst)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # on a read-only filesystem unlink fails with EROFS even for a missing file: the first error is the one
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -88,6 +90,19 @@ def existing_ancestor(folder: Path) -> Path:
     folder = folder.absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    return folder
+
+
+def check_writable(path: Path, *, hint: str, error: type[MarcoGGUFError] = OutputError) -> Path:
+    """Refuse before any work when `path` cannot be written: its folder (or the ancestor a missing folder will be
+    made in) is a file or is not writable. os.access asks the kernel what the write will ask, so a read-only
+    filesystem and an immutable folder are refused for root too. Returns that existing folder."""
+    folder = existing_ancestor(Path(path).parent)
+    if not folder.is_dir():
+        raise error(f"{folder}: is a file, not a folder", hint)
+    if not os.access(folder, os.W_OK):
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        raise error(f"{folder}: output folder is {'on a read-only filesystem' if read_only else 'not writable'}", hint)
     return folder
 
 

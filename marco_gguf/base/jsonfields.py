@@ -31,11 +31,20 @@ def load_json_object(
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e})", f"download {path.name} again") from None
     if not isinstance(data, dict):
-        raise error(f"{path}: top level is {_kind(data)}, expected a JSON object", f"download {path.name} again")
+        raise error(f"{path}: top level is {json_kind(data)}, expected a JSON object", f"download {path.name} again")
     return data
 
 
-def _kind(v: Any) -> str:
+def json_text(v: Any, limit: int = 60) -> str:
+    """`v` as JSON text (what a client or file wrote: null, true, "a", {"k": 1}), cut to `limit` characters."""
+    try:
+        text = json.dumps(v, ensure_ascii=False)
+    except (TypeError, ValueError):  # not from JSON: a caller's own value
+        text = repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_kind(v: Any) -> str:
     names = {
         bool: "a boolean",
         int: "an integer",
@@ -65,7 +74,9 @@ class Fields:
 
     def fail(self, key: str, found: Any, expected: str) -> MarcoGGUFError:
         shown = repr(found) if len(repr(found)) <= 60 else repr(found)[:57] + "..."
-        return self.error(f"{self.path}: {self.where}{key} is {shown} ({_kind(found)}), expected {expected}", self.hint)
+        return self.error(
+            f"{self.path}: {self.where}{key} is {shown} ({json_kind(found)}), expected {expected}", self.hint
+        )
 
     def _get(self, key: str, default: Any) -> Any:
         v = self.data.get(key, MISSING)

@@ -68,8 +68,17 @@ def bench(
         )
     # a pipe or a file gets the whole table rather than Rich's 80 columns
     (ui.out if ui.out.is_terminal else Console(highlight=False, markup=False, width=160)).print(table)
-    bw = ", ".join(f"{gbps:,.1f} GB/s with {t} thread(s)" for t, gbps in result.bandwidth_gbps.items())
-    ui.out.print(f"memory bandwidth (STREAM-like copy/add over 3 x 256 MiB arrays, best of 5): {bw}", soft_wrap=True)
+    ui.out.print(
+        "memory bandwidth (STREAM-like copy/add over 3 x 256 MiB arrays, before and after the tests):", soft_wrap=True
+    )
+    for t in result.bandwidth_runs:
+        b = result.bandwidth_spread(t)
+        ui.out.print(
+            f"  {t} thread(s): best {b['best']:,.1f} GB/s of {b['runs']} runs (median {b['median']:,.1f}, lowest "
+            f'{b["lowest"]:,.1f}); the roofline uses the best: at the median, "of roofline" would be '
+            f"{b['uncertainty']:.0%} higher",
+            soft_wrap=True,
+        )
     ui.out.print(
         f"bytes read per generated token: {ui.human_bytes(result.bytes_per_token)} (routed experts' share, "
         "attention, router, norms, output matrix, one embedding row); roofline = bandwidth / that",

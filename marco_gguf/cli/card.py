@@ -30,8 +30,14 @@ def card(
         return
     ui.out.print(f"wrote {r.path}", soft_wrap=True)
     table = Table()
-    for col in ("file", "quant type", "size", "bits/weight"):
-        table.add_column(col, justify="left" if col in ("file", "quant type") else "right")
+    # file names stay whole (copyable): the other columns give way
+    table.add_column("file", no_wrap=True, min_width=max(len(row.filename) for row in r.rows))
+    table.add_column("quant type")
+    for col in ("size", "bits/weight", "experts"):
+        table.add_column(col, justify="right", no_wrap=col != "bits/weight")
     for row in r.rows:
-        table.add_row(row.filename, row.quant_type, ui.human_bytes(row.size_bytes), f"{row.bits_per_weight:.2f}")
+        experts = f"{row.experts} of {row.pruned_from}" if row.pruned_from else str(row.experts)  # pruned: "8 of 16"
+        table.add_row(
+            row.filename, row.quant_type, ui.human_bytes(row.size_bytes), f"{row.bits_per_weight:.2f}", experts
+        )
     ui.out.print(table)

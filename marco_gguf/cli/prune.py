@@ -70,9 +70,5 @@ def prune(
         ]
         + ([("imatrix", str(r.imatrix))] if r.imatrix else []),
     )
-    ui.out.print(
-        "measure what pruning cost before trusting the file: marco-gguf quality PRUNED.gguf --ref "
-        "ORIGINAL.gguf --text eval.txt",
-        style="dim",
-        soft_wrap=True,
-    )
+    ui.out.print("measure what pruning cost before trusting it (EVAL.txt: a text the usage was not measured on):")
+    ui.out.print(r.next_step, style="dim", soft_wrap=True)  # commands to copy: never wrapped

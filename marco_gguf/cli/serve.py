@@ -41,6 +41,16 @@ def serve(
         str | None,
         typer.Option("--cors", metavar="ORIGIN", help="Allow browser requests from ORIGIN (off by default)."),
     ] = D["cors"],
+    slot_prompt_similarity: Annotated[
+        float,
+        typer.Option(
+            "--slot-prompt-similarity",
+            min=0.0,
+            max=1.0,
+            help="Reuse an idle slot's cached conversation only when it holds more than this fraction of the prompt;"
+            " else take an empty slot, else the least recently used (llama-server's option; 0: no prefix matching).",
+        ),
+    ] = D["slot_prompt_similarity"],
     temp: Temp = None,
     top_p: TopP = None,
     top_k: TopK = None,
@@ -79,5 +89,6 @@ def serve(
                 temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed
             ),
             max_tokens=max_tokens,
+            slot_prompt_similarity=slot_prompt_similarity,
             progress=progress,
         )

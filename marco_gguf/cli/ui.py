@@ -19,7 +19,6 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from rich.text import Text
 
 from marco_gguf.base.errors import MarcoGGUFError
@@ -108,14 +107,12 @@ def print_json(data: Any) -> None:
 
 
 def print_fields(title: str, rows: Sequence[tuple[str, str | Text]]) -> None:
-    """A title line (never wrapped: it often holds a path to copy), then label/value rows."""
+    """A plain title line, then `key  value` rows, never wrapped: a path in the title or a value stays on one
+    line, copyable, however narrow the terminal (a table would break it mid-word)."""
     out.print(Text(title, style="bold"), soft_wrap=True)
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")  # a hash or a path is shown whole, never cut with an ellipsis
+    width = max((len(k) for k, _ in rows), default=0)
     for k, v in rows:
-        table.add_row(k, v)
-    out.print(table)
+        out.print(Text.assemble((k.ljust(width), "bold"), "  ", v if isinstance(v, Text) else Text(v)), soft_wrap=True)
 
 
 def note(text: str) -> None:

@@ -15,6 +15,7 @@ written back as a smaller checkpoint (prune_hf.py). What was kept and from what 
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import numpy as np
 
 from marco_gguf.arch.qwen3moe import LM_HEAD, lm_head_is_tied, parse_name, plan_tensors
 from marco_gguf.base.errors import PruneError
+from marco_gguf.base.files import check_writable
 from marco_gguf.base.progress import Progress
 from marco_gguf.experts.identity import ModelIdentity, checkpoint_identity, gguf_identity
 from marco_gguf.experts.report import ranked
@@ -49,6 +51,7 @@ class PruneResult:
     size_bytes: int
     seconds: float
     imatrix: Path | None = None  # the sliced imatrix written beside a pruned GGUF
+    next_step: str = ""  # the commands that measure what pruning cost, with this run's file names
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -62,13 +65,11 @@ def choose_experts(usage, keep: int, method: str) -> list[list[int]]:
     return [sorted(ranked(row)[:keep].tolist()) for row in scores]
 
 
-def check_request(keep: int, method: str, fmt: str) -> None:
+def check_request(method: str, fmt: str) -> None:
     if method not in METHODS:
         raise PruneError(f"unknown method {method!r}", f"use one of: {', '.join(METHODS)}")
     if fmt not in FORMATS:
         raise PruneError(f"unknown format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
-    if keep < 1:
-        raise PruneError(f"--keep {keep}: must be at least 1")
 
 
 def check_usage(usage, source: ModelIdentity, usage_path: Path, source_path: Path, keep: int) -> None:
@@ -91,11 +92,14 @@ def check_usage(usage, source: ModelIdentity, usage_path: Path, source_path: Pat
             + f" differ from {source_path}'s)",
             "measure this model: marco-gguf experts MODEL.gguf --usage usage.json",
         )
-    if not source.experts_per_token <= keep <= source.experts:
+    span = f"keep from {source.experts_per_token} (the experts per token) to {source.experts - 1}"
+    if keep == source.experts:
+        raise PruneError(f"--keep {keep}: keeps all {keep} experts of {source_path}, which prunes nothing", span)
+    if not source.experts_per_token <= keep < source.experts:
         raise PruneError(
             f"--keep {keep}: out of range for {source_path} ({source.experts} experts, "
             f"{source.experts_per_token} per token)",
-            f"keep from {source.experts_per_token} (the experts per token) to {source.experts}",
+            span,
         )
 
 
@@ -132,6 +136,48 @@ def _source_identity(source: Path) -> ModelIdentity:
         return checkpoint_identity(source, c, planned, ckpt.read_rows)
 
 
+def output_path(source: Path, keep: int, fmt: str, preset: str, imatrix: bool, outfile: str | Path | None) -> Path:
+    """`outfile`, else in the current folder: `<gguf stem>-prunedN.gguf` for a GGUF, `<folder>-prunedN` for a
+    checkpoint written back, convert's `<folder>-prunedN[-i1]-<PRESET>.gguf` for a checkpoint converted."""
+    if outfile:
+        return Path(outfile)
+    if source.is_file():
+        return Path.cwd() / f"{source.stem}-pruned{keep}.gguf"
+    name = f"{source.resolve().name}-pruned{keep}"
+    if fmt == "hf":
+        return Path.cwd() / name
+    from marco_gguf.convert import output_path as convert_output_path
+    from marco_gguf.quant.presets import load_preset
+
+    return convert_output_path(source, load_preset(preset), outfile=None, outdir=None, name=name, imatrix=imatrix)
+
+
+def quality_command(source: Path, out: Path, fmt: str, preset: str, imatrix: str | Path | None) -> str:
+    """The shell commands comparing the pruned model with the whole one (`quality`), named as this run named
+    them: a GGUF against its source; a checkpoint's GGUF against the checkpoint converted alike, beside it."""
+    from marco_gguf.convert import output_path as convert_output_path
+    from marco_gguf.quant.presets import load_preset
+
+    q, steps = (lambda p: shlex.quote(str(p))), []
+    alike = f" --preset {preset}" + (f" --imatrix {q(imatrix)}" if imatrix is not None and fmt != "hf" else "")
+
+    def converted(folder: Path) -> Path:
+        steps.append(f"marco-gguf convert {q(folder)}{alike} --outdir {q(out.parent)}")
+        chosen = load_preset(preset)
+        return convert_output_path(folder, chosen, outfile=None, outdir=out.parent, name=None, imatrix=bool(imatrix))
+
+    pruned = converted(out) if fmt == "hf" else out
+    ref = source if source.is_file() else converted(source)
+    return " && ".join([*steps, f"marco-gguf quality {q(pruned)} --ref {q(ref)} --text EVAL.txt"])
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Before any work: an existing output without force, a folder that cannot be written."""
+    if (out.exists() or out.is_symlink()) and not force:
+        raise PruneError(f"{out}: already exists", "pass --force to overwrite it, or choose another -o")
+    check_writable(out, hint="choose another -o", error=PruneError)
+
+
 def prune(
     source: str | Path,
     *,
@@ -150,8 +196,7 @@ def prune(
     over the usage file `usage`; write a GGUF (`preset` for a checkpoint, default q8_0) or, `format="hf"`,
     a checkpoint folder. `imatrix` is sliced alike: used to quantize a checkpoint, written beside a GGUF."""
     started, source, usage_path = time.perf_counter(), Path(source), Path(usage)
-    check_request(keep, method, format)
-    measured = read_usage(usage_path)
+    check_request(method, format)
     is_gguf = source.is_file()
     if is_gguf and (format == "hf" or preset is not None):
         raise PruneError(
@@ -160,76 +205,66 @@ def prune(
             + " needs a checkpoint folder as SOURCE",
             "give the checkpoint folder, or leave the option out",
         )
+    out = output_path(source, keep, format, preset or "q8_0", imatrix is not None, outfile)
+    check_output(out, force)
+    measured = read_usage(usage_path)
     identity = gguf_identity(source) if is_gguf else _source_identity(source)
     check_usage(measured, identity, usage_path, source, keep)
     kept = choose_experts(measured, keep, method)
     extra = prune_metadata(measured, kept, method, identity)
     sliced = slice_imatrix(read_imatrix(imatrix), kept, identity.experts) if imatrix is not None else None
+    imatrix_out = None
     if is_gguf:
         from marco_gguf.experts.prune_gguf import prune_gguf
 
-        path, imatrix_out = prune_gguf(
-            source, keep, kept, extra, outfile=outfile, imatrix=sliced, force=force, progress=progress
-        )
+        path, imatrix_out = prune_gguf(source, keep, kept, extra, out, imatrix=sliced, force=force, progress=progress)
     elif format == "hf":
         from marco_gguf.experts.prune_hf import prune_checkpoint
 
-        path, imatrix_out = prune_checkpoint(source, kept, method, identity, outfile=outfile, force=force), None
+        path = prune_checkpoint(source, kept, method, identity, out, force=force)
     else:
-        path, imatrix_out = (
-            _convert_pruned(
-                source,
-                keep,
-                kept,
-                extra,
-                preset or "q8_0",
-                sliced,
-                imatrix,
-                outfile=outfile,
-                threads=threads,
-                force=force,
-                progress=progress,
-            ),
-            None,
+        path = _convert_pruned(
+            source,
+            out,
+            kept,
+            extra,
+            sliced,
+            imatrix,
+            preset=preset or "q8_0",
+            threads=threads,
+            force=force,
+            progress=progress,
         )
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    return PruneResult(
-        path, format, method, identity.experts, keep, kept, size, time.perf_counter() - started, imatrix_out
-    )
+    seconds = time.perf_counter() - started
+    step = quality_command(source, path, format, preset or "q8_0", imatrix)
+    return PruneResult(path, format, method, identity.experts, keep, kept, size, seconds, imatrix_out, step)
 
 
 def _convert_pruned(
     source: Path,
-    keep: int,
+    out: Path,
     kept: list[list[int]],
     extra: dict,
-    preset: str,
     sliced: Imatrix | None,
     imatrix: str | Path | None,
     *,
-    outfile,
-    threads,
-    force,
-    progress,
+    preset: str,
+    threads: int | None,
+    force: bool,
+    progress: Progress | None,
 ) -> Path:
-    from marco_gguf.convert import convert, output_path
+    from marco_gguf.convert import convert
     from marco_gguf.quant.presets import load_preset
 
-    chosen = load_preset(preset)
-    out = (
-        Path(outfile)
-        if outfile
-        else output_path(
-            source,
-            chosen,
-            outfile=None,
-            outdir=None,
-            name=f"{source.resolve().name}-pruned{keep}",
-            imatrix=sliced is not None,
-        )
-    )
-    options = dict(
-        preset=chosen, outfile=out, threads=threads, force=force, progress=progress, experts=kept, metadata=extra
+    options: dict[str, Any] = dict(
+        preset=load_preset(preset),
+        outfile=out,
+        threads=threads,
+        force=force,
+        progress=progress,
+        experts=kept,
+        metadata=extra,
     )
     if sliced is None:
         return convert(source, **options).path

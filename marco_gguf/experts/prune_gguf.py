@@ -19,7 +19,7 @@ from marco_gguf.arch.qwen3moe import ARCH_NAME, PlannedTensor, parse_name
 from marco_gguf.base.errors import PruneError
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.gguf_io.metadata import count_parameters
-from marco_gguf.gguf_io.reader import StoredTensor, read_header
+from marco_gguf.gguf_io.reader import Header, StoredTensor, read_header
 from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec
 from marco_gguf.quant.imatrix_file import Imatrix, write_imatrix
 
@@ -45,20 +45,14 @@ def _pieces(t: StoredTensor, kept: list[list[int]], n_experts: int) -> Iterator[
 
 
 def _copied_metadata(
-    source: Path,
+    header: Header,
     keep: int,
     new_shapes: list[tuple[str, tuple[int, ...]]],
     old_shapes: list[tuple[str, tuple[int, ...]]],
 ) -> dict[str, Any]:
-    """The source's keys with their types (gguf-py's reader keeps array item types), expert_count = N."""
+    """The source's keys with their types and array item types (our reader keeps both), expert_count = N."""
     V = gguf.GGUFValueType
-    reader = gguf.GGUFReader(source)
-    kv: dict[str, Any] = {}
-    for name, f in reader.fields.items():
-        if name.startswith("GGUF."):  # gguf-py's pseudo-fields for the header's version and counts
-            continue
-        sub = f.types[-1] if f.types[0] == V.ARRAY else None
-        kv[name] = gguf.GGUFValue(f.contents(), f.types[0], sub)
+    kv = {k: gguf.GGUFValue(v, header.types[k], header.item_types.get(k)) for k, v in header.fields.items()}
     kv[f"{ARCH_NAME}.expert_count"] = gguf.GGUFValue(keep, V.UINT32)
     label = kv.get(SIZE_LABEL)
     if label is not None and label.value == _size_label(old_shapes):  # computed, not the model card's: recompute
@@ -75,8 +69,8 @@ def prune_gguf(
     keep: int,
     kept: list[list[int]],
     extra: dict[str, Any],
+    out: Path,
     *,
-    outfile: str | Path | None,
     imatrix: Imatrix | None,
     force: bool,
     progress: Progress | None,
@@ -90,13 +84,12 @@ def prune_gguf(
     n_experts = header.fields[f"{ARCH_NAME}.expert_count"]
     old = [(t.name, t.shape) for t in header.tensors]
     new = [(t.name, (keep, *t.shape[1:]) if _sliced_layer(t.name) is not None else t.shape) for t in header.tensors]
-    kv = {**_copied_metadata(source, keep, new, old), **extra}
+    kv = {**_copied_metadata(header, keep, new, old), **extra}
     specs = [TensorSpec(name, shape, t.type) for (name, shape), t in zip(new, header.tensors)]
-    out = Path(outfile) if outfile else Path.cwd() / f"{source.stem}-pruned{keep}.gguf"
     imatrix_out = out.with_name(out.name.removesuffix(".gguf") + ".imatrix.gguf") if imatrix is not None else None
     if imatrix_out is not None and imatrix_out.exists() and not force:
         raise PruneError(f"{imatrix_out}: already exists", "pass --force to overwrite it")
-    with open(source, "rb") as src, GGUFStreamWriter(out, kv, specs, overwrite=force) as writer:
+    with open(source, "rb") as src, GGUFStreamWriter(out, kv, specs, overwrite=force, option="-o") as writer:
         done = len(writer.header)
         for t in header.tensors:
             for offset, length in _pieces(t, kept, n_experts):

@@ -79,13 +79,11 @@ def prune_checkpoint(
     kept: list[list[int]],
     method: str,
     identity: ModelIdentity,
+    out: Path,
     *,
-    outfile: str | Path | None,
     force: bool,
 ) -> Path:
-    """Write the pruned checkpoint folder; returns its path."""
-    n_keep = len(kept[0])
-    out = Path(outfile) if outfile else Path.cwd() / f"{source.resolve().name}-pruned{n_keep}"
+    """Write the pruned checkpoint folder `out`; returns its path."""
     if out.exists() and not force:
         raise OutputError(f"{out}: already exists", "pass --force to overwrite it, or choose -o")
     if not out.parent.is_dir():

@@ -4,7 +4,8 @@
 home=, force=)` and `write_card(folder, force=)`; each returns a result dataclass with `as_dict()`.
 """
 
-from marco_gguf.export.card import CardResult, CardRow, write_card
+from marco_gguf.export.card import CardResult, write_card
+from marco_gguf.export.card_files import CardRow
 from marco_gguf.export.lmstudio import LMStudioExport, export_lmstudio, lmstudio_home, models_dir
 from marco_gguf.export.ollama import OllamaExport, export_ollama
 from marco_gguf.export.templates import GoTemplate, go_template_for, render_chat

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from marco_gguf.base.errors import ExportError
-from marco_gguf.base.files import copy_atomic, link_atomic
+from marco_gguf.base.files import check_writable, copy_atomic, link_atomic, make_folders, remove_folders
 from marco_gguf.gguf_io.reader import read_header
 
 POINTER_FILE = ".lmstudio-home-pointer"  # in the user's home: the path of LM Studio's home
@@ -32,6 +32,7 @@ FOLDER_NAME_RULES = (
 )
 # lms import's flag for each way of placing the file
 LMS_FLAGS = {"copy": "-c", "hardlink": "-L", "symlink": "-l"}
+WORDS = {"copy": "copy", "hardlink": "hard link", "symlink": "symlink"}
 QUANT_SUFFIX = re.compile(r"[-.](?:I?Q\d\w*|BF16|F16|F32)$", re.IGNORECASE)  # publisher file names end in the type
 
 
@@ -119,6 +120,32 @@ def _place(src: Path, target: Path, mode: str) -> str:
     return "copy"
 
 
+def _placed_as(src: Path, target: Path) -> str | None:
+    """How `target` already holds `src`: "symlink", "hardlink" (the same file), or None (absent or another file)."""
+    if not target.exists() or not os.path.samefile(src, target):
+        return None
+    return "symlink" if target.is_symlink() else "hardlink"
+
+
+def _with(mode: str) -> str:
+    return f" with a {WORDS[mode]}" if mode in WORDS else ""
+
+
+def _place_checked(src: Path, target: Path, mode: str) -> str:
+    """Check that the models folder can be written before placing the file; leave it as it was on failure."""
+    hint = "make LM Studio's models folder writable, or point its downloadsFolder setting elsewhere"
+    check_writable(target, hint=hint, error=ExportError)
+    made: list[Path] = []
+    try:
+        made = make_folders(target.parent)
+        return _place(src, target, mode)
+    except (OSError, ExportError) as e:
+        remove_folders(made)  # leave LM Studio's folder as it was
+        if isinstance(e, ExportError):
+            raise
+        raise ExportError(f"{target}: cannot write it ({e.strerror or e})", hint) from None
+
+
 def export_lmstudio(
     gguf: str | Path,
     *,
@@ -139,23 +166,14 @@ def export_lmstudio(
     _check_folder_name("model folder", model)
     folder = models_dir(lmstudio_home(Path(home) if home is not None else None))
     target = folder / publisher / model / src.name
-    if target.exists() and os.path.samefile(src, target):
+    placed = _placed_as(src, target)
+    if placed is not None and mode in ("auto", placed):  # already there, the way asked for
         method = "existing"
-    elif (target.exists() or target.is_symlink()) and not force:
-        raise ExportError(f"{target} already exists and is another file", "pass --force to replace it")
     else:
-        created = [d for d in (target.parent, target.parent.parent) if not d.exists()]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            method = _place(src, target, mode)
-        except (OSError, ExportError) as e:
-            for d in created:  # leave LM Studio's folder as it was
-                d.rmdir()
-            if isinstance(e, ExportError):
-                raise
-            raise ExportError(
-                f"cannot write {target} ({e.strerror or e})", "check the space and permissions there"
-            ) from None
-    flag = LMS_FLAGS.get(method if method != "existing" else "hardlink")
+        if (target.exists() or target.is_symlink()) and not force:
+            what = f"is a {WORDS[placed]} to {src}" if placed else "is another file"
+            raise ExportError(f"{target} already exists and {what}", f"pass --force to replace it{_with(mode)}")
+        method = _place_checked(src, target, mode)
+    flag = LMS_FLAGS[placed if placed and method == "existing" else method]
     command = f"lms import {shlex.quote(str(src))} --user-repo {shlex.quote(f'{publisher}/{model}')} {flag}"
     return LMStudioExport(src, target, method, folder, command)

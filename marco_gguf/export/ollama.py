@@ -20,7 +20,7 @@ import gguf
 from marco_gguf.arch.qwen3moe import CHAT_TEMPLATE_KEY, DEFAULT_CTX, END_OF_TURN
 from marco_gguf.arch.sampling import gguf_sampling
 from marco_gguf.base.errors import ExportError
-from marco_gguf.base.files import write_text_atomic
+from marco_gguf.base.files import check_writable, make_folders, remove_folders, write_text_atomic
 from marco_gguf.export.templates import go_template_for
 from marco_gguf.gguf_io.reader import read_header
 from marco_gguf.version import __version__
@@ -129,6 +129,7 @@ def export_ollama(
     modelfile = folder / "Modelfile"
     if modelfile.exists() and not force:
         raise ExportError(f"{modelfile} already exists", "pass --force to overwrite it")
+    check_writable(modelfile, hint="choose another --outdir", error=ExportError)
     template = go_template_for(fields.get(CHAT_TEMPLATE_KEY))
     parameters = (
         tuple(("stop", s) for s in STOPS)
@@ -142,7 +143,6 @@ def export_ollama(
         f"{gguf_path.name}: written by marco-gguf {__version__}\n"
         f"chat format: {template.format} (recognised from the GGUF's chat template)\n{command}"
     )
-    folder.mkdir(parents=True, exist_ok=True)
     text = modelfile_text(
         from_path=_from_line(gguf_path, folder),
         template=template.text,
@@ -150,7 +150,13 @@ def export_ollama(
         license=license,
         header=header,
     )
-    write_text_atomic(modelfile, text)
+    made: list[Path] = []
+    try:
+        made = make_folders(folder)
+        write_text_atomic(modelfile, text)
+    except OSError as e:  # after the check above: the disk filled up, or the folder changed meanwhile
+        remove_folders(made)
+        raise ExportError(f"{modelfile}: cannot write it ({e.strerror or e})", "choose another --outdir") from None
     return OllamaExport(
         modelfile, gguf_path, name, command, template.format, template.tools, parameters, license, template.notes
     )

@@ -28,7 +28,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 
 from marco_gguf.base.errors import OutputError
-from marco_gguf.base.files import check_space, existing_ancestor, make_folders, publish, remove_folders
+from marco_gguf.base.files import check_space, check_writable, make_folders, publish, remove_folders
 from marco_gguf.gguf_io.format import ALIGNMENT, SCALAR_FORMATS, row_size
 
 
@@ -89,12 +89,12 @@ def encode_header(kv: Mapping[str, Any], tensors: list[TensorSpec]) -> bytes:
     return bytes(out + b"\0" * _pad(len(out)))
 
 
-def _disk_error(e: OSError, path: Path, needed: int) -> OutputError:
+def _disk_error(e: OSError, path: Path, needed: int, option: str) -> OutputError:
     if e.errno == errno.ENOSPC:
         free = shutil.disk_usage(path.parent).free
         return OutputError(
             f"{path}: disk full ({needed:,} bytes needed, {free:,} free); nothing was written",
-            "free space or choose another --outdir",
+            f"free space or choose another {option}",
         )
     return OutputError(f"{path}: cannot write ({e.strerror})", "check the folder's permissions and free space")
 
@@ -103,9 +103,15 @@ class GGUFStreamWriter:
     """Write a GGUF whose tensor table is fixed up front; `write()` streams the current tensor's bytes."""
 
     def __init__(
-        self, path: Path, kv: Mapping[str, Any], tensors: list[TensorSpec], *, overwrite: bool = False
+        self,
+        path: Path,
+        kv: Mapping[str, Any],
+        tensors: list[TensorSpec],
+        *,
+        overwrite: bool = False,
+        option: str = "--outdir",  # the command's option that places the output, named in the hints
     ) -> None:
-        self.path, self.kv, self.tensors, self.overwrite = Path(path), kv, tensors, overwrite
+        self.path, self.kv, self.tensors, self.overwrite, self.option = Path(path), kv, tensors, overwrite, option
         self.header = encode_header(kv, tensors)
         self.total_bytes = len(self.header) + sum(t.n_bytes + _pad(t.n_bytes) for t in tensors)
         self._state, self._index, self._written = "new", 0, 0
@@ -122,7 +128,7 @@ class GGUFStreamWriter:
 
     def open(self) -> None:
         self._expect("new")
-        check_output(self.path, self.overwrite, self.total_bytes)
+        check_output(self.path, self.overwrite, self.total_bytes, self.option)
         try:
             self._made = make_folders(self.path.parent)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
@@ -132,7 +138,7 @@ class GGUFStreamWriter:
             self._raw_write(self.header)
         except OSError as e:
             self.abort()
-            raise _disk_error(e, self.path, self.total_bytes) from None
+            raise _disk_error(e, self.path, self.total_bytes, self.option) from None
 
     def write(self, data: Any) -> None:
         """Append bytes of the current tensor; crossing into the next tensor is refused."""
@@ -165,7 +171,7 @@ class GGUFStreamWriter:
             raise OutputError(f"{self.path}: already exists", "pass --force to overwrite it") from None
         except OSError as e:
             self.abort()
-            raise _disk_error(e, self.path, self.total_bytes) from None
+            raise _disk_error(e, self.path, self.total_bytes, self.option) from None
         self._state = "done"
         return self.path
 
@@ -187,7 +193,7 @@ class GGUFStreamWriter:
                 view = view[self._file.write(view) :]
         except OSError as e:
             self.abort()
-            raise _disk_error(e, self.path, self.total_bytes) from None
+            raise _disk_error(e, self.path, self.total_bytes, self.option) from None
 
     def _expect(self, state: str) -> None:
         if self._state != state:
@@ -200,14 +206,10 @@ def _umask() -> int:
     return mask
 
 
-def check_output(path: Path, overwrite: bool, size: int) -> None:
+def check_output(path: Path, overwrite: bool, size: int, option: str = "--outdir") -> None:
     """Refuse early: an existing file without overwrite, an unwritable folder, too little space. A missing
     folder is fine: it is created when writing starts."""
     if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists", "pass --force to overwrite it, or choose --outfile")
-    folder = existing_ancestor(path.parent)
-    if not folder.is_dir():
-        raise OutputError(f"{folder}: is a file, not a folder", "choose another --outdir or --outfile")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{folder}: output folder is not writable", "choose another --outdir")
-    check_space(folder, size, target=path, hint="free space or choose another --outdir")
+        raise OutputError(f"{path}: already exists", f"pass --force to overwrite it, or choose another {option}")
+    folder = check_writable(path, hint=f"choose another {option}")
+    check_space(folder, size, target=path, hint=f"free space or choose another {option}")

@@ -4,8 +4,9 @@ Modelled on llama.cpp's tools/server (server-context.cpp): the context holds `n_
 sequences in one unified KV cache (`kv_unified`, so any slot may use the whole `ctx`); every step
 decodes one batch carrying the next token of each generating slot plus a chunk of any admitted
 prompt (at most `batch` tokens in all), so a long prompt delays the others by at most one chunk.
-Each request has its own sampler chain (seed, penalties, grammar). A request goes to the free slot
-whose KV cache holds its longest prefix; only the rest of its prompt is evaluated
+Each request has its own sampler chain (seed, penalties, grammar). A request goes to a free slot
+chosen as llama-server chooses (slots.py: the one whose cache shares enough of its prompt, else an
+empty one, else the least recently used); only the rest of its prompt is evaluated
 (`llama_memory_seq_rm` drops the tail that differs). A cancelled request frees its slot at the next
 step. `serve` runs it with `--parallel` slots, `chat` (runtime.ChatSession) with one, and `bench` times
 llama_decode on its context (`exclusive`), so all three load and run a model one way. The raw
@@ -31,9 +32,10 @@ from marco_gguf.arch.qwen3moe import DEFAULT_BATCH, DEFAULT_CTX, END_OF_TURN
 from marco_gguf.arch.sampling import Sampling, model_sampling
 from marco_gguf.base.errors import RequestError, ServeError, ServerBusyError
 from marco_gguf.base.machine import physical_cores
-from marco_gguf.llama.jobs import Direct, EngineMetrics, Job, Result, Timings
+from marco_gguf.llama.jobs import Direct, EngineMetrics, Job, Result, SlotState, Timings
 from marco_gguf.llama.loader import check_model, load_weights, quiet_stderr
 from marco_gguf.llama.sampler import sampler_chain
+from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY, check_similarity, choose_slot, common_prefix
 
 __all__ = ["MAX_PARALLEL", "Direct", "Engine", "EngineMetrics", "Job", "Result", "Sampling", "Timings", "sampler_chain"]
 
@@ -45,19 +47,11 @@ def nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @dataclass
 class _Slot:
     seq: int
     cache: list[int] = field(default_factory=list)  # exactly the tokens of this sequence in the KV cache
+    prompt_len: int = 0  # how much of `cache` its last request's prompt was (slots.choose_slot reads it)
     job: Job | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     next: int | None = None  # sampled, not yet in the KV cache
@@ -88,14 +82,18 @@ class Engine:
         queue_size: int = 64,
         batch: int = DEFAULT_BATCH,
         sampling: Mapping[str, Any] | None = None,
+        slot_prompt_similarity: float = SLOT_PROMPT_SIMILARITY,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
         import llama_cpp as lib
 
         check_parallel(parallel)
+        check_similarity(slot_prompt_similarity)
+        self.similarity = slot_prompt_similarity
         self.info = check_model(model, ctx=ctx)
         self.ctx, self.parallel, self.queue_size = ctx, parallel, queue_size
         self.threads, self.batch = threads or physical_cores(), min(batch, ctx)
-        self._lib, self.model = lib, load_weights(model)
+        self._lib, self.model = lib, load_weights(model, cancelled=cancelled)  # `serve` stopped while loading
         self._vocab, self.n_vocab = self.model.vocab, self.model.n_vocab()
         self.metadata = self.model.metadata()
         self.template = ChatTemplate.from_metadata(self.metadata, self.token_text)
@@ -221,8 +219,23 @@ class Engine:
             queued=len(self._waiting),
             queue_size=self.queue_size,
             kv_cache_tokens=sum(len(s.cache) for s in self._slots),
+            slot_cache_tokens=tuple(len(s.cache) for s in self._slots),
             kv_cache_size=self.ctx,
         )
+
+    def slots(self) -> list[SlotState]:
+        """Each slot now (GET /slots), read without the lock: a snapshot at most one step old."""
+        states = []
+        for s in self._slots:
+            job = s.job
+            states.append(
+                SlotState(s.seq, len(s.cache))
+                if job is None
+                else SlotState(
+                    s.seq, len(s.cache), job.id, len(job.prompt), job.cached, len(job.tokens), job.max_tokens
+                )
+            )
+        return states
 
     def kv_tokens(self, slot: int = 0) -> int:
         """Tokens the KV cache holds for `slot` (its sequence)."""
@@ -279,7 +292,7 @@ class Engine:
             self._finish(_Slot(-1, job=job), "length")
 
     def _admit(self) -> None:
-        """Waiting requests (first come, first served) into free slots, each to the one holding its longest prefix."""
+        """Waiting requests (first come, first served) into free slots, each to the one `choose_slot` picks."""
         for job in [j for j in self._waiting if j.cancelled]:  # gone before a slot was free
             self._waiting.remove(job)
             self._finish(_Slot(-1, job=job), "cancelled")
@@ -288,12 +301,13 @@ class Engine:
             if not free:
                 return
             job = self._waiting.popleft()
-            slot = max(free, key=lambda s: (_common_prefix(s.cache, job.prompt), -s.last_used))
-            keep = min(_common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)  # the last one gives logits
+            slot = choose_slot(free, job.prompt, self.similarity)
+            keep = min(common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)  # the last one gives logits
             if not self._lib.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
                 self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
                 keep = 0
             slot.cache, slot.pending, slot.job, slot.next = slot.cache[:keep], job.prompt[keep:], job, None
+            slot.prompt_len = len(job.prompt)
             job.cached, job.admitted = keep, time.perf_counter()
 
     def _step(self) -> None:

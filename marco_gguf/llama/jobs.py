@@ -163,3 +163,17 @@ class EngineMetrics:
     queue_size: int
     kv_cache_tokens: int
     kv_cache_size: int
+    slot_cache_tokens: tuple[int, ...] = ()  # per slot, in slot order
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One generation slot as GET /slots reports it (llama-server's server_slot::to_json)."""
+
+    id: int
+    cache_tokens: int  # tokens of this slot's sequence in the KV cache
+    job: int | None = None  # the request generating in it, None when idle
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, reused from the cache
+    generated: int = 0
+    max_tokens: int = 0

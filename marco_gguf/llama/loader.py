@@ -8,10 +8,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from marco_gguf.base.errors import GGUFFileError, InsufficientMemoryError
+from marco_gguf.base.errors import Cancelled, GGUFFileError, InsufficientMemoryError
 from marco_gguf.base.machine import available_memory
 from marco_gguf.gguf_io.info import GGUFInfo, read_info, require_qwen3moe
 
@@ -116,19 +116,30 @@ def load_model(
         ) from None
 
 
-def load_weights(path: str | Path):
+def load_weights(path: str | Path, *, cancelled: Callable[[], bool] | None = None):
     """The weights alone (a llama_cpp._internals.LlamaModel, no context), for an engine that builds its own
-    multi-sequence context; the same quiet load and AMX guard as load_model."""
+    multi-sequence context; the same quiet load and AMX guard as load_model. `cancelled` is asked before each
+    tensor is read (llama.cpp's progress callback): when it says True the load stops there (Cancelled)."""
+    import llama_cpp
     from llama_cpp._internals import LlamaModel
 
     path = Path(path)
     require_qwen3moe(read_info(path))
+    params, stopped = model_params(), []
+
+    def go_on(_done: float, _data: object) -> bool:
+        if cancelled is not None and cancelled():
+            stopped.append(True)
+        return not stopped
+
+    if cancelled is not None:  # the ctypes structure keeps the callback object alive while `params` lives
+        params.progress_callback = llama_cpp.llama_progress_callback(go_on)
     try:
         with quiet_stderr():
-            return LlamaModel(
-                path_model=str(path), params=model_params(), verbose=bool(os.environ.get("MARCO_GGUF_DEBUG"))
-            )
+            return LlamaModel(path_model=str(path), params=params, verbose=bool(os.environ.get("MARCO_GGUF_DEBUG")))
     except (ValueError, RuntimeError) as e:
+        if stopped:
+            raise Cancelled(f"{path}: loading stopped") from None
         raise GGUFFileError(
             f"{path}: llama.cpp could not load it ({e})", "set MARCO_GGUF_DEBUG=1 to see llama.cpp's log"
         ) from None

@@ -28,6 +28,7 @@ from marco_gguf.llama.loader import check_model
 from marco_gguf.llama.timing import time_generation, time_prompt
 
 PROBE_MIB = 256  # per array; three arrays of 256 MiB are 24x this machine class's 32 MiB L3
+PROBE_REPS = 10  # per probe; bench probes before and after its tests, so the best is of 2 x 10 runs
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,25 @@ class BenchResult:
     size_bytes: int
     bits_per_weight: float
     bytes_per_token: int  # weight bytes read per generated token
-    bandwidth_gbps: dict[int, float]  # threads -> GB/s (10^9 bytes/s)
+    bandwidth_gbps: dict[int, float]  # threads -> GB/s (10^9 bytes/s): the best probe run, the roofline's
     rows: tuple[BenchRow, ...] = field(default=())
+    bandwidth_runs: dict[int, tuple[float, ...]] = field(default_factory=dict)  # threads -> GB/s of every probe run
 
     def __iter__(self) -> Iterator[BenchRow]:
         return iter(self.rows)
+
+    def bandwidth_spread(self, threads: int) -> dict[str, float]:
+        """The probe runs at `threads`: best (the roofline's), median and lowest GB/s, how many, and how much
+        higher "of roofline" would be at the median bandwidth than at the best (its uncertainty)."""
+        runs = self.bandwidth_runs[threads]
+        best, median = max(runs), statistics.median(runs)
+        return {
+            "best": best,
+            "median": median,
+            "lowest": min(runs),
+            "runs": len(runs),
+            "uncertainty": best / median - 1,
+        }
 
     def as_dict(self) -> dict:
         return {
@@ -87,23 +102,29 @@ class BenchResult:
             "bits_per_weight": self.bits_per_weight,
             "bytes_per_token": self.bytes_per_token,
             "bandwidth_gbps": self.bandwidth_gbps,
+            "bandwidth_spread": {t: self.bandwidth_spread(t) for t in self.bandwidth_runs},
             "rows": [r.as_dict() for r in self.rows],
         }
 
 
-def memory_bandwidth(*, threads: int = 1, mib: int = PROBE_MIB, reps: int = 5) -> dict[str, float]:
-    """STREAM-like probe: best-of-`reps` GB/s of `copy` (b = a) and `add` (c = a + b) over float64 arrays
-    of `mib` MiB each, one slice per thread (NumPy releases the GIL inside these kernels).
-    Bytes counted as STREAM counts them: 2 per element for copy, 3 for add."""
+def probe_bandwidth(*, threads: int = 1, mib: int = PROBE_MIB, reps: int = PROBE_REPS) -> dict[str, list[float]]:
+    """GB/s of each of `reps` runs of `copy` (b = a) and `add` (c = a + b) over float64 arrays of `mib` MiB each,
+    one slice per thread (NumPy releases the GIL inside these kernels). Bytes counted as STREAM counts them:
+    2 per element for copy, 3 for add."""
     n = mib * 2**20 // 8
     a, b, c = np.ones(n), np.ones(n), np.zeros(n)  # written once, so no page faults while timing
     cuts = np.linspace(0, n, threads + 1).astype(int)
     slices = [slice(cuts[i], cuts[i + 1]) for i in range(threads)]
     kernels = {"copy": (2, lambda s: np.copyto(b[s], a[s])), "add": (3, lambda s: np.add(a[s], b[s], out=c[s]))}
     return {
-        name: streams * n * 8 / min(_timed_parallel(kernel, slices, reps)) / 1e9
+        name: [streams * n * 8 / seconds / 1e9 for seconds in _timed_parallel(kernel, slices, reps)]
         for name, (streams, kernel) in kernels.items()
     }
+
+
+def _probe_runs(threads: int) -> list[float]:
+    """Each probe run's better kernel, in GB/s."""
+    return [max(pair) for pair in zip(*probe_bandwidth(threads=threads).values())]
 
 
 def _timed_parallel(kernel: Callable[[slice], object], slices: list[slice], reps: int) -> list[float]:
@@ -190,20 +211,22 @@ def bench(
         for name, n, timer in ((f"pp{n_prompt}", n_prompt, time_prompt), (f"tg{n_gen}", n_gen, time_generation))
         if n > 0
     ]
-    rows, bandwidth = [], {}
+    rows, bandwidth, runs = [], {}, {}
     step = _stepper(progress, len(threads) * (2 + len(tests) * (1 + reps)))
     with engine:
         for t in threads:
             step(f"memory bandwidth, {t} thread(s)")
-            before = max(memory_bandwidth(threads=t).values())
+            before = _probe_runs(t)
             with engine.exclusive(threads=t) as direct:
                 measured = [
                     (name, _samples(direct, name, n, timer, t, reps, rng, step), timer is time_generation)
                     for name, n, timer in tests
                 ]
-            # a shared host's bandwidth changes from one second to the next: the roofline takes the better probe
+            # a shared host's bandwidth changes from one second to the next: the roofline takes the best run of
+            # both probes (what the memory can do), the spread says how far the runs were from it
             step(f"memory bandwidth, {t} thread(s), again")
-            bandwidth[t] = max(before, *memory_bandwidth(threads=t).values())
+            runs[t] = tuple(before + _probe_runs(t))
+            bandwidth[t] = max(runs[t])
             rows += [
                 BenchRow(
                     info.path.name,
@@ -217,4 +240,4 @@ def bench(
                 )
                 for name, samples, is_gen in measured
             ]
-    return BenchResult(info.path, info.file_size, info.bits_per_weight, per_token, bandwidth, tuple(rows))
+    return BenchResult(info.path, info.file_size, info.bits_per_weight, per_token, bandwidth, tuple(rows), runs)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from marco_gguf.base.errors import ImatrixError, MarcoGGUFError
+from marco_gguf.base.files import check_writable, make_folders, remove_folders
 from marco_gguf.base.machine import physical_cores
 from marco_gguf.base.progress import Progress
 from marco_gguf.base.texts import decode_text, read_text_file
@@ -162,6 +163,8 @@ def compute_imatrix(
     out = Path(outfile) if outfile is not None else None
     if out is not None and out.exists() and not force:
         raise ImatrixError(f"{out}: already exists", "pass --force to overwrite it")
+    if out is not None:  # before the minutes of computing, not after
+        check_writable(out, hint="choose another -o", error=ImatrixError)
     body, dataset = read_text(text)
     collector = ImatrixCollector()
     with ObservedModel(
@@ -187,7 +190,12 @@ def compute_imatrix(
     max_count = max((int(e.counts.max()) for e in collector.entries.values() if len(e.counts)), default=0)
     imatrix = Imatrix(collector.entries, [dataset], max_count // ctx, ctx)
     if out is not None:
-        write_imatrix(imatrix, out)
+        made = make_folders(out.parent)
+        try:
+            write_imatrix(imatrix, out)
+        except BaseException:
+            remove_folders(made)
+            raise
     return ImatrixResult(
         out,
         model,

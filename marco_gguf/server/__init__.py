@@ -3,12 +3,14 @@
 The socket is bound and the file checked before anything slow, so a taken port or a bad file is one
 typed error; the server then answers at once (GET /health: 503 while loading, 200 when ready) while
 the weights load in a thread. SIGINT/SIGTERM: uvicorn stops accepting, the engine ends every
-in-flight request with a final chunk (finish_reason length), the streams close, exit status 0.
+in-flight request with a final chunk (finish_reason length), the streams close, exit status 0; while
+the weights are loading, the load stops at its next tensor and serve returns without a "ready".
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import socket
 import threading
@@ -17,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from marco_gguf.arch.sampling import model_sampling
-from marco_gguf.base.errors import MarcoGGUFError, ServeError
+from marco_gguf.base.errors import Cancelled, MarcoGGUFError, ServeError
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.llama.engine import Engine, check_parallel
 from marco_gguf.llama.loader import check_model, quiet_stderr
 from marco_gguf.llama.session import DEFAULT_CTX
+from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY, check_similarity
 from marco_gguf.server.app import ServerState, create_app, model_id
 
 GRACE_S = 30  # longest wait for connections after a stop signal: streams end within one engine step
@@ -83,35 +86,44 @@ def serve(
     cors: str | None = None,
     sampling: Mapping[str, Any] | None = None,
     max_tokens: int | None = 2048,
+    slot_prompt_similarity: float = SLOT_PROMPT_SIMILARITY,
     progress: Progress | None = None,
 ) -> None:
     """Serve `model` until SIGINT/SIGTERM. `sampling` (settings by `Sampling` field, over the GGUF's own
     general.sampling.* and Marco's defaults) is what requests that set nothing get; `max_tokens` None lets a
-    reply run to the end of the context."""
+    reply run to the end of the context. A request reuses an idle slot's cached conversation when the
+    common prefix is more than `slot_prompt_similarity` of its prompt (llama-server's option), else it takes
+    an empty slot, else the least recently used one."""
     info = check_model(model, ctx=ctx)
     check_parallel(parallel)
+    check_similarity(slot_prompt_similarity)
     sock = _listen(host, port)
     report = progress or (lambda *_: None)
+    stopping = threading.Event()  # a stop signal came: a load under way ends at its next tensor
+    options: dict[str, Any] = dict(
+        ctx=ctx,
+        parallel=parallel,
+        threads=threads,
+        queue_size=queue,
+        sampling=sampling,
+        slot_prompt_similarity=slot_prompt_similarity,
+    )
     state = ServerState(
         model_id(info.path),
         max_tokens=max_tokens,
         defaults=model_sampling(info.sampling, sampling),
-        load=lambda: Engine(
-            info.path, ctx=ctx, parallel=parallel, threads=threads, queue_size=queue, sampling=sampling
-        ),
-        on_ready=lambda: report(ProgressEvent(2, 2, "steps", "ready")),
+        load=functools.partial(Engine, info.path, cancelled=stopping.is_set, **options),
+        on_ready=lambda: None if stopping.is_set() else report(ProgressEvent(2, 2, "steps", "ready")),
     )
-    server = _uvicorn_server(create_app(state, api_key=api_key, cors=cors), state.stop_engine)
+
+    def stop() -> None:
+        stopping.set()
+        state.stop_engine()
+
+    server = _uvicorn_server(create_app(state, api_key=api_key, cors=cors), stop)
     state.on_failure = lambda: setattr(server, "should_exit", True)
-    bound_port = sock.getsockname()[1]
-    report(
-        ProgressEvent(
-            1,
-            2,
-            "steps",
-            f"loading {info.path.name}; listening on http://{host if ':' not in host else f'[{host}]'}:{bound_port}",
-        )
-    )
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
+    report(ProgressEvent(1, 2, "steps", f"loading {info.path.name}; listening on {url}"))
     try:
         server.run(sockets=[sock])
     finally:
@@ -119,7 +131,7 @@ def serve(
         if state.engine is not None:
             with quiet_stderr():  # llama.cpp logs the context's teardown to fd 2
                 state.engine.close()
-    if state.failed is not None:
+    if state.failed is not None and not isinstance(state.failed, Cancelled):  # stopped while loading: a normal end
         if isinstance(state.failed, MarcoGGUFError):
             raise state.failed
         raise ServeError(f"{info.path.name}: the model failed to load ({state.failed})") from state.failed

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
 import logging
@@ -20,7 +19,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +26,21 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
 
 from marco_gguf.base.errors import ChatError, MarcoGGUFError, RequestError, ServerBusyError
 from marco_gguf.llama.engine import Engine, Result, Sampling
 from marco_gguf.server import openai_api as api
+from marco_gguf.server import openapi
+from marco_gguf.server import props as server_props
 from marco_gguf.server.metrics import prometheus_text
+from marco_gguf.server.page import page, static_files
 from marco_gguf.server.tools import ToolCallParser
 
-DEFAULTS_SLOT = '<script id="defaults" type="application/json">{}</script>'
-# the page may talk to this server only, and runs no script it did not bring (inline, its own)
-PAGE_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-    "img-src 'self' blob: data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-OPEN_PATHS = ("/", "/health")  # the page asks for the key itself; the API behind it does not answer without one
+# the page and its files ask for the key themselves; the API behind them does not answer without one
+OPEN_PATHS = ("/", "/health", "/openapi.json")
+OPEN_PREFIX = "/static/"
 MAX_BODY = 4 * 2**20  # bytes; a full 32k-token conversation is well under 1 MiB of JSON
 log = logging.getLogger("marco_gguf.server")
 
@@ -108,7 +105,9 @@ async def _on_error(request: Request, e: Exception) -> Response:
     if isinstance(e, HTTPException):
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         what = "no such endpoint" if e.status_code == 404 else str(e.detail).lower()
-        return error_response(e.status_code, f"{request.method} {request.url.path}: {what}", kind)
+        response = error_response(e.status_code, f"{request.method} {request.url.path}: {what}", kind)
+        response.headers.update(e.headers or {})  # a 405 names the methods allowed (Allow, RFC 9110)
+        return response
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, f"internal error ({type(e).__name__}); the server log has the details", "server_error")
 
@@ -248,25 +247,17 @@ async def model(request: Request) -> Response:
     return JSONResponse(_model_card(state))
 
 
-@functools.lru_cache(maxsize=1)
-def _page_source() -> str:
-    return (resources.files(__package__) / "static" / "index.html").read_text(encoding="utf-8")
-
-
-async def page(request: Request) -> Response:
-    """The chat page (static/index.html), with this server's sampling defaults filled in."""
+async def props(request: Request) -> Response:
     state: ServerState = request.app.state.marco
-    d = state.defaults
-    defaults = {
-        "model": state.model_id,
-        "temperature": d.temperature,
-        "top_p": d.top_p,
-        "top_k": d.top_k,
-        "max_tokens": state.max_tokens,
-    }
-    data = json.dumps(defaults).replace("<", "\\u003c")  # JSON inside <script>: no "</script>" can end it early
-    html = _page_source().replace(DEFAULTS_SLOT, DEFAULTS_SLOT.replace("{}", data))
-    return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
+    return JSONResponse(server_props.props(state.ready(), state.model_id, state.defaults, state.max_tokens))
+
+
+async def slots(request: Request) -> Response:
+    return JSONResponse(server_props.slots(request.app.state.marco.ready()))
+
+
+async def openapi_document(request: Request) -> Response:
+    return JSONResponse(openapi.document(api_key=request.app.state.api_key))
 
 
 async def health(request: Request) -> Response:
@@ -294,7 +285,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if self.key and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
+        path, method = scope["path"], scope["method"]
+        if self.key and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX) and method != "OPTIONS":
             auth = headers.get(b"authorization", b"")
             given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(given, self.key):
@@ -345,6 +337,10 @@ def create_app(
         Route("/v1/models/{model:path}", model),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/props", props),
+        Route("/slots", slots),
+        Route("/openapi.json", openapi_document),
+        Mount("/static", app=static_files()),
     ]
     middleware = (
         [Middleware(CORSMiddleware, allow_origins=[cors], allow_methods=["*"], allow_headers=["*"])] if cors else []
@@ -355,7 +351,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={Exception: _on_error, HTTPException: _on_error, MarcoGGUFError: _on_error},
     )
-    app.state.marco = state
+    app.state.marco, app.state.api_key = state, bool(api_key)
     return app
 
 

@@ -61,8 +61,15 @@ METRICS = [
 ]
 
 
+# (name, help, value per slot): one sample per slot, labelled slot="0", slot="1", ...
+PER_SLOT = [("slot_kv_cache_tokens", "Tokens held in the KV cache, per slot.", lambda m: m.slot_cache_tokens)]
+
+
 def prometheus_text(m: EngineMetrics) -> str:
     lines = []
     for name, kind, text, value in METRICS:
         lines += [f"# HELP {PREFIX}{name} {text}", f"# TYPE {PREFIX}{name} {kind}", f"{PREFIX}{name} {value(m)}"]
+    for name, text, values in PER_SLOT:
+        lines += [f"# HELP {PREFIX}{name} {text}", f"# TYPE {PREFIX}{name} gauge"]
+        lines += [f'{PREFIX}{name}{{slot="{i}"}} {v}' for i, v in enumerate(values(m))]
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from marco_gguf.base.errors import ChatError, RequestError
-from marco_gguf.base.jsonfields import MISSING, Fields, is_int
+from marco_gguf.base.jsonfields import MISSING, Fields, is_int, json_kind, json_text
 from marco_gguf.llama.engine import Engine, Result, Sampling
 from marco_gguf.server import tools as tool_calls
 
@@ -32,8 +32,8 @@ class Body(Fields):
         super().__init__(data, Path("request"), RequestError, "see the OpenAI API reference", where)
 
     def fail(self, key: str, found: Any, expected: str) -> RequestError:
-        shown = repr(found) if len(repr(found)) <= 60 else repr(found)[:57] + "..."
-        return RequestError(f"{self.where}{key} is {shown}, expected {expected}", param=f"{self.where}{key}")
+        # the client's value as it sent it (JSON: null, "a", {"k": 1}), not as Python prints it
+        return RequestError(f"{self.where}{key} is {json_text(found)}, expected {expected}", param=f"{self.where}{key}")
 
     def _get(self, key: str, default: Any) -> Any:
         v = self.data.get(key)
@@ -48,7 +48,7 @@ class Body(Fields):
         """`key` is absent, null or one of `allowed`; anything else is unsupported here."""
         v = self.data.get(key)
         if v is not None and not any(v == a and type(v) is type(a) for a in allowed):
-            raise RequestError(f"{self.where}{key} {v!r} is not supported: {why}", param=f"{self.where}{key}")
+            raise RequestError(f"{self.where}{key} {json_text(v)} is not supported: {why}", param=f"{self.where}{key}")
 
 
 @dataclass(frozen=True)
@@ -119,18 +119,21 @@ def _seed(seed: int | None) -> int | None:
 
 def parse_chat(data: dict, engine: Engine, defaults: Sampling, default_max: int | None) -> Generation:
     body = Body(data)
+    body.str("model", default=None)  # any name is accepted (one model is served), as llama-server does
     options = common(body, defaults, default_max)
     messages = [_message(m, i) for i, m in enumerate(_list(body, "messages"))]
     tools, names, choice = _tools(body)
     grammar = tool_calls.response_grammar(_response_format(body))
     forced = choice not in ("auto", "none")
+    parallel = body.bool("parallel_tool_calls", default=True)
     if forced:
         if grammar is not None:
             raise RequestError("response_format cannot be combined with a required tool call", param="response_format")
-        parallel = body.bool("parallel_tool_calls", default=True)
         grammar = tool_calls.tool_grammar(tools or [], names if choice == "required" else [choice], parallel)
+    # a conversation that ends with the assistant's words is continued from them (llama-server's prefill)
+    prefill = messages[-1]["role"] == "assistant" and "tool_calls" not in messages[-1]
     try:
-        text = engine.template.render(messages, tools=tools if choice != "none" else None)
+        text = engine.template.render(messages, tools=tools if choice != "none" else None, continue_final=prefill)
     except ChatError as e:
         raise RequestError(e.message, param="messages") from None
     return Generation(
@@ -150,14 +153,19 @@ def _list(body: Body, key: str) -> list:
 def _message(m: Any, i: int) -> dict:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
-        raise RequestError(f"{where} is {m!r}, expected an object with role and content", param=where)
+        raise RequestError(f"{where} is {json_text(m)}, expected an object with role and content", param=where)
     f = Body(m, f"{where}.")
     role = f.str("role")
     if role not in ROLES:
         raise f.fail("role", role, " or ".join(ROLES))
     out: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": _content(f, role)}
-    if role == "assistant" and m.get("tool_calls") is not None:
-        out["tool_calls"] = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(_list(f, "tool_calls"))]
+    if role == "assistant":
+        # OpenAI's SDK sends "content": null beside tool_calls; templates test `'</think>' in content`, so null
+        # becomes "" as llama-server makes it (common/chat.cpp); an empty list of calls is no call
+        out["content"] = out["content"] or ""
+        if m.get("tool_calls") not in (None, []):
+            calls = _list(f, "tool_calls")
+            out["tool_calls"] = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]
     elif out["content"] is None:
         raise f.fail("content", None, "a string or a list of text parts")
     if role == "tool" and m.get("tool_call_id") is not None:
@@ -174,9 +182,9 @@ def _content(f: Body, role: str) -> str | None:
     texts = []
     for j, part in enumerate(content):
         if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            kind = f"a {json_text(part.get('type'))} part" if isinstance(part, dict) else json_kind(part)
             raise RequestError(
-                f"{f.where}content[{j}] is a {kind!r} part: only text parts are supported (Marco reads text only)",
+                f"{f.where}content[{j}] is {kind}: only text parts are supported (Marco reads text only)",
                 param=f"{f.where}content[{j}]",
             )
         texts.append(part["text"])
@@ -185,6 +193,7 @@ def _content(f: Body, role: str) -> str | None:
 
 def _tool_call(c: Any, where: str) -> dict:
     f = Body(c if isinstance(c, dict) else {}, f"{where}.")
+    f.only("type", ("function",), "tool calls are function calls")
     fn = f.sub("function")
     name, arguments = fn.str("name"), fn.str("arguments")
     return {"id": f.str("id", default=""), "type": "function", "function": {"name": name, "arguments": arguments}}
@@ -203,7 +212,7 @@ def _tools(body: Body) -> tuple[list[dict] | None, list[str], str]:
     for i, tool in enumerate(tools):
         f = Body(tool if isinstance(tool, dict) else {}, f"tools[{i}].")
         if f.data.get("type") != "function":
-            raise f.fail("type", f.data.get("type"), "'function'")
+            raise f.fail("type", f.data.get("type"), '"function"')
         fn = f.sub("function")
         name = fn.str("name")
         if not TOOL_NAME.fullmatch(name):
@@ -217,11 +226,12 @@ def _tools(body: Body) -> tuple[list[dict] | None, list[str], str]:
         name = c.sub("function").str("name")
         if c.data.get("type") != "function" or name not in names:
             raise RequestError(
-                f"tool_choice names {name!r}, which is not among the tools ({', '.join(names)})", param="tool_choice"
+                f"tool_choice names {json_text(name)}, which is not among the tools ({', '.join(names)})",
+                param="tool_choice",
             )
         return tools, names, name
     if choice not in ("auto", "none", "required"):
-        raise body.fail("tool_choice", choice, "'auto', 'none', 'required' or {\"type\": \"function\", ...}")
+        raise body.fail("tool_choice", choice, '"auto", "none", "required" or {"type": "function", ...}')
     return tools, names, choice
 
 
@@ -229,7 +239,7 @@ def _response_format(body: Body) -> dict:
     f = body.sub("response_format")
     kind = f.str("type", default="text")
     if kind not in ("text", "json_object", "json_schema"):
-        raise f.fail("type", kind, "'text', 'json_object' or 'json_schema'")
+        raise f.fail("type", kind, '"text", "json_object" or "json_schema"')
     if kind == "json_schema":
         f.sub("json_schema").obj("schema")
     return f.data or {"type": "text"}
@@ -240,6 +250,7 @@ def _response_format(body: Body) -> dict:
 
 def parse_completion(data: dict, engine: Engine, defaults: Sampling, default_max: int | None) -> Generation:
     body = Body(data)
+    body.str("model", default=None)
     body.only("echo", (False,), "the prompt is not echoed")
     body.only("best_of", (1,), "one choice is generated")
     body.only("suffix", ("",), "insertion (suffix) is not supported")
