@@ -444,3 +444,14 @@ def test_verify_prints_shapes_in_ggml_order(checkpoint, converted, tmp_path):
     assert proc.returncode == 1, proc.stderr
     line = "✗ blk.1.ffn_down_exps.weight: file has ne [256, 256, 8], source implies ne [256, 256, 16]"
     assert line in proc.stdout.splitlines()
+
+
+def test_no_markup_is_written_for_a_console_that_reads_none():
+    """Reason: the consoles run with markup off, so `[dim]...[/dim]` or rich.markup.escape() would print
+    brackets and backslashes to the user (upcycle and the plan table did, before this test)."""
+    found = [
+        f"{m.name}: {hit}"
+        for m in sorted(Path(ui.__file__).parent.glob("*.py"))
+        for hit in re.findall(r"rich\.markup|\[/?(?:bold|dim|italic|red|green|yellow)\]", m.read_text())
+    ]
+    assert found == []

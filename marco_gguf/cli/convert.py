@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from marco_gguf.calibrate import calibrate_convert
 from marco_gguf.cli import ui
@@ -175,12 +175,12 @@ def _error(value: float | None) -> str:
 def print_plan(plan: dict, plan_out: Path | None) -> None:
     """The plan's size, bits/weight, bytes per token and estimated error, and the same for the fixed presets
     just smaller and just larger (their error estimated from the same measurements)."""
-    table = Table(title=f"plan for {escape(plan['target'])}: {escape(plan['objective'])}", title_justify="left")
+    table = Table(title=f"plan for {plan['target']}: {plan['objective']}", title_justify="left")
     for col in ("", "size", "bits/weight", "bytes/token", "estimated error"):
         table.add_column(col, justify="left" if not col else "right")
     rows = sorted([plan["plan"], *plan["neighbours"]], key=lambda p: p["size_bytes"])
     for p in rows:
-        label = f"[bold]{escape(p['preset'])} (plan)[/bold]" if p is plan["plan"] else escape(p["preset"])
+        label = Text(f"{p['preset']} (plan)", style="bold") if p is plan["plan"] else Text(p["preset"])
         table.add_row(
             label,
             f"{ui.human_bytes(p['size_bytes'])} ({p['size_bytes']:,} B)",
@@ -189,7 +189,7 @@ def print_plan(plan: dict, plan_out: Path | None) -> None:
             _error(p["estimated_error"]),
         )
     ui.out.print(table)
-    measured = f"{plan['measured']} measured, {plan['cached']} from the cache {escape(plan['cache'])}"
-    ui.out.print(f"[dim]errors per (tensor, type): {measured}; planning took {plan['seconds']:.1f} s[/dim]")
+    measured = f"{plan['measured']} measured, {plan['cached']} from the cache {plan['cache']}"
+    ui.out.print(f"errors per (tensor, type): {measured}; planning took {plan['seconds']:.1f} s", style="dim")
     if plan_out is not None:
-        ui.out.print(f"plan written to {escape(str(plan_out))} (use it with --preset)")
+        ui.out.print(f"plan written to {plan_out} (use it with --preset)", soft_wrap=True)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import Json, Quiet
 from marco_gguf.gguf_io.lora_gguf import OUTTYPES, write_lora_gguf
 
 # chat's and serve's adapter options, as llama-server spells them
@@ -30,8 +31,8 @@ def lora(
     ] = None,
     outtype: Annotated[str, typer.Option("--outtype", help=f"Tensor type: {', '.join(OUTTYPES)}.")] = "f32",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Write a LoRA adapter as a GGUF adapter for llama.cpp (chat/serve --lora, llama-server, Ollama's ADAPTER)."""
     with ui.errors_to_exit(), ui.progress_bar("writing", quiet=quiet or json_out) as progress:

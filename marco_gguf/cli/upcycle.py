@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from marco_gguf.cli import ui
+from marco_gguf.cli.options import Json, Quiet
 from marco_gguf.hf.upcycle import upcycle as lib_upcycle
 
 
@@ -25,8 +25,8 @@ def upcycle(
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the router and the redrawn rows.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Turn a dense Qwen3 into a Qwen3-MoE (Marco's shape) by upcycling: split, copy, new router, drop."""
     with ui.errors_to_exit(), ui.progress_bar("upcycling", quiet=quiet or json_out) as progress:
@@ -45,7 +45,7 @@ def upcycle(
         ui.print_json(r.as_dict())
         return
     ui.print_fields(
-        f"wrote {escape(str(r.path))}",  # a path may hold [brackets]
+        f"wrote {r.path}",
         [
             ("experts", f"{r.experts} of width {r.expert_ff}, {r.top_k} per token"),
             ("split", f"{r.split} (expert weights scaled by {r.scale:.4f})"),
@@ -55,4 +55,4 @@ def upcycle(
             ("seconds", f"{r.seconds:.1f}"),
         ],
     )
-    ui.out.print("[dim]untrained router and experts: train before use, or convert it to check the shape[/dim]")
+    ui.out.print("untrained router and experts: train before use, or convert it to check the shape", style="dim")
