@@ -340,8 +340,7 @@ def create_app(
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/props", props),
         Route("/slots", slots),
-        Route("/lora-adapters", lora_api.get_adapters, methods=["GET"]),
-        Route("/lora-adapters", lora_api.post_adapters, methods=["POST"]),
+        Route("/lora-adapters", lora_api.lora_adapters, methods=["GET", "POST"]),
         Route("/openapi.json", openapi_document),
         Mount("/static", app=static_files()),
     ]

@@ -27,12 +27,11 @@ def adapter_list(engine: Engine) -> list[dict[str, Any]]:
     ]
 
 
-async def get_adapters(request: Request) -> Response:
-    return JSONResponse(adapter_list(request.app.state.marco.ready()))
-
-
-async def post_adapters(request: Request) -> Response:
+async def lora_adapters(request: Request) -> Response:
+    """GET lists the adapters, POST sets their scales (one route, so that a 405 names both methods)."""
     engine: Engine = request.app.state.marco.ready()
+    if request.method != "POST":
+        return JSONResponse(adapter_list(engine))
     raw = await request.body()
     try:
         data = json.loads(raw)

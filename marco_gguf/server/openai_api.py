@@ -246,7 +246,7 @@ def _response_format(body: Body) -> dict:
         raise f.fail("type", kind, '"text", "json_object" or "json_schema"')
     if kind == "json_schema":
         f.sub("json_schema").obj("schema")
-    return f.data or {"type": "text"}
+    return {**f.data, "type": kind}  # a response_format without a type (or null) is text
 
 
 # --- /v1/completions ------------------------------------------------------------------------------
