@@ -8,6 +8,7 @@ import json
 import threading
 from dataclasses import replace
 
+import openai
 import pytest
 from adapters import EXPERTS, Adapter, make_adapter
 from checkpoints import Spec
@@ -118,6 +119,15 @@ def greedy_chat(engine: Engine, lora) -> str:
     text = engine.template.render([{"role": "user", "content": PROMPT}], tools=None, continue_final=False)
     sampling = replace(engine.sampling, temperature=0.0)
     return engine.submit(engine.tokenize(text), max_tokens=8, sampling=sampling, lora=lora).wait().text
+
+
+def test_the_openai_client_sends_lora_through_extra_body(engine):
+    with live(engine) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
+        reply = client.completions.create(
+            model="any", prompt=PROMPT, temperature=0, max_tokens=16, extra_body={"lora": [{"id": 1, "scale": 1.0}]}
+        )
+    assert reply.choices[0].text == greedy(engine, (0.0, 1.0))
 
 
 def test_lora_adapters_round_trip_and_props(engine, adapters):

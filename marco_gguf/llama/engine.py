@@ -3,7 +3,8 @@
 Modelled on llama.cpp's tools/server (server-context.cpp): the context holds `n_seq_max = parallel`
 sequences in one unified KV cache (`kv_unified`, so any slot may use the whole `ctx`); every step
 decodes one batch carrying the next token of each generating slot plus a chunk of any admitted
-prompt (at most `batch` tokens in all), so a long prompt delays the others by at most one chunk.
+prompt (at most `batch` tokens in all), so a long prompt delays the others by at most one chunk;
+requests with other LoRA adapter scales go in other batches, taking turns (lora_sets.py).
 Each request has its own sampler chain (seed, penalties, grammar). A request goes to a free slot
 chosen as llama-server chooses (slots.py: the one whose cache shares enough of its prompt, else an
 empty one, else the least recently used); only the rest of its prompt is evaluated
