@@ -287,9 +287,7 @@ def convert(
             writer.commit()
     if plan is not None and plan_out is not None:
         write_text_atomic(Path(plan_out), render_toml(plan.preset, plan.header))
-    return _result(
-        path, chosen, specs, planned, started, tied, tok_summary, hub, imatrix_label or imatrix, lora, plan
-    )
+    return _result(path, chosen, specs, planned, started, tied, tok_summary, hub, imatrix_label or imatrix, lora, plan)
 
 
 DEFAULT_PRESET = "q8_0"

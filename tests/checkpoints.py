@@ -137,3 +137,65 @@ def reference_logits(folder: Path, tokens: list[int]) -> torch.Tensor:
     model = Qwen3MoeForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         return model(torch.tensor([tokens])).logits[0]
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """A small dense Qwen3 (Qwen3ForCausalLM) for `upcycle`: written by transformers' save_pretrained."""
+
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 32
+    ff: int = 384
+    dtype: str = "f32"  # f32 or bf16 on disk
+    tied: bool = True
+    shard_size: str | None = None
+    seed: int = 0
+
+
+def build_dense(spec: DenseSpec, info: VocabInfo):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(
+        vocab_size=_vocab_size(info),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.ff,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        tie_word_embeddings=spec.tied,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        bos_token_id=info.bos_token_id,
+        eos_token_id=info.endoftext_id,
+    )
+    cfg.rope_parameters = {"rope_theta": 1000000.0, "rope_type": "default"}
+    torch.manual_seed(spec.seed)
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:  # norms near 1 but distinct
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:  # large enough that every sublayer moves the residual stream
+                p.normal_(0.0, 0.1 if "embed" in name else 0.05)
+    return model.to(torch.bfloat16 if spec.dtype == "bf16" else torch.float32)
+
+
+def make_dense_checkpoint(folder: Path, spec: DenseSpec, *, cache_dir: Path | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    info = write_tokenizer_files(folder, kind="small", cache_dir=cache_dir)
+    model = build_dense(spec, info)
+    model.save_pretrained(folder, max_shard_size=spec.shard_size or "100GB")
+    return folder
+
+
+def logits_of(folder: Path, tokens: list[int]) -> torch.Tensor:
+    """transformers' float32 forward of whatever causal LM the folder holds (dense or MoE)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0]

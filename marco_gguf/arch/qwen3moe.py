@@ -36,6 +36,17 @@ DEFAULT_CTX = 8192  # the context Marco was fine-tuned with (max_position_embedd
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>")  # config says eos 151643, the chat format ends turns with 151645
 TOKENIZER_MODEL = "gpt2"  # byte-level BPE
 TOKENIZER_PRE = "qwen2"  # llama.cpp's name for the Qwen2/Qwen3 pre-tokenizer regex below
+MARCO_VOCAB_SIZE = 151936  # Qwen3's vocabulary, padded: a model with it is held to Marco's tokenizer checks
+# llama.cpp pre-tokenizers accepted for OTHER vocabularies only (qwen3moe models upcycled from other dense models,
+# e.g. benchmarks/proxy.py's SmolLM2): a model with Marco's vocabulary must use TOKENIZER_PRE
+OTHER_PRETOKENIZERS = ("smollm",)
+
+
+def pretokenizer_allowed(pre: str, n_tokens: int) -> bool:
+    """Marco's vocabulary takes only Qwen2's pre-tokenizer; another vocabulary may take one of OTHER_PRETOKENIZERS."""
+    return pre == TOKENIZER_PRE or (n_tokens != MARCO_VOCAB_SIZE and pre in OTHER_PRETOKENIZERS)
+
+
 PRETOKENIZER_REGEX = QWEN3_PRETOKENIZER_REGEX
 CHATML = CHATML_TEMPLATE  # Qwen3's non-thinking ChatML with tool calls: the format Marco-Instruct uses
 GROUPS = ("embeddings", "attention", "router", "experts", "norms")

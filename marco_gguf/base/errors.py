@@ -121,6 +121,11 @@ class ServeError(MarcoGGUFError):
     """The server cannot start: its address is taken or not valid, or the model failed to load."""
 
 
+class UpcycleError(MarcoGGUFError):
+    """A dense checkpoint cannot be upcycled as asked: a split that does not divide its FFN, an expert count
+    that is not a multiple of the split, top-k above the expert count, a drop fraction outside 0..1."""
+
+
 class VerifyError(MarcoGGUFError):
     """A GGUF cannot be checked against the source given: they are different models (other architecture,
     other shapes), so comparing them tensor by tensor would only list every tensor."""

@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from marco_gguf.base.errors import MarcoGGUFError, OutputError
@@ -47,6 +47,32 @@ def copy_atomic(src: Path, dst: Path) -> None:
 def link_atomic(src: Path, dst: Path, *, symbolic: bool) -> None:
     """A hard or symbolic link at `dst`, replacing what is there only once the link exists."""
     _atomically(dst, lambda tmp: os.symlink(src, tmp) if symbolic else os.link(src, tmp))
+
+
+@contextlib.contextmanager
+def folder_atomic(out: Path, *, overwrite: bool, hint: str) -> Iterator[Path]:
+    """A new hidden folder beside `out` to build in; when the block ends without error it becomes `out` in one
+    rename (an old `out` is replaced only with `overwrite`), otherwise it is removed and `out` is untouched.
+    Missing parents of `out` are made, and removed again on failure."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out}: already exists", hint)
+    made = make_folders(out.parent)
+    build = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        build.mkdir()
+        yield build
+        if out.exists():  # replaced only now, when the new folder is complete
+            old = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
+            os.rename(out, old)
+            os.rename(build, out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.rename(build, out)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        remove_folders(made)
+        raise
 
 
 def publish(tmp: Path, dst: Path, *, overwrite: bool) -> None:

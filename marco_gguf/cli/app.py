@@ -21,6 +21,7 @@ from marco_gguf.cli import prune as prune_cmd
 from marco_gguf.cli import quality as quality_cmd
 from marco_gguf.cli import serve as serve_cmd
 from marco_gguf.cli import synth as synth_cmd
+from marco_gguf.cli import upcycle as upcycle_cmd
 from marco_gguf.cli.options import HELP_OPTION_NAMES, show_flags_without_a_type
 
 show_flags_without_a_type()
@@ -63,6 +64,7 @@ app.command()(experts_cmd.experts)
 app.command()(prune_cmd.prune)
 app.command()(lora_cmd.lora)
 app.command()(serve_cmd.serve)
+app.command()(upcycle_cmd.upcycle)
 
 
 def main() -> None:

@@ -20,7 +20,14 @@ from gguf import GGUFValueType as V
 
 from marco_gguf.arch.chat_template import TEMPLATE_KEY, compile_template
 from marco_gguf.arch.config import Dims
-from marco_gguf.arch.qwen3moe import ARCH_KEY, KINDS, TOKENIZER_MODEL, TOKENIZER_PRE, gguf_tensor_shapes
+from marco_gguf.arch.qwen3moe import (
+    ARCH_KEY,
+    KINDS,
+    TOKENIZER_MODEL,
+    TOKENIZER_PRE,
+    gguf_tensor_shapes,
+    pretokenizer_allowed,
+)
 from marco_gguf.base.errors import GGUFFileError
 from marco_gguf.gguf_io.reader import DAMAGED, Header
 
@@ -191,7 +198,7 @@ def _tokens(c: _Check) -> int:
     tokens = c.typed(p + "tokens", V.ARRAY, True, (V.STRING,))
     if (model := c.typed(p + "model", V.STRING, True)) != TOKENIZER_MODEL:
         c.fail(f"{p}model is {model!r}, Marco's tokenizer is {TOKENIZER_MODEL!r} (byte-level BPE)")
-    if (pre := c.typed(p + "pre", V.STRING, False)) not in (None, TOKENIZER_PRE):
+    if (pre := c.typed(p + "pre", V.STRING, False)) is not None and not pretokenizer_allowed(pre, len(tokens)):
         c.fail(f"{p}pre is {pre!r}, Marco's pre-tokenizer is {TOKENIZER_PRE!r}")
     c.typed(p + "merges", V.ARRAY, True, (V.STRING,))
     for k, item in (("token_type", (V.INT32,)), ("scores", (V.FLOAT32, V.INT32))):

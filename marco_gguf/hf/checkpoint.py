@@ -10,7 +10,7 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import numpy as np
 
@@ -208,6 +208,12 @@ class TensorReader:
         self._fds = {f: os.open(f, flags) for f in sorted({r.file for r in self.tensors.values()})}
         self._local, self._handles, self._lock = threading.local(), list[BinaryIO](), threading.Lock()
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
@@ -247,8 +253,9 @@ class TensorReader:
         return to_float32(buf, ref.dtype)
 
 
-class Checkpoint(TensorReader):
-    """An open checkpoint: validated config, tensor index and row-block reads as float32."""
+class TensorFiles(TensorReader):
+    """A checkpoint folder's safetensors, indexed and open for row-block reads as float32 (no config read:
+    `Checkpoint` adds Marco's, `upcycle` reads a dense Qwen3's)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -258,11 +265,17 @@ class Checkpoint(TensorReader):
             raise CheckpointError(
                 f"{self.folder}: is a file, not a folder", "SOURCE must be a Hugging Face checkpoint folder"
             )
-        self.config = load_config(self.folder)
+        self._read_config()  # before the index: a wrong model is named before a damaged shard
         super().__init__(index_tensors(self.folder))
 
-    def __enter__(self) -> Checkpoint:
-        return self
+    def _read_config(self) -> None:
+        """Subclasses read and validate config.json here."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+
+class Checkpoint(TensorFiles):
+    """An open Marco checkpoint: validated config, tensor index and row-block reads as float32."""
+
+    config: MarcoConfig
+
+    def _read_config(self) -> None:
+        self.config = load_config(self.folder)

@@ -13,7 +13,7 @@ from typing import Any
 
 import gguf
 
-from marco_gguf.arch.qwen3moe import PRETOKENIZER_REGEX, TOKENIZER_MODEL, TOKENIZER_PRE
+from marco_gguf.arch.qwen3moe import PRETOKENIZER_REGEX, TOKENIZER_MODEL, TOKENIZER_PRE, pretokenizer_allowed
 from marco_gguf.base.errors import TokenizerError
 from marco_gguf.base.jsonfields import Fields, is_int, load_json_object
 
@@ -105,19 +105,40 @@ def _split_patterns(pre: Any) -> list[Any]:
     return []
 
 
-def check_qwen_bpe(tok: dict[str, Any], path: Path) -> None:
-    """Refuse tokenizers llama.cpp's `qwen2` pre-tokenizer would not reproduce."""
+# SmolLM/SmolLM2's pre-tokenizer as its tokenizer.json spells it (single digits, then GPT-2's byte-level
+# regex); llama.cpp calls it "smollm" (llama-vocab.cpp LLAMA_VOCAB_PRE_TYPE_SMOLLM)
+SMOLLM_PRE_TOKENIZER = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    ],
+}
+
+
+def _is_smollm(pre: Any) -> bool:
+    return isinstance(pre, dict) and pre == SMOLLM_PRE_TOKENIZER
+
+
+def check_bpe(tok: dict[str, Any], path: Path, vocab_size: int) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenizer: Qwen2/Qwen3's for Marco's vocabulary, always; SmolLM's
+    is accepted for another vocabulary (a model upcycled from SmolLM2). Anything else is refused, since llama.cpp
+    would tokenize differently."""
     model = tok["model"]
     if model.get("type") != "BPE":
         raise TokenizerError(
             f"{path}: model type {model.get('type')!r} is not a byte-level BPE",
             "Marco models use the Qwen3 tokenizer: copy it from the model's release",
         )
-    if _split_patterns(tok.get("pre_tokenizer")) != [PRETOKENIZER_REGEX]:
-        raise TokenizerError(
-            f"{path}: pre-tokenizer is not Qwen2/Qwen3's",
-            "llama.cpp would tokenize differently; use the tokenizer from the model's release",
-        )
+    pre = tok.get("pre_tokenizer")
+    if _split_patterns(pre) == [PRETOKENIZER_REGEX]:
+        return TOKENIZER_PRE
+    if _is_smollm(pre) and pretokenizer_allowed("smollm", vocab_size):
+        return "smollm"
+    raise TokenizerError(
+        f"{path}: pre-tokenizer is not Qwen2/Qwen3's",
+        "llama.cpp would tokenize differently; use the tokenizer from the model's release",
+    )
 
 
 def looks_special(token: str) -> bool:
@@ -177,10 +198,10 @@ def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -> dic
     check_tokenizer_config(_load_json(folder / "tokenizer_config.json"), folder / "tokenizer_config.json")
     if (alt := folder / "chat_template.json").is_file():
         check_chat_template(Fields(_load_json(alt), alt, TokenizerError, "download chat_template.json again"))
-    check_qwen_bpe(tok, path)
+    pre = check_bpe(tok, path, vocab_size)
     tokens, types = vocab_tokens(tok, vocab_size, path)
     writer.add_tokenizer_model(TOKENIZER_MODEL)
-    writer.add_tokenizer_pre(TOKENIZER_PRE)
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = _special_vocab(folder)
