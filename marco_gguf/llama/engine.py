@@ -3,7 +3,8 @@
 Modelled on llama.cpp's tools/server (server-context.cpp): the context holds `n_seq_max = parallel`
 sequences in one unified KV cache (`kv_unified`, so any slot may use the whole `ctx`); every step
 decodes one batch carrying the next token of each generating slot plus a chunk of any admitted
-prompt (at most `batch` tokens in all), so a long prompt delays the others by at most one chunk.
+prompt (at most `batch` tokens in all), so a long prompt delays the others by at most one chunk;
+requests with other LoRA adapter scales go in other batches, taking turns (lora_sets.py).
 Each request has its own sampler chain (seed, penalties, grammar). A request goes to a free slot
 chosen as llama-server chooses (slots.py: the one whose cache shares enough of its prompt, else an
 empty one, else the least recently used); only the rest of its prompt is evaluated
@@ -35,6 +36,7 @@ from marco_gguf.base.machine import physical_cores
 from marco_gguf.llama.jobs import Direct, EngineMetrics, Job, Result, SlotState, Timings
 from marco_gguf.llama.loader import check_model, load_weights, quiet_stderr
 from marco_gguf.llama.lora import Adapters, LoraFile
+from marco_gguf.llama.lora_sets import Scales, Turns, check_scales, made_for
 from marco_gguf.llama.sampler import sampler_chain
 from marco_gguf.llama.slots import SLOT_PROMPT_SIMILARITY, check_similarity, choose_slot, common_prefix
 
@@ -57,6 +59,7 @@ class _Slot:
     pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     next: int | None = None  # sampled, not yet in the KV cache
     last_used: float = 0.0
+    scales: Scales = ()  # the LoRA scales `cache` was computed under
 
     def active(self) -> Job:
         """The job of a busy slot (the engine asks only busy slots for it)."""
@@ -107,8 +110,10 @@ class Engine:
         self.sampling = model_sampling(self.info.sampling, sampling)  # what a request that sets nothing gets
         self.stop_tokens = frozenset(ids[0] for ids in map(self.tokenize, END_OF_TURN) if len(ids) == 1)
         self._ctx = self._new_context()
-        if loras:
-            self.adapters.apply(self._ctx)
+        self.lora_scales: Scales = tuple(f.scale for f in loras)  # what a request that sets none runs with
+        self._applied: Scales = ()  # the scales set on the context (none: the base model)
+        self._turns = Turns()
+        self._use(self.lora_scales)
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(self.batch, 0, 1)
         self._buf = ctypes.create_string_buffer(256)
@@ -161,9 +166,11 @@ class Engine:
         sampling: Sampling | None = None,
         stop: Sequence[str] = (),
         sink: Callable[[str | Result], object] | None = None,
+        lora: Sequence[float] | None = None,
     ) -> Job:
-        """Queue a request; RequestError if it cannot fit the context or its grammar is invalid,
-        ServerBusyError if the queue is full or the engine is stopping."""
+        """Queue a request (`lora`: a scale per adapter, default `lora_scales` now); RequestError if it cannot
+        fit the context or its grammar is invalid, ServerBusyError if the queue is full or the engine is stopping."""
+        scales = self.lora_scales if lora is None else check_scales(lora, len(self.adapters.files))
         if not prompt:
             raise RequestError("the prompt is empty", param="prompt")
         if len(prompt) >= self.ctx:
@@ -175,7 +182,7 @@ class Engine:
         room = self.ctx - len(prompt)
         max_tokens = room if max_tokens is None else min(max_tokens, room)
         sampler = self._sampler(sampling or self.sampling)
-        job = Job(next(self._ids), list(prompt), max_tokens, stop, sampler, sink, self._wake)
+        job = Job(next(self._ids), list(prompt), max_tokens, stop, sampler, sink, self._wake, scales)
         with self._cv:
             if self._stopping or self._exclusive or len(self._waiting) >= self.queue_size:
                 self._lib.llama_sampler_free(sampler)
@@ -191,6 +198,15 @@ class Engine:
             self._counts["requests"] += 1
             self._cv.notify()
         return job
+
+    def set_lora_scales(self, scales: Sequence[float]) -> None:
+        """The scales later requests that set none run with (POST /lora-adapters); running ones keep theirs."""
+        self.lora_scales = check_scales(scales, len(self.adapters.files))
+
+    def _use(self, scales: Scales) -> None:
+        if scales != self._applied:
+            self.adapters.apply(self._ctx, scales)
+            self._applied = scales
 
     def _sampler(self, s: Sampling):
         lib = self._lib
@@ -261,6 +277,7 @@ class Engine:
             self._exclusive = True
         try:
             self._forget()
+            self._use(self.lora_scales)
             self._set_threads(threads or self.threads)
             yield Direct(self._ctx, self.batch, self.n_vocab)
         finally:
@@ -310,13 +327,14 @@ class Engine:
             if not free:
                 return
             job = self._waiting.popleft()
-            slot = choose_slot(free, job.prompt, self.similarity)
-            keep = min(common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)  # the last one gives logits
+            slot = choose_slot(free, job.prompt, self.similarity, made_for(job))
+            same = made_for(job)(slot)  # a cache made under other LoRA scales is of no use
+            keep = min(common_prefix(slot.cache, job.prompt) if same else 0, len(job.prompt) - 1)  # last: logits
             if not self._lib.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
                 self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
                 keep = 0
             slot.cache, slot.pending, slot.job, slot.next = slot.cache[:keep], job.prompt[keep:], job, None
-            slot.prompt_len = len(job.prompt)
+            slot.prompt_len, slot.scales = len(job.prompt), job.scales
             job.cached, job.admitted = keep, time.perf_counter()
 
     def _step(self) -> None:
@@ -324,9 +342,11 @@ class Engine:
             if slot.job and slot.job.cancelled:
                 self._finish(slot, "cancelled")
         self._make_room()
-        rows = self._fill_batch()
+        scales = self._turns.pick(s.job for s in self._slots if s.job)
+        rows = self._fill_batch(scales)
         if not rows:
             return
+        self._use(rows[0][0].scales)
         lib = self._lib
         if lib.llama_decode(self._ctx, self._batch) != 0:
             for slot, _, _ in rows:
@@ -358,9 +378,9 @@ class Engine:
         while need() > self.ctx:
             self._finish(max((s for s in self._slots if s.job), key=lambda s: len(s.cache)), "length")
 
-    def _fill_batch(self) -> list[tuple[_Slot, list[int], int | None]]:
-        """The next token of every generating slot, then prompt chunks while room is left; returns
-        (slot, tokens added, batch row whose logits to sample or None)."""
+    def _fill_batch(self, scales: Scales | None) -> list[tuple[_Slot, list[int], int | None]]:
+        """The next token of every generating slot running with LoRA `scales`, then their prompt chunks while
+        room is left; returns (slot, tokens added, batch row whose logits to sample or None)."""
         b, rows, n = self._batch, [], 0
 
         def add(slot: _Slot, tokens: list[int], last_logits: bool) -> None:
@@ -373,10 +393,11 @@ class Engine:
             b.logits[n - 1] = last_logits
             rows.append((slot, tokens, n - 1 if last_logits else None))
 
-        for slot in self._slots:
-            if slot.job and slot.next is not None:
+        group = [s for s in self._slots if s.job and s.scales == scales]
+        for slot in group:
+            if slot.next is not None:
                 add(slot, [slot.next], True)
-        for slot in sorted((s for s in self._slots if s.job and s.pending), key=lambda s: s.active().admitted):
+        for slot in sorted((s for s in group if s.pending), key=lambda s: s.active().admitted):
             chunk = slot.pending[: self.batch - n]
             if not chunk:
                 break

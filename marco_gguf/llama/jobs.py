@@ -68,8 +68,10 @@ class Job:
         sampler,
         sink: Callable[[str | Result], object] | None,
         wake: Callable[[], None],
+        scales: tuple[float, ...] = (),
     ) -> None:
         self.id = id
+        self.scales = scales  # of the engine's LoRA adapters, one each (lora_sets.py)
         self.prompt, self.max_tokens, self.stop, self.sampler = prompt, max_tokens, tuple(s for s in stop if s), sampler
         self.result: Result | None = None
         self._wake = wake  # tells the engine thread to look at this job again

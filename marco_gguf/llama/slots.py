@@ -19,7 +19,7 @@ regeneration, and reuses the slot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from marco_gguf.base.errors import ServeError
@@ -51,13 +51,16 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def choose_slot(idle: Sequence[S], prompt: Sequence[int], similarity: float) -> S:
+def choose_slot(
+    idle: Sequence[S], prompt: Sequence[int], similarity: float, usable: Callable[[S], bool] = lambda s: True
+) -> S:
     """The slot of `idle` (not empty) that `prompt` should run in; `similarity` 0 turns prefix matching
-    off (the least recently used slot always), as in llama-server."""
+    off (the least recently used slot always), as in llama-server. A slot whose cache is not `usable` (made
+    under other LoRA scales) shares no prefix with the prompt."""
     oldest = min(idle, key=lambda s: (bool(s.cache), s.last_used))  # empty slots first
     best, best_sim = None, similarity
     for slot in idle if similarity > 0 else ():
-        if not slot.cache:
+        if not slot.cache or not usable(slot):
             continue
         n = common_prefix(slot.cache, prompt)
         another = n < min(slot.prompt_len, len(prompt) - 1)  # departs inside what its last client sent

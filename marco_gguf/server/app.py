@@ -31,8 +31,8 @@ from starlette.routing import Mount, Route
 
 from marco_gguf.base.errors import ChatError, MarcoGGUFError, RequestError, ServerBusyError
 from marco_gguf.llama.engine import Engine, Result, Sampling
+from marco_gguf.server import lora_api, openapi
 from marco_gguf.server import openai_api as api
-from marco_gguf.server import openapi
 from marco_gguf.server import props as server_props
 from marco_gguf.server.metrics import prometheus_text
 from marco_gguf.server.page import page, static_files
@@ -134,6 +134,7 @@ def _submit(engine: Engine, gen: api.Generation) -> tuple[Any, asyncio.Queue]:
         sampling=gen.sampling,
         stop=gen.stop,
         sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+        lora=gen.lora,
     )
     return job, events
 
@@ -339,6 +340,7 @@ def create_app(
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/props", props),
         Route("/slots", slots),
+        Route("/lora-adapters", lora_api.lora_adapters, methods=["GET", "POST"]),
         Route("/openapi.json", openapi_document),
         Mount("/static", app=static_files()),
     ]

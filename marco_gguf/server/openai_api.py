@@ -8,6 +8,7 @@ as llama-server ignores them. Field names and meanings follow OpenAI's API refer
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")  # developer: OpenA
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # OpenAI's rule for function names
 MAX_STOP = 16
 INT64 = 2**63 - 1
+LORA_ENTRIES = 'a list of {"id": ..., "scale": ...} objects'
 
 
 class Body(Fields):
@@ -62,6 +64,7 @@ class Generation:
     stream: bool
     include_usage: bool
     tools: bool = False  # parse <tool_call> blocks out of the reply
+    lora: tuple[float, ...] | None = None  # a scale per LoRA adapter; None: the server's (GET /lora-adapters)
 
 
 def common(body: Body, defaults: Sampling, default_max: int | None) -> dict:
@@ -140,6 +143,7 @@ def parse_chat(data: dict, engine: Engine, defaults: Sampling, default_max: int 
         prompt=engine.tokenize(text),
         **{**options, "sampling": replace(options["sampling"], grammar=grammar)},
         tools=bool(tools) and choice != "none",
+        lora=_lora(body, engine),
     )
 
 
@@ -242,7 +246,7 @@ def _response_format(body: Body) -> dict:
         raise f.fail("type", kind, '"text", "json_object" or "json_schema"')
     if kind == "json_schema":
         f.sub("json_schema").obj("schema")
-    return f.data or {"type": "text"}
+    return {**f.data, "type": kind}  # a response_format without a type (or null) is text
 
 
 # --- /v1/completions ------------------------------------------------------------------------------
@@ -266,7 +270,41 @@ def parse_completion(data: dict, engine: Engine, defaults: Sampling, default_max
         raise body.fail(
             "prompt", prompt, f"a string, or a list of token ids below {engine.n_vocab:,} (one prompt per request)"
         )
-    return Generation(prompt=tokens, **options)
+    return Generation(prompt=tokens, **options, lora=_lora(body, engine))
+
+
+# --- LoRA scales (llama-server's `lora` field and POST /lora-adapters) ---------------------------------
+
+
+def _lora(body: Body, engine: Engine) -> tuple[float, ...] | None:
+    """The request's `lora` list; absent, null or [] runs with the server's scales (as in llama-server)."""
+    items = body.data.get("lora")
+    return None if items is None or items == [] else parse_scales(items, len(engine.adapters.files), "lora")
+
+
+def parse_scales(items: Any, n_adapters: int, field: str) -> tuple[float, ...]:
+    """A scale per adapter from [{"id", "scale"}...] (`field` names the list in errors); an adapter left out
+    gets scale 0, as llama-server's construct_lora_list gives it."""
+    if not isinstance(items, list):
+        raise RequestError(f"{field} is {json_text(items)}, expected {LORA_ENTRIES}", param=field)
+    scales = [0.0] * n_adapters
+    seen: set[int] = set()
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise RequestError(f"{where} is {json_text(item)}, expected an object with id and scale", param=where)
+        entry = Body(item, f"{where}.")
+        if not n_adapters:
+            raise RequestError(f"{where}: this server has no LoRA adapters", "start it with --lora FILE", param=field)
+        index = entry.int("id", lo=0, hi=n_adapters - 1)
+        if index in seen:
+            raise RequestError(f"{where}.id {index} is listed twice", param=f"{where}.id")
+        seen.add(index)
+        scale: Any = item.get("scale")
+        if not ((is_int(scale) or isinstance(scale, float)) and math.isfinite(scale)):
+            raise entry.fail("scale", scale, "a finite number")
+        scales[index] = float(scale)
+    return tuple(scales)
 
 
 # --- responses ------------------------------------------------------------------------------------

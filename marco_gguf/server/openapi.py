@@ -89,6 +89,23 @@ def document(api_key: bool) -> dict:
             "Each generation slot now (llama-server's shape)",
             {"200": _json({"type": "array", "items": ref("Slot")}, "one entry per slot"), **_errors("401", "503")},
         ),
+        "/lora-adapters": {
+            **_get(
+                "The LoRA adapters and the scales a request that sets none runs with (llama-server's shape)",
+                {
+                    "200": _json({"type": "array", "items": ref("LoraAdapter")}, "one per adapter"),
+                    **_errors("401", "503"),
+                },
+            ),
+            "post": {
+                "summary": "Set the scales later requests that set none run with (adapters left out: 0)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref("LoraScales")}}},
+                "responses": {
+                    "200": _json(obj({"success": {"const": True}}, ("success",)), "set"),
+                    **_errors("400", "401", "413", "503"),
+                },
+            },
+        },
         "/health": _get(
             "Ready or not",
             {"200": _json(obj({"status": {"const": "ok"}}, ("status",)), "ready"), **_errors("503")},

@@ -102,6 +102,16 @@ RESPONSE_FORMAT: Schema = {
         NULL,
     ]
 }
+LORA_SCALES: Schema = {
+    "type": "array",
+    "items": obj({"id": {"type": "integer", "minimum": 0}, "scale": {"type": "number"}}, ("id", "scale")),
+    "description": "a scale per LoRA adapter by id (GET /lora-adapters); an adapter left out gets scale 0",
+}
+LORA_ADAPTER = obj(
+    {"id": {"type": "integer"}, "path": {"type": "string"}, "scale": {"type": "number"}},
+    ("id", "path", "scale"),
+    "an adapter serve --lora loaded, and the scale a request that sets none runs with",
+)
 COMMON: dict[str, Schema] = {
     "model": {"type": ["string", "null"], "description": "any name: the one model served answers"},
     "temperature": number(0, 2, "0 is greedy"),
@@ -120,6 +130,7 @@ COMMON: dict[str, Schema] = {
     "n": {"enum": [1, None], "description": "one choice per request"},
     "logprobs": {"enum": [False, None]},
     "top_logprobs": {"enum": [0, None]},
+    "lora": {**nullable(LORA_SCALES), "description": "llama-server's: this request's LoRA scales ([]: the server's)"},
 }
 CHAT_REQUEST = obj(
     {
@@ -317,6 +328,7 @@ PROPS = obj(
         "build_info": {"type": "string"},
         "is_sleeping": {"type": "boolean"},
         "model": MODEL_FACTS,
+        "lora_adapters": {"type": "array", "items": ref("LoraAdapter")},
     },
     ("default_generation_settings", "total_slots", "model_alias", "chat_template", "model"),
     "llama-server's /props, plus the model's facts",
@@ -358,4 +370,6 @@ SCHEMAS = {
     "Model": MODEL,
     "Props": PROPS,
     "Slot": SLOT,
+    "LoraScales": LORA_SCALES,
+    "LoraAdapter": LORA_ADAPTER,
 }

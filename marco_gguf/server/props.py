@@ -17,6 +17,7 @@ from marco_gguf.arch.qwen3moe import GROUPS
 from marco_gguf.arch.sampling import Sampling
 from marco_gguf.gguf_io.info import GGUFInfo
 from marco_gguf.llama.engine import Engine
+from marco_gguf.server.lora_api import adapter_list
 from marco_gguf.version import __version__
 
 SAMPLING_FIELDS = (
@@ -102,6 +103,7 @@ def props(engine: Engine, model_id: str, defaults: Sampling, max_tokens: int | N
         "endpoint_metrics": True,
         "is_sleeping": False,
         "model": model_facts(engine.info, model_id),
+        "lora_adapters": adapter_list(engine),
     }
 
 
