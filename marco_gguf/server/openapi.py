@@ -23,6 +23,20 @@ def _json(schema: Schema, text: str) -> dict:
     return {"description": text, "content": {"application/json": {"schema": schema}}}
 
 
+# one Server-Sent Event, as OpenAPI 3.1's text/event-stream schema describes it (the spec's "generic schema"
+# section): `data` is a JSON chunk, or `[DONE]` last, as OpenAI's streams end
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
+
 def _errors(*codes: str) -> dict:
     return {c: _json(ref("Error"), ERRORS[c]) for c in codes}
 
@@ -37,7 +51,7 @@ def _generate(summary: str, request: str, response: str) -> dict:
                     "description": "the reply; with stream: Server-Sent Events (data: {chunk} ... data: [DONE])",
                     "content": {
                         "application/json": {"schema": ref(response)},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": SSE_EVENT},
                     },
                 },
                 **_errors("400", "401", "413", "500", "503"),
