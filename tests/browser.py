@@ -61,7 +61,17 @@ def set_field(driver, field: str, value) -> None:
 
 
 def say(driver, text: str) -> None:
-    driver.find_element("id", "input").send_keys(text)
+    """Types `text` and clicks Send. A newline typed into the box is Enter, which sends: multi-line text is set
+    as the box's value (with the input event the page listens to) instead of typed."""
+    box = driver.find_element("id", "input")
+    if "\n" in text:
+        driver.execute_script(
+            "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input', {bubbles: true}))",
+            box,
+            text,
+        )
+    else:
+        box.send_keys(text)
     driver.find_element("id", "send").click()
 
 

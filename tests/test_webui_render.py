@@ -136,9 +136,13 @@ def test_hostile_markdown_runs_nothing_and_loads_nothing(server, tmp_path):
         say(browser, "\n".join(HOSTILE[:3]))  # the user's own message goes through the same rendering
         try:
             until(browser, lambda d: reply_done(d, 2), "a reply")
-        except Exception:
+        except Exception as e:
             log = browser.find_element("id", "log").get_attribute("textContent")[-500:]
-            raise AssertionError(f"no reply: {log!r} {browser.get_log('browser')}") from None
+            views = browser.execute_script(
+                "return [...document.querySelectorAll('.msg')].map((v) => [v.className, "
+                "v.querySelector('.speed')?.textContent ?? null])"
+            )
+            raise AssertionError(f"no reply ({e!r}): {views!r} {log!r} {browser.get_log('browser')}") from None
         for a in browser.find_elements("css selector", ".msg a"):
             browser.execute_script("arguments[0].click()", a)  # a link that ran script would set pwned now
         assert browser.execute_script("return window.pwned") is None
