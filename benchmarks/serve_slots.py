@@ -48,8 +48,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from runtime_overhead import build_model  # this folder's: the model runtime_overhead.py measures
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # reftools: llama.cpp's tools, built once per machine
+
+TOPICS = ["sailing ships", "tax law", "baking bread", "chess openings", "volcanoes", "rivers", "clocks", "gardens"]
+
 
 WORDS = [
     "mixture",
@@ -79,24 +84,12 @@ WORDS = [
     "winter",
     "garden",
 ]
-TOPICS = ["sailing ships", "tax law", "baking bread", "chess openings", "volcanoes", "rivers", "clocks", "gardens"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def build_model(workdir: Path) -> Path:
-    """Marco-Nano's widths, 4 layers, random weights, Q8_0 (benchmarks/runtime_overhead.py's model)."""
-    from marco_gguf import convert, synthesize
-
-    out = workdir / "Marco-Nano-4L-Random-Q8_0.gguf"
-    if not out.exists():
-        ckpt = synthesize(workdir / "Marco-Nano-4L-Random", shape="nano", layers=4, vocab="auto", seed=0)
-        convert(ckpt.path, preset="q8_0", outfile=out, force=True)
-    return out
 
 
 def words(rng: random.Random, n: int) -> str:
