@@ -237,3 +237,36 @@ def write_tokenizer(path: Path, folder: Path) -> dict:
     (folder / "tokenizer.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return ids
+
+
+def off_grid(shape: Shape, tensors: Mapping[str, np.ndarray], *, sigma: float = 0.25, seed: int = 0) -> dict:
+    """The same function with every layer matrix moved off the shipped file's Q4_1 grid.
+
+    SmolLM2's GGUF stores its layers as Q4_1: dequantized, each block of 32 is exactly d x q + m, so Q4_1
+    reproduces them with zero error and the K-quants look better than on any real model. Random per-channel
+    scales (log-normal, `sigma`) that cancel in pairs keep the logits and break the grid within every block:
+    an RMSNorm weight x s_j with the columns it feeds / s_j (q, k, v; gate, up), a v row x c_i with the o_proj
+    columns that read it / c_i, an up row x u_i with the down column / u_i (SwiGLU is linear in up)."""
+    rng = np.random.default_rng(seed)
+    out = dict(tensors)
+
+    def factors(n: int) -> np.ndarray:
+        return np.exp(rng.normal(0.0, sigma, n)).astype(np.float32)
+
+    d, group = shape.head_dim, shape.heads // shape.kv_heads
+    for i in range(shape.layers):
+        p = f"model.layers.{i}."
+        s, t = factors(shape.hidden), factors(shape.hidden)
+        out[p + "input_layernorm.weight"] = tensors[p + "input_layernorm.weight"] * s
+        for m in ("q_proj", "k_proj", "v_proj"):
+            out[p + f"self_attn.{m}.weight"] = tensors[p + f"self_attn.{m}.weight"] / s
+        c = factors(shape.kv_heads * d)
+        out[p + "self_attn.v_proj.weight"] = out[p + "self_attn.v_proj.weight"] * c[:, None]
+        reads = np.concatenate([c[(h // group) * d : (h // group + 1) * d] for h in range(shape.heads)])
+        out[p + "self_attn.o_proj.weight"] = tensors[p + "self_attn.o_proj.weight"] / reads
+        out[p + "post_attention_layernorm.weight"] = tensors[p + "post_attention_layernorm.weight"] * t
+        u = factors(shape.ff)
+        out[p + "mlp.gate_proj.weight"] = tensors[p + "mlp.gate_proj.weight"] / t
+        out[p + "mlp.up_proj.weight"] = tensors[p + "mlp.up_proj.weight"] / t * u[:, None]
+        out[p + "mlp.down_proj.weight"] = tensors[p + "mlp.down_proj.weight"] / u
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}

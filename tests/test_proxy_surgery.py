@@ -25,6 +25,7 @@ from proxy_attention import attention, fit_layer, layer_weights, mlp, rms_norm, 
 from proxy_surgery import (  # benchmarks/ is not a package: imported by path
     Shape,
     head_slots,
+    off_grid,
     pad,
     qwen3_config,
     read_llama_gguf,
@@ -140,6 +141,41 @@ def test_zero_padding_keeps_the_logits(reason, shape, hidden, heads, tmp_path):
     rel = float((np.abs(got - ref).max(1) / np.abs(ref).max(1)).max())
     print(f"{reason}: max relative error {rel:.2e}")
     assert rel <= MAX_REL_ERR and (got.argmax(1) == ref.argmax(1)).all()
+
+
+def on_q4_1_grid(w: np.ndarray) -> np.ndarray:
+    """`w` snapped to the Q4_1 grid, as SmolLM2's shipped layers are."""
+    from gguf import GGMLQuantizationType as Q
+
+    from marco_gguf.llama.ggml import dequantize_rows, quantize_rows
+
+    return dequantize_rows(Q.Q4_1, quantize_rows(Q.Q4_1, np.ascontiguousarray(w, np.float32)), w.shape[1])
+
+
+GRID_CASES = [  # (reason, shape)
+    ("SmolLM2-like GQA 9/3 after padding to 12 heads", Shape(2, 192, 12, 3, 16, 128, 512, 1e5, 1e-5, 512)),
+    ("one kv head", Shape(2, 128, 4, 1, 32, 64, 512, 1e6, 1e-6, 512)),
+]
+
+
+@pytest.mark.parametrize("reason,shape", GRID_CASES, ids=[c[0] for c in GRID_CASES])
+def test_off_grid_keeps_the_logits_and_leaves_the_q4_1_grid(reason, shape, tmp_path):
+    from gguf import GGMLQuantizationType as Q
+
+    from marco_gguf.llama.ggml import dequantize_rows, quantize_rows
+
+    snapped = {k: on_q4_1_grid(v) if v.ndim == 2 and "embed" not in k else v for k, v in random_qwen3(shape, 3).items()}
+    moved = off_grid(shape, snapped, seed=1)
+    tokens = [int(t) for t in np.random.default_rng(2).integers(0, shape.vocab, 64)]
+    ref = logits_of(save_qwen3(tmp_path / "grid", shape, snapped), tokens).numpy()
+    got = logits_of(save_qwen3(tmp_path / "moved", shape, moved), tokens).numpy()
+    rel = float((np.abs(got - ref).max(1) / np.abs(ref).max(1)).max())
+    assert rel <= MAX_REL_ERR and (got.argmax(1) == ref.argmax(1)).all(), f"{reason}: {rel:.2e}"
+    for name, w in moved.items():
+        if w.ndim == 2 and "embed" not in name:  # every layer matrix: exact in Q4_1 before, not after
+            assert np.array_equal(on_q4_1_grid(snapped[name]), snapped[name]), name
+            back = dequantize_rows(Q.Q4_1, quantize_rows(Q.Q4_1, w), w.shape[1])
+            assert np.abs(back - w).max() > 1e-3 * np.abs(w).max(), f"{name} is still on the Q4_1 grid"
 
 
 def forward(shape: Shape, tensors: dict[str, np.ndarray], tokens: list[int], qwen3: bool) -> np.ndarray:
