@@ -16,9 +16,10 @@ from gguf import LlamaFileType as F
 
 from marco_gguf.arch.qwen3moe import KINDS, PlannedTensor, base_name
 from marco_gguf.gguf_io.format import row_size
+from marco_gguf.gguf_io.info import PLAN_PREFIX
 from marco_gguf.quant.presets import Preset, Rule
 
-PLAN_KEY_PREFIX = "quantize.plan."
+PLAN_KEY_PREFIX = PLAN_PREFIX  # inspect and card read the keys back under the same prefix
 # llama.cpp's own guess of a file type from its most common tensor type (src/llama-model-loader.cpp); a plan
 # declares the file type of the type that holds most of its bytes
 FILE_TYPE_OF: Mapping[Q, F] = MappingProxyType(
@@ -123,3 +124,43 @@ def render_toml(preset: Preset, header: Sequence[str]) -> str:
         lines.append(f"layers = {_toml_value(layers)}")
     lines += ["", "[plan]"] + [f"{k} = {_toml_value(v)}" for k, v in preset.plan.items()]
     return "\n".join(lines) + "\n"
+
+
+def is_bpw_target(label: str) -> bool:
+    return label.upper().endswith("BPW")
+
+
+def describe_plan(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A file's or preset's [plan] table as (field, value) lines for people, in PLAN_FIELDS' order; fields this
+    version does not know follow as they are."""
+    rows: list[tuple[str, str]] = []
+    target, budget = plan.get("target"), plan.get("budget_bytes")
+    if target is not None:
+        whole = "tensor data" if is_bpw_target(str(target)) else "the whole file"
+        rows.append(("target", f"{target}: {whole} at most {budget:,} bytes" if budget is not None else str(target)))
+    if "max_bytes_per_token" in plan:
+        rows.append(("bytes per token", f"at most {plan['max_bytes_per_token']:,} weight bytes read"))
+    if "objective" in plan:
+        rows.append(("objective", str(plan["objective"])))
+    if "estimated_error" in plan:
+        on = f" (on {plan['sample_rows']} sampled rows per tensor)" if "sample_rows" in plan else ""
+        rows.append(("estimated error", f"{plan['estimated_error']:.6g}{on}"))
+    if "imatrix" in plan:
+        rows.append(("imatrix", str(plan["imatrix"])))
+    if "types" in plan:
+        rows.append(("candidate types", ", ".join(map(str, plan["types"]))))
+    if "version" in plan:
+        rows.append(("planned by", f"marco-gguf {plan['version']}"))
+    known = {"target", "budget_bytes", "max_bytes_per_token", "objective", "estimated_error", "sample_rows"}
+    known |= {"imatrix", "types", "version"}
+    rows += [(k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in plan.items() if k not in known]
+    return rows
+
+
+def plan_sentence(plan: Mapping[str, Any]) -> str:
+    """One sentence for a model card: what budget the file was planned for and by which objective."""
+    rows = dict(describe_plan(plan))
+    cap = f", {rows['bytes per token']} per token" if "bytes per token" in rows else ""
+    error = f"; estimated error {rows['estimated error']}" if "estimated error" in rows else ""
+    objective = f" by {plan['objective']}" if "objective" in plan else ""
+    return f"Planned for a budget of {rows.get('target', 'an unrecorded target')}{cap}: types chosen{objective}{error}."
