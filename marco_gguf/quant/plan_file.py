@@ -130,16 +130,20 @@ def is_bpw_target(label: str) -> bool:
     return label.upper().endswith("BPW")
 
 
+def _budget(plan: Mapping[str, Any]) -> str:
+    """'3MB (the whole file at most 3,000,000 bytes)'; a bits/weight target bounds the tensor data."""
+    target, budget = plan.get("target", "an unrecorded target"), plan.get("budget_bytes")
+    if budget is None:
+        return str(target)
+    return f"{target} ({'tensor data' if is_bpw_target(str(target)) else 'the whole file'} at most {budget:,} bytes)"
+
+
 def describe_plan(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
     """A file's or preset's [plan] table as (field, value) lines for people, in PLAN_FIELDS' order; fields this
     version does not know follow as they are."""
-    rows: list[tuple[str, str]] = []
-    target, budget = plan.get("target"), plan.get("budget_bytes")
-    if target is not None:
-        whole = "tensor data" if is_bpw_target(str(target)) else "the whole file"
-        rows.append(("target", f"{target}: {whole} at most {budget:,} bytes" if budget is not None else str(target)))
+    rows: list[tuple[str, str]] = [("budget", _budget(plan))]
     if "max_bytes_per_token" in plan:
-        rows.append(("bytes per token", f"at most {plan['max_bytes_per_token']:,} weight bytes read"))
+        rows.append(("bytes per token", f"at most {plan['max_bytes_per_token']:,} weight bytes read per token"))
     if "objective" in plan:
         rows.append(("objective", str(plan["objective"])))
     if "estimated_error" in plan:
@@ -158,9 +162,13 @@ def describe_plan(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def plan_sentence(plan: Mapping[str, Any]) -> str:
-    """One sentence for a model card: what budget the file was planned for and by which objective."""
-    rows = dict(describe_plan(plan))
-    cap = f", {rows['bytes per token']} per token" if "bytes per token" in rows else ""
-    error = f"; estimated error {rows['estimated error']}" if "estimated error" in rows else ""
-    objective = f" by {plan['objective']}" if "objective" in plan else ""
-    return f"Planned for a budget of {rows.get('target', 'an unrecorded target')}{cap}: types chosen{objective}{error}."
+    """One sentence for a model card: the budget the file was planned for, the objective, the estimated error."""
+    cap = plan.get("max_bytes_per_token")
+    said = [f"Planned for a budget of {_budget(plan)}"]
+    if cap is not None:
+        said.append(f", at most {cap:,} weight bytes read per token")
+    if "objective" in plan:
+        said.append(f"; types chosen for the {plan['objective']}")
+    if "estimated_error" in plan:
+        said.append(f", estimated {plan['estimated_error']:.6g}")
+    return "".join(said) + "."
