@@ -33,7 +33,7 @@ from gguf_fuzzing import Doc, encode, m_kv_set, m_kv_type, m_kv_value, m_tensor_
 from marco_gguf.arch.qwen3moe import PlannedTensor
 from marco_gguf.base.errors import MarcoGGUFError
 from marco_gguf.gguf_io.reader import read_header
-from marco_gguf.quant.imatrix_file import COUNT_SUFFIX, SUM_SUFFIX, Imatrix
+from marco_gguf.quant.imatrix_file import COUNT_SUFFIX, SUM_SUFFIX, Imatrix, read_imatrix
 from marco_gguf.quant.importance import experts_of, load_importance
 
 DAT_FAMILIES = ("dat-truncate", "dat-bits", "dat-int", "dat-values", "dat-name", "dat-length")
@@ -305,11 +305,11 @@ def damage_gguf(rng: random.Random, good: Imatrix, good_path: Path, work: Path, 
 # --- verdicts -----------------------------------------------------------------------------------------
 
 
-def content_problems(imatrix: Imatrix, vectors: dict[str, np.ndarray], planned: Sequence[PlannedTensor]) -> list[str]:
-    """What an accepted imatrix holds that no imatrix may: empty, non-finite or negative sums, counts that are not
-    whole numbers >= 0, sums that do not split into one row per count, vectors of another size than the tensor's."""
+def imatrix_problems(imatrix: Imatrix) -> list[str]:
+    """What a read imatrix holds that no imatrix may: no entries, non-finite or negative sums, counts that are not
+    whole numbers >= 0, sums that do not split into one row per count, normalised vectors (`importance()`, what
+    the quantizers get) that are not finite and >= 0 or not one value per sum."""
     bad = [] if imatrix.entries else ["no entries"]
-    by_name = {t.name: t for t in planned}
     for name, e in imatrix.entries.items():
         if e.sums.ndim != 1 or len(e.sums) == 0 or e.n_mat == 0 or len(e.sums) != e.n_mat * e.ne0:
             bad.append(f"{name}: {len(e.sums)} sums for {e.n_mat} counts")
@@ -317,8 +317,21 @@ def content_problems(imatrix: Imatrix, vectors: dict[str, np.ndarray], planned: 
             bad.append(f"{name}: sums not finite and >= 0")
         elif e.counts.dtype != np.int64 or (e.counts < 0).any():
             bad.append(f"{name}: counts {e.counts[:4]} not whole and >= 0")
+        else:
+            vec = imatrix.importance(name)
+            if vec is None or vec.dtype != np.float32 or len(vec) != len(e.sums):
+                bad.append(f"{name}: importance() gave {None if vec is None else (len(vec), vec.dtype)}")
+            elif not np.isfinite(vec).all() or (vec < 0).any():
+                bad.append(f"{name}: importance() not finite and >= 0")
     if imatrix.chunk_count < 0 or imatrix.chunk_size < 0 or not all(isinstance(d, str) for d in imatrix.datasets):
         bad.append(f"chunk count {imatrix.chunk_count}, chunk size {imatrix.chunk_size}, datasets {imatrix.datasets}")
+    return bad
+
+
+def vector_problems(vectors: dict[str, np.ndarray], planned: Sequence[PlannedTensor]) -> list[str]:
+    """What a matched imatrix gives a tensor that it may not: a vector of another size than the tensor's
+    row length x experts, or values that are not finite and >= 0."""
+    by_name, bad = {t.name: t for t in planned}, []
     for name, vec in vectors.items():
         t = by_name[name]
         if vec.dtype != np.float32 or len(vec) != t.row_len * experts_of(t):
@@ -328,17 +341,31 @@ def content_problems(imatrix: Imatrix, vectors: dict[str, np.ndarray], planned: 
     return bad
 
 
-def verdict(path: Path, planned: Sequence[PlannedTensor]) -> tuple[str, str]:
+def _judged(path: Path, call: Callable[[], object]) -> tuple[str, str, object]:
+    """(outcome, detail, result) of reading `path` one way: refused/untidy/crash, or "ok" with the result."""
     try:
-        importance = load_importance(path, planned)
+        return "ok", "", call()
     except MarcoGGUFError as e:
         if "\n" in str(e) or str(path) not in e.message:
-            return "untidy", repr(str(e))
-        return "refused", str(e)
+            return "untidy", repr(str(e)), None
+        return "refused", str(e), None
     except Exception as e:
-        return "crash", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
-    problems = content_problems(importance.imatrix, dict(importance.vectors), planned)
-    return ("invalid", "; ".join(problems[:3])) if problems else ("accepted", "")
+        return "crash", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}", None
+
+
+def verdict(path: Path, planned: Sequence[PlannedTensor]) -> tuple[str, str]:
+    """The reader alone first (its result must be a valid imatrix), then the match to the model's tensors, as
+    `convert --imatrix` runs it."""
+    outcome, detail, imatrix = _judged(path, lambda: read_imatrix(path))
+    if outcome != "ok":
+        return outcome, detail
+    if problems := imatrix_problems(imatrix):  # type: ignore[arg-type]
+        return "invalid", "read: " + "; ".join(problems[:3])
+    outcome, detail, importance = _judged(path, lambda: load_importance(path, planned))
+    if outcome != "ok":
+        return outcome, detail
+    problems = vector_problems(dict(importance.vectors), planned)  # type: ignore[attr-defined]
+    return ("invalid", "matched: " + "; ".join(problems[:3])) if problems else ("accepted", "")
 
 
 def run_case(

@@ -5,11 +5,14 @@ one line and writes nothing, and with an accepted one converts."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import shutil
+import signal
 import struct
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
@@ -17,7 +20,17 @@ import numpy as np
 import pytest
 from checkpoints import Spec
 from gguf_fuzzing import Doc, encode
-from imatrix_fuzzing import FAMILIES, Dat, DatEntry, content_problems, dat_of, encode_dat, encode_gguf, run_case
+from imatrix_fuzzing import (
+    FAMILIES,
+    Dat,
+    DatEntry,
+    dat_of,
+    encode_dat,
+    encode_gguf,
+    imatrix_problems,
+    run_case,
+    vector_problems,
+)
 
 from marco_gguf import convert
 from marco_gguf.arch.qwen3moe import LM_HEAD, lm_head_is_tied, plan_tensors
@@ -70,8 +83,8 @@ def test_the_undamaged_files_are_accepted_and_agree(good, planned, tmp_path):
         np.testing.assert_allclose(from_dat.importance(name), imatrix.importance(name), rtol=2e-6, err_msg=name)
     assert any((e.counts == 0).any() for e in imatrix.entries.values())  # partial experts are part of the test
     for path in (gguf_path, dat_path):
-        importance = load_importance(path, planned)
-        assert content_problems(importance.imatrix, dict(importance.vectors), planned) == []
+        assert imatrix_problems(read_imatrix(path)) == []
+        assert vector_problems(dict(load_importance(path, planned).vectors), planned) == []
 
 
 def convert_with(checkpoint, out: Path):
@@ -100,23 +113,46 @@ def convert_with(checkpoint, out: Path):
     return then
 
 
+@contextlib.contextmanager
+def bounded(seconds: int, extra_bytes: int) -> Iterator[None]:
+    """Within the block, the process's address space may grow by `extra_bytes` at most (a length taken for a size
+    and allocated raises MemoryError, reported as a crash) and each `alarm()` gives a case `seconds` (a hang
+    raises TimeoutError inside it, reported as a crash too)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    vm_size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size + extra_bytes, hard))
+
+    def timeout(signum, frame):
+        raise TimeoutError(f"the case took more than {seconds} s")
+
+    before = signal.signal(signal.SIGALRM, timeout)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+CASE_SECONDS = 60  # a case is a read (milliseconds) or, for a few, a conversion of the small model (a second)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_damaged_imatrix_is_refused_in_one_line_or_read_whole(family, good, planned, checkpoint, tmp_path):
     then = convert_with(checkpoint, tmp_path / "out")
     bad, outcomes = [], {"refused": 0, "accepted": 0}
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, hard))  # a length read as a size must not allocate it
-    try:
+    with bounded(CASE_SECONDS, extra_bytes=1 << 30):
         for i in range(CASES_PER_FAMILY):
             seed = FAMILIES.index(family) * 1_000_000 + i
+            signal.alarm(CASE_SECONDS)
             case = run_case(seed, family, good, planned, tmp_path, then)
+            signal.alarm(0)
             if case.outcome not in outcomes:
                 bad.append(f"seed {case.seed} [{case.outcome}] {case.what}: {case.detail}")
             else:
                 outcomes[case.outcome] += 1
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     assert not bad, "\n".join(bad)
     assert outcomes["refused"] > 0, f"{family} damages nothing that must be refused: {outcomes}"
 
