@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from checkpoints import Spec
 from gguf import GGUFReader
+from gguf import GGUFValueType as V
+from gguf_fuzzing import Doc, encode
 from typer.testing import CliRunner, Result
 
 from marco_gguf.base.units import human_bytes
@@ -267,3 +269,41 @@ def test_card_lists_planned_files_as_planned_for_a_budget(planned, converted, tm
     readme = (folder / "README.md").read_text()
     assert re.search(rf"\| \[{re.escape(size.name)}\]\(\./{re.escape(size.name)}\) \| Plan 3\.5MB \| ", readme)
     assert "| i1-Plan 4.5BPW |" in readme and "| Q8_0 |" in readme
+
+
+ODD_KEYS = [  # (reason, key, GGUF type, value, the Plan line inspect prints): inspect shows any file, edited or not
+    (
+        "a budget stored as a string: formatting it with ',' raised ValueError",
+        "budget_bytes",
+        V.STRING,
+        "3.5 million",
+        "budget           3.5MB (the whole file at most 3.5 million bytes)",
+    ),
+    (
+        "an estimated error stored as a string: '.6g' raised ValueError",
+        "estimated_error",
+        V.STRING,
+        "small",
+        "estimated error  small (on ",
+    ),
+    ("the candidate types as one number", "types", V.UINT32, 7, "candidate types  7"),
+    ("a key this version does not know is shown as it is", "note", V.STRING, "by hand", "note             by hand"),
+]
+
+
+@pytest.mark.parametrize("reason,key,vtype,value,line", ODD_KEYS, ids=[k[0].split(":")[0] for k in ODD_KEYS])
+def test_inspect_and_card_show_odd_plan_keys_as_they_are(reason, key, vtype, value, line, planned, tmp_path):
+    doc = Doc.of(planned("--target-size", "3.5MB")[0])
+    kv = next((kv for kv in doc.kvs if kv[0] == f"quantize.plan.{key}"), None)
+    if kv is None:
+        doc.kvs.append(kv := [f"quantize.plan.{key}", vtype, None, value])
+    kv[1:] = [vtype, None, value]
+    edited = tmp_path / "edited" / "Marco-Test-Instruct-P3.5MB.gguf"
+    edited.parent.mkdir()
+    edited.write_bytes(encode(doc))
+    r = run("inspect", edited)
+    assert r.exit_code == 0, r.output
+    assert any(s.startswith(line) for s in r.stdout.splitlines()), r.stdout
+    r = run("card", edited.parent, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["files"][0]["quant_type"] == "Plan 3.5MB"

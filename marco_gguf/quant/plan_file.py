@@ -130,12 +130,19 @@ def is_bpw_target(label: str) -> bool:
     return label.upper().endswith("BPW")
 
 
+def _fmt(value: Any, spec: str) -> str:
+    """A figure formatted, or the value as it is: inspect shows any file's keys, hand-edited ones included."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return format(value, spec) if is_number else str(value)
+
+
 def _budget(plan: Mapping[str, Any]) -> str:
     """'3MB (the whole file at most 3,000,000 bytes)'; a bits/weight target bounds the tensor data."""
     target, budget = plan.get("target", "an unrecorded target"), plan.get("budget_bytes")
     if budget is None:
         return str(target)
-    return f"{target} ({'tensor data' if is_bpw_target(str(target)) else 'the whole file'} at most {budget:,} bytes)"
+    whole = "tensor data" if is_bpw_target(str(target)) else "the whole file"
+    return f"{target} ({whole} at most {_fmt(budget, ',')} bytes)"
 
 
 def describe_plan(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -143,16 +150,19 @@ def describe_plan(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
     version does not know follow as they are."""
     rows: list[tuple[str, str]] = [("budget", _budget(plan))]
     if "max_bytes_per_token" in plan:
-        rows.append(("bytes per token", f"at most {plan['max_bytes_per_token']:,} weight bytes read per token"))
+        rows.append(
+            ("bytes per token", f"at most {_fmt(plan['max_bytes_per_token'], ',')} weight bytes read per token")
+        )
     if "objective" in plan:
         rows.append(("objective", str(plan["objective"])))
     if "estimated_error" in plan:
         on = f" (on {plan['sample_rows']} sampled rows per tensor)" if "sample_rows" in plan else ""
-        rows.append(("estimated error", f"{plan['estimated_error']:.6g}{on}"))
+        rows.append(("estimated error", f"{_fmt(plan['estimated_error'], '.6g')}{on}"))
     if "imatrix" in plan:
         rows.append(("imatrix", str(plan["imatrix"])))
     if "types" in plan:
-        rows.append(("candidate types", ", ".join(map(str, plan["types"]))))
+        types = plan["types"]
+        rows.append(("candidate types", ", ".join(map(str, types)) if isinstance(types, list) else str(types)))
     if "version" in plan:
         rows.append(("planned by", f"marco-gguf {plan['version']}"))
     known = {"target", "budget_bytes", "max_bytes_per_token", "objective", "estimated_error", "sample_rows"}
@@ -166,9 +176,9 @@ def plan_sentence(plan: Mapping[str, Any]) -> str:
     cap = plan.get("max_bytes_per_token")
     said = [f"Planned for a budget of {_budget(plan)}"]
     if cap is not None:
-        said.append(f", at most {cap:,} weight bytes read per token")
+        said.append(f", at most {_fmt(cap, ',')} weight bytes read per token")
     if "objective" in plan:
         said.append(f"; types chosen for the {plan['objective']}")
     if "estimated_error" in plan:
-        said.append(f", estimated {plan['estimated_error']:.6g}")
+        said.append(f", estimated {_fmt(plan['estimated_error'], '.6g')}")
     return "".join(said) + "."
