@@ -164,6 +164,19 @@ REFUSALS = [  # (reason, options after SOURCE, the one line's fragment)
         ["--target-bpw", "4", "--max-bytes-per-token", "0"],
         "--max-bytes-per-token 0: not a positive number",
     ),
+    (
+        "--types naming nothing: ',' planned with every type",
+        ["--target-bpw", "4", "--types", ","],
+        "--types: ',' is not a type the plan can use",
+    ),
+    (
+        "--types too large for the budget: it said the plan needs IQ types, which --types had left out",
+        ["--target-size", "3.5MB", "--types", "q8_0"],
+        "below the smallest file these candidate types make (7,335,771 bytes, every tensor at its smallest type) "
+        "— give a larger target, or add smaller types to --types",
+    ),
+    ("NaN bits per weight", ["--target-bpw", "nan"], "--target-bpw nan: not a positive number of bits per weight"),
+    ("bits per weight above F16's", ["--target-bpw", "100"], "--target-bpw 100 is above the F16 file (16.023 bits/"),
     ("--types without a target", ["--types", "q4_k"], "go with --target-size or --target-bpw"),
     ("--plan-out without a target", ["--plan-out", "{out}/p.toml"], "go with --target-size or --target-bpw"),
 ]
@@ -181,6 +194,18 @@ def test_bad_combinations_are_one_red_line(reason, options, fragment, checkpoint
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
     assert "Traceback" not in r.output and r.stdout == ""
     assert (not out.exists() or not any(out.iterdir())) and not plan.exists()
+
+
+def test_an_existing_output_is_refused_before_planning_writes_anything(checkpoint, tmp_path):
+    """It was refused only when the file was written: the measurements planning had cached beside it stayed."""
+    mine = tmp_path / "mine.gguf"
+    mine.write_text("mine")
+    r = run("convert", checkpoint(MINI), "--target-size", "3.5MB", "-o", mine, "--plan-out", tmp_path / "p.toml")
+    assert (
+        r.exit_code == 1
+        and r.stderr == f"error: {mine}: already exists — pass --force to overwrite it, or choose another --outfile\n"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.gguf"] and mine.read_text() == "mine"
 
 
 # --- inspect and card on planned files -------------------------------------------------------------------

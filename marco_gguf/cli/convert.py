@@ -113,7 +113,7 @@ def convert(
         target_size=target_size,
         target_bpw=target_bpw,
         max_bytes_per_token=max_bytes_per_token,
-        types=[t.strip() for t in types.split(",") if t.strip()] if types else (),
+        types=_type_names(types),
         plan_out=plan_out,
     )
     with ui.errors_to_exit(), ui.progress_bar("converting", quiet=quiet or json_out) as progress:
@@ -166,6 +166,14 @@ def convert(
     )
     if result.plan:
         print_plan(result.plan, plan_out)
+
+
+def _type_names(types: str | None) -> list[str]:
+    """--types q4_k,q6_k -> ["q4_k", "q6_k"]; a value that names nothing ("" or ",") goes on whole, for convert
+    to refuse (it must not mean every type)."""
+    if types is None:
+        return []
+    return [t.strip() for t in types.split(",") if t.strip()] or [types]
 
 
 def _error(value: float | None) -> str:
