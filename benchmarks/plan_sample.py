@@ -28,7 +28,7 @@ from marco_gguf.quant.importance import load_importance
 from marco_gguf.quant.measure_types import read_sample, sample_rows, tensor_weights, weighted_error
 
 HERE = Path(__file__).parent
-PROXY = Path.home() / ".cache" / "marco-gguf" / "proxy"
+PROXY = Path.home() / ".cache" / "marco-gguf" / "proxy-v2" / "steps100"  # benchmarks/proxy.py --workdir
 TENSORS = ("blk.10.ffn_down_exps.weight", "blk.10.attn_q.weight", "token_embd.weight")
 TYPES = (Q.Q6_K, Q.Q4_K, Q.IQ3_S, Q.Q2_K)
 
@@ -36,7 +36,7 @@ TYPES = (Q.Q6_K, Q.Q4_K, Q.IQ3_S, Q.Q2_K)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=PROXY / "checkpoint")
-    ap.add_argument("--imatrix", type=Path, default=Path("/tmp/plan-bench/proxy.imatrix.gguf"))
+    ap.add_argument("--imatrix", type=Path, default=PROXY / "quality" / "proxy.imatrix.gguf")
     ap.add_argument("--sizes", default="256,1024,4096")
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()

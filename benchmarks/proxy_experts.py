@@ -1,7 +1,8 @@
 """Step 4 of benchmarks/proxy.py: make the upcycled copies differ. Layer by layer, on the dense model's own FFN
 inputs over the calibration text: router rows = spherical k-means centroids of those inputs (so experts see
 different tokens), then each expert's redrawn down_proj columns fitted by ridge regression so that the expert
-reproduces the dense FFN on the tokens routed to it (a closed-form local distillation). Written in place."""
+reproduces the dense FFN on the tokens routed to it, then all its down_proj columns refitted the same way, pulled
+towards that result (closed-form local distillations). Written in place."""
 
 from __future__ import annotations
 
@@ -79,6 +80,17 @@ def write_in_place(ref: TensorRef, data: np.ndarray) -> None:
         os.close(fd)
 
 
+def refit_down(h: np.ndarray, y: np.ndarray, prior: np.ndarray, alpha: float = 1e-2) -> np.ndarray:
+    """All of an expert's down_proj columns fitted to its tokens' targets, pulled towards `prior` (ridge towards
+    the copied-and-patched matrix, so an expert with few tokens stays near it): argmin |H W^T - Y|^2 +
+    lam |W - prior|^2, lam = alpha x the mean diagonal of H^T H."""
+    h64 = h.astype(np.float64)
+    gram = h64.T @ h64
+    lam = alpha * np.trace(gram) / len(gram)
+    rhs = h64.T @ y.astype(np.float64) + lam * prior.T.astype(np.float64)
+    return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs).T.astype(np.float32)
+
+
 def differ_layer(files: TensorFiles, refs, layer: int, x: np.ndarray, experts: int, k: int, rng) -> dict:
     """Step 4 for one layer: k-means router, then each expert's redrawn down columns fitted to the dense FFN."""
     pre = f"model.layers.{layer}.mlp"
@@ -106,6 +118,7 @@ def differ_layer(files: TensorFiles, refs, layer: int, x: np.ndarray, experts: i
         fitted = np.linalg.solve(gram, hd.T @ resid.astype(np.float64)).T.astype(np.float32)
         err0 = np.linalg.norm(h @ w["down_proj"].T - y) / np.linalg.norm(y)
         w["down_proj"][:, redrawn] = fitted
+        w["down_proj"] = refit_down(h, y, w["down_proj"])
         err1 = np.linalg.norm(h @ w["down_proj"].T - y) / np.linalg.norm(y)
         write_in_place(refs[f"{pre}.experts.{e}.down_proj.weight"], w["down_proj"])
         before.append(float(err0))

@@ -3,14 +3,17 @@ frequency, with usage measured on the scored kind of text or on another kind.
 
     python benchmarks/train_tiny_marco.py                 # once (another benchmark's model)
     python benchmarks/prune_quality.py [--model DIR] [--keep 48,32,16,8] [-c 512] [--chunks 16] [--threads 2]
+    python benchmarks/prune_quality.py --model W/checkpoint --text W/eval.txt --keep 6,4,3 \
+        --name prune_quality_proxy --title "proxy (SmolLM2 as qwen3_moe, 8 experts top-2), held-out code"
 
 The tiny model (4 layers, 64 experts, 8 per token) learned Python code and license texts. Usage is measured
 with `marco_gguf.experts.usage.expert_usage` on the first 40 % of its held-out eval.txt (code) and, for the
 cross-domain rows, on license texts from /usr/share/common-licenses (text it was trained on, of another kind);
 every pruned file is scored with `marco_gguf.measure.quality.quality` against the unpruned F16 on the last 60 % of
 eval.txt (code no usage run saw). All files are F16: pruning slices the F16 GGUF, so the divergence is the
-pruning's alone. Writes benchmarks/prune_quality.json, prune_quality.md (pasted into BENCHMARKS.md) and
-prune_quality.png.
+pruning's alone. The second command runs the same on the proxy with real trained weights (benchmarks/proxy.py;
+its eval.txt is held-out Python source too). Writes benchmarks/NAME.json, NAME.md (pasted into BENCHMARKS.md)
+and NAME.png.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ HERE = Path(__file__).parent
 LICENSES = ("Apache-2.0", "GPL-3", "LGPL-3", "MPL-2.0", "Artistic", "BSD", "GFDL-1.3")
 
 
-def texts(model: Path, out: Path) -> dict[str, Path]:
-    code = (model / "eval.txt").read_text(encoding="utf-8")
+def texts(eval_text: Path, out: Path) -> dict[str, Path]:
+    code = eval_text.read_text(encoding="utf-8")
     cut = int(len(code) * 0.4)
     paths = {"code": out / "code-usage.txt", "licenses": out / "licenses-usage.txt", "score": out / "code-score.txt"}
     paths["code"].write_text(code[:cut], encoding="utf-8")
@@ -66,7 +69,7 @@ def table(rows: list[dict], experts: int, overlap: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], experts: int, per_token: int, path: Path) -> None:
+def plot(rows: list[dict], experts: int, per_token: int, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +90,7 @@ def plot(rows: list[dict], experts: int, per_token: int, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel(f"experts kept per layer (of {experts}; {per_token} per token)")
     ax.set_ylabel("mean KL divergence from unpruned (nats/token)")
-    ax.set_title("tiny trained Marco, scored on held-out code", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -101,11 +104,14 @@ def main() -> None:
     ap.add_argument("-c", "--ctx-size", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--text", type=Path, default=None, help="held-out code (default: MODEL/eval.txt)")
+    ap.add_argument("--name", default="prune_quality", help="stem of the .json/.md/.png written here")
+    ap.add_argument("--title", default="tiny trained Marco, scored on held-out code")
     args = ap.parse_args()
     keeps = [int(k) for k in args.keep.split(",")]
     with tempfile.TemporaryDirectory(prefix="marco-prune-quality-") as tmp:
         out = Path(tmp)
-        t = texts(args.model, out)
+        t = texts(args.text or args.model / "eval.txt", out)
         ref = convert(args.model, preset="f16", outdir=out, threads=args.threads).path
         measured = expert_usage(
             ref, [t["code"], t["licenses"]], labels=["code", "licenses"], ctx=args.ctx_size, threads=args.threads
@@ -147,9 +153,9 @@ def main() -> None:
         "report": {k: v for k, v in report.items() if k != "results"},
         "rows": rows,
     }
-    (HERE / "prune_quality.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (HERE / "prune_quality.md").write_text(table(rows, measured.model.experts, overlap))
-    plot(rows, measured.model.experts, measured.model.experts_per_token, HERE / "prune_quality.png")
+    (HERE / f"{args.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (HERE / f"{args.name}.md").write_text(table(rows, measured.model.experts, overlap))
+    plot(rows, measured.model.experts, measured.model.experts_per_token, HERE / f"{args.name}.png", args.title)
     print(table(rows, measured.model.experts, overlap))
 
 
