@@ -23,6 +23,7 @@ from typer.testing import CliRunner, Result
 from marco_gguf.base.units import human_bytes
 from marco_gguf.cli.app import app
 from marco_gguf.gguf_io.info import read_info
+from marco_gguf.quant.imatrix import read_text
 
 pytestmark = pytest.mark.slow
 
@@ -122,6 +123,25 @@ def test_plan_out_reproduces_the_file_byte_for_byte(checkpoint, reference_imatri
     r = run("convert", checkpoint(MINI), "--preset", toml, "--imatrix", imatrix, "-o", again)
     assert r.exit_code == 0, r.output
     assert sha(again) == sha(first) and plan_keys(again)["target"] == "3.6BPW"
+
+
+def test_a_target_with_calibrate_plans_with_the_imatrix_made_on_the_way(checkpoint, tmp_path):
+    """--calibrate makes the imatrix from a temporary Q8_0, then plans with it (IQ types among the candidates);
+    the folder keeps the file and the measurement cache only."""
+    text = tmp_path / "calib.txt"
+    text.write_text(read_text(None)[0][:2500], encoding="utf-8")
+    out = tmp_path / "out"
+    r = run("convert", checkpoint(MINI), "--target-bpw", 3.0, "--outdir", out, "-t", 2, "--json", "--calibrate", text)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    path = Path(d["conversion"]["path"])
+    assert path.name == "Marco-Test-Instruct-i1-P3BPW.gguf" and 0.99 * 3.0 <= read_info(path).bits_per_weight <= 3.0
+    keys = plan_keys(path)
+    assert keys["objective"].startswith("least total imatrix-weighted") and "IQ2_XXS" in keys["types"]
+    assert d["conversion"]["plan"]["plan"]["size_bytes"] == path.stat().st_size
+    cache = Path(d["conversion"]["plan"]["cache"])  # no temporary Q8_0 or imatrix left beside them
+    assert sorted(p.name for p in out.iterdir()) == [path.name, cache.name]
+    assert cache.name.startswith("Marco-Test-Instruct-i1.measure-")
 
 
 REFUSALS = [  # (reason, options after SOURCE, the one line's fragment)
