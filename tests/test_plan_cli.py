@@ -91,6 +91,7 @@ def test_target_fits_and_prints_the_plan_beside_the_presets(reason, target, labe
     plan = d["plan"]
     assert plan["plan"]["size_bytes"] == info.file_size and plan["plan"]["bytes_per_token"] == info.bytes_per_token
     assert plan["plan"]["bits_per_weight"] == pytest.approx(info.bits_per_weight, abs=5e-4)
+    assert re.search(rf"^plan +P{re.escape(label)} \(file type MOSTLY_\w+, the type of most bytes\)$", r.stdout, re.M)
     out = " ".join(r.stdout.split())  # the table may wrap a cell onto a second line
     assert f"plan for {label}: {plan['objective']}" in " ".join(r.stdout.replace("│", " ").split())
     sizes = [p["size_bytes"] for p in plan["neighbours"]]

@@ -135,7 +135,10 @@ def convert(
     ui.print_fields(
         f"wrote {result.path}",
         [
-            ("preset", f"{result.preset} ({result.file_type})"),
+            # a plan is no preset: its file type is only the type that holds most of its bytes
+            ("plan", f"{result.plan['plan']['preset']} (file type {result.file_type}, the type of most bytes)")
+            if result.plan
+            else ("preset", f"{result.preset} ({result.file_type})"),
             ("size", f"{ui.human_bytes(result.size_bytes)} ({result.size_bytes:,} bytes)"),
             ("bits/weight", f"{result.bits_per_weight:.2f}"),
             (
