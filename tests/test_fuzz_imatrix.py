@@ -100,15 +100,18 @@ def convert_with(checkpoint, out: Path):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
         try:
-            convert(checkpoint(SPEC), preset="q4_k_m", imatrix=path, outdir=out, threads=2)
+            result = convert(checkpoint(SPEC), preset="q4_k_m", imatrix=path, outdir=out, threads=2)
         except MarcoGGUFError as e:
             if outcome == "accepted":
                 return f"untidy: read and matched, then convert refused: {e}"
             left = list(out.iterdir())
-            return f"untidy: convert refused untidily: {e!s} left {left}" if "\n" in str(e) or left else None
+            tidy = "\n" not in str(e) and str(path) in e.message and not left
+            return None if tidy else f"untidy: convert refused: {e!s} left {left}"
         except Exception as e:
             return f"crash in convert: {type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
-        return "untidy: convert accepted what load_importance refused" if outcome == "refused" else None
+        if outcome == "refused":
+            return "untidy: convert accepted what load_importance refused"
+        return None if [p.name for p in out.iterdir()] == [result.path.name] else f"untidy: convert left {out}"
 
     return then
 
