@@ -25,7 +25,7 @@ from marco_gguf.base.files import write_text_atomic
 from marco_gguf.base.machine import usable_cpus
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.gguf_io.metadata import build_metadata, count_parameters
-from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec, encode_header
+from marco_gguf.gguf_io.writer import GGUFStreamWriter, TensorSpec, check_output, encode_header
 from marco_gguf.hf.checkpoint import Checkpoint
 from marco_gguf.hf.hub import resolve_source
 from marco_gguf.hf.lora import lora_metadata
@@ -239,7 +239,9 @@ def convert(
             name=stem,
             imatrix=importance is not None,
         )
+        option = "--outfile" if outfile else "--outdir"
         if target is not None:
+            check_output(path, force, 0, option)  # before planning writes its measurements beside the file
             plan = make_plan(
                 Model(
                     ckpt.folder,
@@ -280,7 +282,6 @@ def convert(
         check_required(chosen, specs, importance)
         for q in {s.type for s in specs}:
             prepare(q)
-        option = "--outfile" if outfile else "--outdir"
         final_kv = _final_kv(kv, chosen, metadata)
         with GGUFStreamWriter(path, final_kv, specs, overwrite=force, option=option) as writer:
             _stream(ckpt, planned, specs, writer, threads, progress, importance)

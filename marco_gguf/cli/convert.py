@@ -113,7 +113,7 @@ def convert(
         target_size=target_size,
         target_bpw=target_bpw,
         max_bytes_per_token=max_bytes_per_token,
-        types=[t.strip() for t in types.split(",") if t.strip()] if types else (),
+        types=_type_names(types),
         plan_out=plan_out,
     )
     with ui.errors_to_exit(), ui.progress_bar("converting", quiet=quiet or json_out) as progress:
@@ -135,7 +135,10 @@ def convert(
     ui.print_fields(
         f"wrote {result.path}",
         [
-            ("preset", f"{result.preset} ({result.file_type})"),
+            # a plan is no preset: its file type is only the type that holds most of its bytes
+            ("plan", f"{result.plan['plan']['preset']} (file type {result.file_type}, the type of most bytes)")
+            if result.plan
+            else ("preset", f"{result.preset} ({result.file_type})"),
             ("size", f"{ui.human_bytes(result.size_bytes)} ({result.size_bytes:,} bytes)"),
             ("bits/weight", f"{result.bits_per_weight:.2f}"),
             (
@@ -166,6 +169,14 @@ def convert(
     )
     if result.plan:
         print_plan(result.plan, plan_out)
+
+
+def _type_names(types: str | None) -> list[str]:
+    """--types q4_k,q6_k -> ["q4_k", "q6_k"]; a value that names nothing ("" or ",") goes on whole, for convert
+    to refuse (it must not mean every type)."""
+    if types is None:
+        return []
+    return [t.strip() for t in types.split(",") if t.strip()] or [types]
 
 
 def _error(value: float | None) -> str:

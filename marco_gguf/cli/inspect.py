@@ -16,6 +16,7 @@ from marco_gguf.experts.prune import PREFIX as PRUNE_PREFIX
 from marco_gguf.gguf_io.info import GROUPS, GGUFInfo, read_info
 from marco_gguf.measure.verify import VerifyResult
 from marco_gguf.measure.verify import verify as lib_verify
+from marco_gguf.quant.plan_file import describe_plan
 
 
 def inspect(
@@ -30,12 +31,19 @@ def inspect(
         ui.print_json(info.as_dict(ctx))
         return
     ui.print_fields(info.path.name, _summary(info))
+    if info.plan:  # a file planned for a size or bits/weight budget: how, from its quantize.plan.* keys
+        ui.print_fields("Plan", describe_plan(info.plan))
     groups = Table(title="tensor groups", title_justify="left")
-    for col in ("group", "tensors", "parameters", "size", "bits/weight"):
-        groups.add_column(col, justify="left" if col == "group" else "right")
+    for col in ("group", "tensors", "parameters", "size", "bits/weight", "types"):
+        groups.add_column(col, justify="left" if col in ("group", "types") else "right")
     for g, v in info.group_totals().items():
         groups.add_row(
-            g, str(v["tensors"]), f"{v['parameters']:,}", ui.human_bytes(v["bytes"]), f"{v['bits_per_weight']:.2f}"
+            g,
+            str(v["tensors"]),
+            f"{v['parameters']:,}",
+            ui.human_bytes(v["bytes"]),
+            f"{v['bits_per_weight']:.2f}",
+            ", ".join(f"{q} x{n}" for q, n in v["types"].items()),
         )
     ui.out.print(groups)
     tensors = Table(title="tensors", title_justify="left")

@@ -19,6 +19,7 @@ from marco_gguf.arch.qwen3moe import parse_name
 from marco_gguf.base.errors import ExportError
 from marco_gguf.gguf_io.info import GGUFInfo, read_info
 from marco_gguf.gguf_io.reader import read_header
+from marco_gguf.quant.plan_file import plan_sentence
 from marco_gguf.quant.presets import builtin_presets, load_preset
 
 PRUNE = "marco.prune."  # keys prune writes (experts/prune.py)
@@ -41,6 +42,7 @@ class CardRow:
     experts: int = 0  # experts per layer in this file
     experts_used: int = 0  # per token
     pruned_from: int | None = None  # the whole model's experts per layer, for a pruned file
+    plan: dict[str, Any] | None = None  # a planned file's quantize.plan.* keys (budget, objective, ...)
 
 
 def _share(fraction: float) -> str:
@@ -105,6 +107,9 @@ def card_row(path: Path, names: dict[int, str] | None = None) -> CardRow:
     if pruned_from is not None:
         method = fields.get(PRUNE + "method", "method not recorded")
         said.append(f"Pruned: {experts} of {pruned_from} experts kept in every layer ({method}), {used} per token.")
+    if info.plan:  # planned for a budget (convert --target-size/--target-bpw): no preset's name fits it
+        name = f"Plan {info.plan.get('target', '?')}"
+        said.append(plan_sentence(info.plan))
     dataset = None
     if "quantize.imatrix.file" in fields:  # written by convert --imatrix/--calibrate, as by llama-quantize
         dataset = fields.get("quantize.imatrix.dataset") or "text not recorded"
@@ -113,7 +118,16 @@ def card_row(path: Path, names: dict[int, str] | None = None) -> CardRow:
         name = f"i1-{name}"
     said.append(tensor_types(info))
     return CardRow(
-        path.name, name, info.file_size, info.bits_per_weight, " ".join(said), dataset, experts, used, pruned_from
+        path.name,
+        name,
+        info.file_size,
+        info.bits_per_weight,
+        " ".join(said),
+        dataset,
+        experts,
+        used,
+        pruned_from,
+        info.plan or None,
     )
 
 

@@ -23,6 +23,7 @@ from marco_gguf.gguf_io.check import check_qwen3moe
 from marco_gguf.gguf_io.reader import DAMAGED, check_file, read_header
 
 MARCO_PREFIX = "marco."  # keys marco-gguf adds beyond llama.cpp's (prune records what it kept as marco.prune.*)
+PLAN_PREFIX = "quantize.plan."  # how a size-targeted plan was made (convert --target-size/--target-bpw)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class GGUFInfo:
     sampling: dict[str, float | int]  # the file's general.sampling.* by Sampling field (arch/sampling.py)
     tensors: tuple[TensorInfo, ...] = field(repr=False)
     marco: dict[str, Any] = field(default_factory=dict)  # marco.* keys marco-gguf wrote (a pruned file's record)
+    plan: dict[str, Any] = field(default_factory=dict)  # a planned file's quantize.plan.* keys, without the prefix
 
     @property
     def file_type_name(self) -> str | None:
@@ -78,12 +80,23 @@ class GGUFInfo:
             f"({self.architecture}.context_length): positions past it are outside what it was trained on"
         )
 
-    def group_totals(self) -> dict[str, dict[str, float]]:
+    def group_totals(self) -> dict[str, dict[str, Any]]:
+        """Per tensor group: tensors, parameters, bytes, bits/weight, and its tensors' types (type -> how many,
+        most first: a planned file mixes several within a group)."""
         out = {}
         for g in GROUPS:
             ts = [t for t in self.tensors if t.group == g]
             n, b = sum(t.n_elements for t in ts), sum(t.n_bytes for t in ts)
-            out[g] = {"tensors": len(ts), "parameters": n, "bytes": b, "bits_per_weight": 8 * b / n if n else 0.0}
+            types: dict[str, int] = {}
+            for t in ts:
+                types[t.type] = types.get(t.type, 0) + 1
+            out[g] = {
+                "tensors": len(ts),
+                "parameters": n,
+                "bytes": b,
+                "bits_per_weight": 8 * b / n if n else 0.0,
+                "types": dict(sorted(types.items(), key=lambda kv: (-kv[1], kv[0]))),
+            }
         return out
 
     @property
@@ -134,6 +147,7 @@ class GGUFInfo:
             "ram_needed": self.ram_needed(n_ctx),
             "context_note": self.context_note(n_ctx),
             "marco": self.marco,
+            "plan": self.plan,
             "tensors": [
                 {"name": t.name, "shape": list(t.shape), "type": t.type, "bytes": t.n_bytes, "group": t.group}
                 for t in self.tensors
@@ -200,6 +214,7 @@ def _read_info(path: Path) -> GGUFInfo:
         gguf_sampling(fields),
         tensors,
         {k: v for k, v in fields.items() if k.startswith(MARCO_PREFIX)},
+        {k.removeprefix(PLAN_PREFIX): v for k, v in fields.items() if k.startswith(PLAN_PREFIX)},
     )
 
 

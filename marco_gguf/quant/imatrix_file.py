@@ -17,8 +17,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from marco_gguf.base.errors import ImatrixError
+from marco_gguf.base.errors import GGUFFileError, ImatrixError
 from marco_gguf.base.files import write_atomic
+from marco_gguf.gguf_io.reader import Header, read_header
 
 KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"
 SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"
@@ -106,7 +107,11 @@ def write_imatrix(imatrix: Imatrix, path: str | Path) -> Path:
 
 
 def read_imatrix(path: str | Path) -> Imatrix:
-    """Read a GGUF or legacy .dat imatrix; damaged or foreign files raise ImatrixError naming the problem."""
+    """Read a GGUF or legacy .dat imatrix; damaged or foreign files raise ImatrixError naming the problem.
+
+    Beyond what llama.cpp's common_imatrix_load checks, values no imatrix holds are refused, not passed on:
+    sums that are negative or not finite, counts that are not whole numbers of tokens, sums that do not split
+    into one row per count, names that are not printable text, negative call or chunk counts."""
     path = Path(path)
     try:
         head = path.read_bytes()[:4]
@@ -117,46 +122,91 @@ def read_imatrix(path: str | Path) -> Imatrix:
     return _read_legacy(path)
 
 
+AGAIN = "make it again with `marco-gguf imatrix`, or download it again"
+MAX_COUNT = 2**53  # counts are whole numbers of tokens stored as F32; larger ones are damage, not data
+
+
+def _show(name: str) -> str:
+    """A name as it can stand in a one-line message."""
+    return name if name.isprintable() else repr(name)
+
+
+def _check_sums(path: Path, what: str, sums: np.ndarray) -> None:
+    if not np.isfinite(sums).all():
+        raise ImatrixError(f"{path}: {what} holds a value that is not finite (NaN or infinity)", AGAIN)
+    if (sums < 0).any():
+        raise ImatrixError(f"{path}: {what} holds a negative value: sums of squares are >= 0", AGAIN)
+
+
 def _read_gguf(path: Path) -> Imatrix:
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:
-        raise ImatrixError(
-            f"{path}: truncated or damaged GGUF imatrix ({type(e).__name__}: {e})",
-            "make it again with `marco-gguf imatrix`",
-        ) from None
-    fields = {k: f.contents() for k, f in reader.fields.items()}
+        header = read_header(path)  # strict and bounded: every length checked against the file first
+    except GGUFFileError as e:
+        detail = e.message.removeprefix(f"{path}: ")
+        raise ImatrixError(f"{path}: truncated or damaged GGUF imatrix: {detail}", AGAIN) from None
+    fields = header.fields
     if fields.get("general.type") not in (None, "imatrix") or not any(
-        t.name.endswith(SUM_SUFFIX) for t in reader.tensors
+        t.name.endswith(SUM_SUFFIX) for t in header.tensors
     ):
         raise ImatrixError(
             f"{path}: not an imatrix (general.type {fields.get('general.type')!r}, "
-            f"{len(reader.tensors)} tensors, none named *{SUM_SUFFIX})",
+            f"{len(header.tensors)} tensors, none named *{SUM_SUFFIX})",
             "give the .imatrix.gguf file",
         )
+    _check_keys(path, header)
     pairs: dict[str, dict[str, np.ndarray]] = {}
-    for t in reader.tensors:
-        for suffix in (SUM_SUFFIX, COUNT_SUFFIX):
-            if t.name.endswith(suffix):
-                if t.tensor_type != gguf.GGMLQuantizationType.F32:
-                    raise ImatrixError(f"{path}: {t.name} is {t.tensor_type.name}, llama.cpp's format is F32")
-                pairs.setdefault(t.name.removesuffix(suffix), {})[suffix] = np.array(t.data, dtype=np.float32).reshape(
-                    -1
-                )
-    entries = {}
-    for name, p in pairs.items():
-        if len(p) != 2:
-            raise ImatrixError(f"{path}: {name} has {'sums' if SUM_SUFFIX in p else 'counts'} but not the other")
-        entries[name] = Entry(p[SUM_SUFFIX], np.rint(p[COUNT_SUFFIX]).astype(np.int64))
-    datasets = fields.get(KEY_DATASETS) or []
+    with open(path, "rb") as f:
+        for t in header.tensors:
+            suffix = next((s for s in (SUM_SUFFIX, COUNT_SUFFIX) if t.name.endswith(s)), None)
+            if suffix is None:
+                continue
+            if t.type != gguf.GGMLQuantizationType.F32:
+                raise ImatrixError(f"{path}: {_show(t.name)} is {t.type.name}, llama.cpp's format is F32")
+            f.seek(t.offset)
+            pairs.setdefault(t.name.removesuffix(suffix), {})[suffix] = np.frombuffer(f.read(t.n_bytes), "<f4")
+    entries = {name: _gguf_entry(path, name, p) for name, p in pairs.items()}
     return Imatrix(
         entries,
-        list(datasets),
-        int(fields.get(KEY_CHUNK_COUNT) or 0),
-        int(fields.get(KEY_CHUNK_SIZE) or 0),
+        list(fields.get(KEY_DATASETS, [])),
+        int(fields.get(KEY_CHUNK_COUNT, 0)),
+        int(fields.get(KEY_CHUNK_SIZE, 0)),
         legacy=False,
         has_metadata=all(k in fields for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE)),
     )
+
+
+def _check_keys(path: Path, header: Header) -> None:
+    """The imatrix keys have the types llama.cpp reads them as (gguf_get_val_u32 asserts on another type)."""
+    for key in (KEY_CHUNK_COUNT, KEY_CHUNK_SIZE):
+        if key in header.types and header.types[key] != gguf.GGUFValueType.UINT32:
+            raise ImatrixError(f"{path}: key {key} is {header.types[key].name}, llama.cpp reads it as UINT32", AGAIN)
+    if KEY_DATASETS in header.types and (
+        header.types[KEY_DATASETS] != gguf.GGUFValueType.ARRAY
+        or header.item_types.get(KEY_DATASETS) != gguf.GGUFValueType.STRING
+    ):
+        raise ImatrixError(f"{path}: key {KEY_DATASETS} is not an array of strings", AGAIN)
+
+
+def _gguf_entry(path: Path, name: str, pair: dict[str, np.ndarray]) -> Entry:
+    if len(pair) != 2:
+        have = "sums" if SUM_SUFFIX in pair else "counts"
+        raise ImatrixError(f"{path}: {_show(name)} has {have} but not the other", AGAIN)
+    sums, counts = pair[SUM_SUFFIX].astype(np.float32), pair[COUNT_SUFFIX]
+    if len(counts) == 0 or len(sums) == 0 or len(sums) % len(counts):
+        raise ImatrixError(
+            f"{path}: {_show(name)} has {len(sums):,} sums for {len(counts):,} counts: "
+            "expected the same number of sums for each count",
+            AGAIN,
+        )
+    _check_sums(path, _show(name + SUM_SUFFIX), sums)
+    if not (np.isfinite(counts).all() and (counts >= 0).all() and (counts <= MAX_COUNT).all()):
+        bad = counts[~(np.isfinite(counts) & (counts >= 0) & (counts <= MAX_COUNT))][0]
+        raise ImatrixError(
+            f"{path}: {_show(name + COUNT_SUFFIX)} holds {bad}: counts are whole numbers of tokens, 0 to 2**53",
+            AGAIN,
+        )
+    # std::lround, as common_imatrix_load rounds them (half away from zero; counts are >= 0 here)
+    return Entry(sums, np.floor(counts.astype(np.float64) + 0.5).astype(np.int64))
 
 
 class _Cursor:
@@ -188,20 +238,35 @@ def _read_legacy(path: Path) -> Imatrix:
         )
     entries = {}
     for i in range(n_entries):
-        n = cur.i32(f"entry {i + 1}'s name length")
-        if not 0 < n < 1024:
-            raise ImatrixError(f"{path}: entry {i + 1} has a name length of {n}: not a legacy imatrix")
-        name = cur.take(n, f"entry {i + 1}'s name").decode("utf-8", errors="replace")
+        name = _legacy_name(cur, i)
         ncall, nval = cur.i32(f"{name}'s call count"), cur.i32(f"{name}'s value count")
         if nval < 1:
             raise ImatrixError(f"{path}: {name} has {nval} values")
+        if ncall < 0:
+            raise ImatrixError(f"{path}: {name} has a call count of {ncall}: llama-imatrix writes 1 or more", AGAIN)
         sums = np.frombuffer(cur.take(4 * nval, f"{name}'s {nval} values"), dtype="<f4").astype(np.float32)
+        _check_sums(path, name, sums)
         entries[name] = Entry(sums, np.array([ncall], dtype=np.int64))
     chunk_count, datasets = 0, []
     if cur.pos < len(cur.data):  # optional trailer: chunk count, dataset name
         chunk_count = cur.i32("the chunk count")
+        if chunk_count < 0:
+            raise ImatrixError(f"{path}: the trailer holds a chunk count of {chunk_count}", AGAIN)
         if cur.pos + 4 <= len(cur.data):
             n = cur.i32("the dataset name length")
             if n > 0:
                 datasets.append(cur.take(n, "the dataset name").decode("utf-8", errors="replace"))
     return Imatrix(entries, datasets, chunk_count, 0, legacy=True)
+
+
+def _legacy_name(cur: _Cursor, i: int) -> str:
+    n = cur.i32(f"entry {i + 1}'s name length")
+    if not 0 < n < 1024:
+        raise ImatrixError(f"{cur.path}: entry {i + 1} has a name length of {n}: not a legacy imatrix")
+    raw = cur.take(n, f"entry {i + 1}'s name")
+    name = raw.decode("utf-8", errors="replace")
+    if "\ufffd" in name or not name.isprintable():  # not UTF-8, control bytes, NUL: the length or bytes are damaged
+        raise ImatrixError(
+            f"{cur.path}: entry {i + 1}'s name {raw[:60]!r} is not a tensor name: the file is damaged", AGAIN
+        )
+    return name

@@ -118,8 +118,10 @@ def _check_budget(
     costs: _Costs,
     quant: Sequence[PlannedTensor],
     cands: dict[str, tuple[Q, ...]],
+    chosen_types: bool,
 ) -> None:
-    """Refuse, before measuring anything, a target the candidate types cannot meet or that needs no quantizing."""
+    """Refuse, before measuring anything, a target the candidate types cannot meet or that needs no quantizing;
+    `chosen_types`: the candidates are the user's --types, so IQ types are no remedy unless they add them."""
     what = f"--target-size {target.label}" if target.size is not None else f"--target-bpw {target.bpw:g}"
     f16 = sum(costs.cost(TensorSpec(t.name, t.shape, Q.F16)) for t in quant)
     if costs.budget > f16:
@@ -130,7 +132,7 @@ def _check_budget(
     least = _least(costs, quant, lambda t: cands[t.name])
     if least <= costs.budget:
         return
-    if model.importance is None:
+    if model.importance is None and not chosen_types:
         with_iq = _least(costs, quant, lambda t: tuple(q for q in CANDIDATES if fits(q, t.row_len)))
         if with_iq <= costs.budget:
             raise PlanError(
@@ -138,10 +140,11 @@ def _check_budget(
                 "the plan needs IQ types, and the plan uses them only with an importance matrix",
                 "pass --imatrix FILE or --calibrate, or give a larger target",
             )
+    more = ", or add smaller types to --types" if chosen_types else ", or an imatrix for the IQ types"
     raise PlanError(
         f"{what} is below the smallest file these candidate types make "
         f"({_figure(model, target, costs, least)}, every tensor at its smallest type)",
-        "give a larger target" + ("" if model.importance else ", or an imatrix for the IQ types"),
+        "give a larger target" + ("" if model.importance and not chosen_types else more),
     )
 
 
@@ -269,7 +272,7 @@ def make_plan(
         plan_preset(target.name, model.planned, {t.name: cands[t.name][0] for t in quant}, fields, "")
     )
     costs = _costs(model, target, header, quant)
-    _check_budget(model, target, costs, quant, cands)
+    _check_budget(model, target, costs, quant, cands, chosen_types=bool(types))
     if max_bytes_per_token is not None:
         _check_token_cap(model, quant, cands, max_bytes_per_token)
     errors, measured, cached, path = _measure(model, quant, cands, imatrix_sha, cache, threads, progress)

@@ -16,9 +16,10 @@ from gguf import LlamaFileType as F
 
 from marco_gguf.arch.qwen3moe import KINDS, PlannedTensor, base_name
 from marco_gguf.gguf_io.format import row_size
+from marco_gguf.gguf_io.info import PLAN_PREFIX
 from marco_gguf.quant.presets import Preset, Rule
 
-PLAN_KEY_PREFIX = "quantize.plan."
+PLAN_KEY_PREFIX = PLAN_PREFIX  # inspect and card read the keys back under the same prefix
 # llama.cpp's own guess of a file type from its most common tensor type (src/llama-model-loader.cpp); a plan
 # declares the file type of the type that holds most of its bytes
 FILE_TYPE_OF: Mapping[Q, F] = MappingProxyType(
@@ -123,3 +124,61 @@ def render_toml(preset: Preset, header: Sequence[str]) -> str:
         lines.append(f"layers = {_toml_value(layers)}")
     lines += ["", "[plan]"] + [f"{k} = {_toml_value(v)}" for k, v in preset.plan.items()]
     return "\n".join(lines) + "\n"
+
+
+def is_bpw_target(label: str) -> bool:
+    return label.upper().endswith("BPW")
+
+
+def _fmt(value: Any, spec: str) -> str:
+    """A figure formatted, or the value as it is: inspect shows any file's keys, hand-edited ones included."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return format(value, spec) if is_number else str(value)
+
+
+def _budget(plan: Mapping[str, Any]) -> str:
+    """'3MB (the whole file at most 3,000,000 bytes)'; a bits/weight target bounds the tensor data."""
+    target, budget = plan.get("target", "an unrecorded target"), plan.get("budget_bytes")
+    if budget is None:
+        return str(target)
+    whole = "tensor data" if is_bpw_target(str(target)) else "the whole file"
+    return f"{target} ({whole} at most {_fmt(budget, ',')} bytes)"
+
+
+def describe_plan(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A file's or preset's [plan] table as (field, value) lines for people, in PLAN_FIELDS' order; fields this
+    version does not know follow as they are."""
+    rows: list[tuple[str, str]] = [("budget", _budget(plan))]
+    if "max_bytes_per_token" in plan:
+        rows.append(
+            ("bytes per token", f"at most {_fmt(plan['max_bytes_per_token'], ',')} weight bytes read per token")
+        )
+    if "objective" in plan:
+        rows.append(("objective", str(plan["objective"])))
+    if "estimated_error" in plan:
+        on = f" (on {plan['sample_rows']} sampled rows per tensor)" if "sample_rows" in plan else ""
+        rows.append(("estimated error", f"{_fmt(plan['estimated_error'], '.6g')}{on}"))
+    if "imatrix" in plan:
+        rows.append(("imatrix", str(plan["imatrix"])))
+    if "types" in plan:
+        types = plan["types"]
+        rows.append(("candidate types", ", ".join(map(str, types)) if isinstance(types, list) else str(types)))
+    if "version" in plan:
+        rows.append(("planned by", f"marco-gguf {plan['version']}"))
+    known = {"target", "budget_bytes", "max_bytes_per_token", "objective", "estimated_error", "sample_rows"}
+    known |= {"imatrix", "types", "version"}
+    rows += [(k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in plan.items() if k not in known]
+    return rows
+
+
+def plan_sentence(plan: Mapping[str, Any]) -> str:
+    """One sentence for a model card: the budget the file was planned for, the objective, the estimated error."""
+    cap = plan.get("max_bytes_per_token")
+    said = [f"Planned for a budget of {_budget(plan)}"]
+    if cap is not None:
+        said.append(f", at most {_fmt(cap, ',')} weight bytes read per token")
+    if "objective" in plan:
+        said.append(f"; types chosen for the {plan['objective']}")
+    if "estimated_error" in plan:
+        said.append(f", estimated {_fmt(plan['estimated_error'], '.6g')}")
+    return "".join(said) + "."
