@@ -50,10 +50,12 @@ def texts(eval_text: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
-def table(rows: list[dict], experts: int, overlap: float) -> str:
+def table(rows: list[dict], experts: int, overlap: float | None) -> str:
     lines = [
         f"Core-expert overlap of the two usage texts (Jaccard, 50 % of the routing mass, mean over layers): "
-        f"{overlap:.2f}.",
+        f"{overlap:.2f}."
+        if overlap is not None
+        else "Usage measured on one text.",
         "",
         f"| experts kept (of {experts}) | usage text | method | file size (bytes) | PPL | mean KLD | 99 % KLD | same top p |",
         "|---|---|---|---|---|---|---|---|",
@@ -79,6 +81,8 @@ def plot(rows: list[dict], experts: int, per_token: int, path: Path, title: str)
     for usage, style in (("code", "-"), ("licenses", "--")):
         for method, marker in (("reap", "o"), ("frequency", "s")):
             pts = sorted((r for r in rows if r["usage"] == usage and r["method"] == method), key=lambda r: r["keep"])
+            if not pts:
+                continue
             ax.errorbar(
                 [r["keep"] for r in pts],
                 [r["quality"]["kld"]["value"] for r in pts],
@@ -105,6 +109,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--text", type=Path, default=None, help="held-out code (default: MODEL/eval.txt)")
+    ap.add_argument("--usage", default="code,licenses", help="usage texts: code (40 %% of eval.txt), licenses")
     ap.add_argument("--name", default="prune_quality", help="stem of the .json/.md/.png written here")
     ap.add_argument("--title", default="tiny trained Marco, scored on held-out code")
     args = ap.parse_args()
@@ -114,7 +119,11 @@ def main() -> None:
         t = texts(args.text or args.model / "eval.txt", out)
         ref = convert(args.model, preset="f16", outdir=out, threads=args.threads).path
         measured = expert_usage(
-            ref, [t["code"], t["licenses"]], labels=["code", "licenses"], ctx=args.ctx_size, threads=args.threads
+            ref,
+            [t[u] for u in args.usage.split(",")],
+            labels=args.usage.split(","),
+            ctx=args.ctx_size,
+            threads=args.threads,
         )
         usage_files = {}
         for one in measured.texts:  # one usage file per text
@@ -145,7 +154,7 @@ def main() -> None:
             threads=args.threads,
         ).as_dict()
     rows = [{"keep": k, "usage": u, "method": m, "quality": q} for (k, u, m, _), q in zip(made, report["results"])]
-    overlap = build_report(measured).similarity[0][1]
+    overlap = build_report(measured).similarity[0][1] if len(measured.texts) > 1 else None
     doc = {
         "machine": machine(),
         "usage_tokens": {x.label: x.tokens for x in measured.texts},
