@@ -3,8 +3,8 @@ frequency, with usage measured on the scored kind of text or on another kind.
 
     python benchmarks/train_tiny_marco.py                 # once (another benchmark's model)
     python benchmarks/prune_quality.py [--model DIR] [--keep 48,32,16,8] [-c 512] [--chunks 16] [--threads 2]
-    python benchmarks/prune_quality.py --model W/checkpoint --text W/eval.txt --keep 6,4,3 \
-        --name prune_quality_proxy --title "proxy (SmolLM2 as qwen3_moe, 8 experts top-2), held-out code"
+    python benchmarks/prune_quality.py --model W/checkpoint --text eval-150k.txt --keep 6,4,3 --chunks 8 \
+        --usage code --name prune_quality_proxy --title "proxy (SmolLM2 as qwen3_moe, 8 experts top-2), held-out code"
 
 The tiny model (4 layers, 64 experts, 8 per token) learned Python code and license texts. Usage is measured
 with `marco_gguf.experts.usage.expert_usage` on the first 40 % of its held-out eval.txt (code) and, for the

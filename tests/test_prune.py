@@ -204,8 +204,12 @@ def test_pruned_file_loads_and_exports_to_ollama(converted, usage, llama_tool, t
     try:
         assert len(llm.tokenize(b"hello world")) > 0
         llm.eval(llm.tokenize(b"hello world"))
-        # only the last position's logits are computed (logits_all is off): the rows before it are uninitialised
-        assert np.isfinite(np.array(llm.scores[llm.n_tokens - 1])).all()
+        # llama-cpp-python 0.3.x leaves Llama.scores unwritten without logits_all (uninitialised memory: zeros in
+        # a fresh process, garbage later), so the last position's logits are read from the context itself
+        import llama_cpp
+
+        last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        assert np.isfinite(last).all() and last.std() > 0
     finally:
         llm.close()
     exported = export_ollama(r.path, name="marco-pruned")
