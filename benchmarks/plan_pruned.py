@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from proxy_quality import plan_file, row_cells
+from prune_quality import texts
 from quality import machine
 
 from marco_gguf import convert
@@ -30,15 +31,6 @@ from marco_gguf.measure.quality import quality
 from marco_gguf.quant.imatrix_file import read_imatrix, write_imatrix
 
 HERE = Path(__file__).parent
-
-
-def texts(eval_text: Path, out: Path) -> tuple[Path, Path]:
-    code = eval_text.read_text(encoding="utf-8")
-    cut = int(len(code) * 0.4)
-    usage, score = out / "code-usage.txt", out / "code-score.txt"
-    usage.write_text(code[:cut], encoding="utf-8")
-    score.write_text(code[cut:], encoding="utf-8")
-    return usage, score
 
 
 def pruned_model(work: Path, out: Path, keep: int, usage_text: Path, imatrix: Path) -> tuple[Path, Path]:
@@ -65,7 +57,8 @@ def main() -> None:
     started, work = time.perf_counter(), args.workdir
     out = work / "pruned"
     out.mkdir(parents=True, exist_ok=True)
-    usage_text, score_text = texts(work / "eval.txt", out)
+    split = texts(work / "eval.txt", out)  # prune_quality.py's split: usage on 40 %, scoring on the rest
+    usage_text, score_text = split["code"], split["score"]
     imatrix = work / "quality" / "proxy.imatrix.gguf"
     folder, sliced = pruned_model(work, out, args.keep, usage_text, imatrix)
     rows = []

