@@ -187,6 +187,7 @@ def convert(
     max_bytes_per_token: int | None = None,
     types: Sequence[str] = (),
     plan_out: str | Path | None = None,
+    sensitivity: str | Path | None = None,
 ) -> ConvertResult:
     """Convert a Marco (qwen3_moe) checkpoint folder, or a hub id `owner/name` (at `revision`), to GGUF with
     `preset` (default q8_0); with `imatrix` (a GGUF or legacy .dat importance matrix) the quantizers weight by
@@ -195,7 +196,9 @@ def convert(
     `target_size` ("8GB", "7.5GiB", bytes) or `target_bpw` plans each tensor's type instead of a preset: the
     least measured error within the target (and within `max_bytes_per_token` bytes read per generated token),
     choosing among `types` (default: every type llama.cpp's CPU backend runs; IQ types only with an imatrix);
-    the plan is a preset, written to `plan_out` when given (quant/plan.py).
+    the plan is a preset, written to `plan_out` when given (quant/plan.py). With `sensitivity` (a GGUF of the
+    same model, e.g. its Q8_0) each tensor's error is weighed by the KLD a unit of it costs there
+    (quant/sensitivity.py): one llama.cpp pass per tensor, cached beside the output.
 
     `experts` keeps only those experts of each layer (one list per layer, all of one length; `prune` uses
     it), with tensor types decided as for the whole model, so the file equals the whole model's converted
@@ -204,6 +207,8 @@ def convert(
     records it), so the file is the PEFT-merged model's."""
     started = time.perf_counter()
     target = _target(preset, tensor_types, target_size, target_bpw, max_bytes_per_token, types, plan_out)
+    if sensitivity is not None and target is None:
+        raise PlanError("--sensitivity weighs a plan's errors", "give --target-size or --target-bpw with it")
     chosen = None if target else preset if isinstance(preset, Preset) else load_preset(preset or DEFAULT_PRESET)
     overrides = parse_overrides(tensor_types)
     threads = threads or default_threads()
@@ -253,6 +258,7 @@ def convert(
                     importance,
                     imatrix_label or (str(imatrix) if imatrix else None),
                     lambda p: len(encode_header(_final_kv(kv, p, metadata), _f32_specs(planned))),
+                    Path(sensitivity) if sensitivity is not None else None,
                 ),
                 target,
                 types=types,

@@ -199,6 +199,12 @@ REFUSALS = [  # (reason, options after SOURCE, the one line's fragment)
     ("bits per weight above F16's", ["--target-bpw", "100"], "--target-bpw 100 is above the F16 file (16.023 bits/"),
     ("--types without a target", ["--types", "q4_k"], "go with --target-size or --target-bpw"),
     ("--plan-out without a target", ["--plan-out", "{out}/p.toml"], "go with --target-size or --target-bpw"),
+    ("--sensitivity without a target", ["--sensitivity", "{out}/m.gguf"], "give --target-size or --target-bpw with it"),
+    (
+        "--sensitivity naming no file",
+        ["--target-bpw", "4", "--sensitivity", "{out}/missing.gguf"],
+        "missing.gguf: no such file",
+    ),
 ]
 
 

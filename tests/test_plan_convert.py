@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import shutil
 import subprocess
 
@@ -17,8 +18,9 @@ from checkpoints import Spec
 from gguf import GGUFReader
 
 from marco_gguf import convert
-from marco_gguf.base.errors import ImatrixError, OutputError, PlanError
+from marco_gguf.base.errors import GGUFFileError, ImatrixError, OutputError, PlanError
 from marco_gguf.quant.presets import load_preset
+from marco_gguf.quant.sensitivity import Sensitivity
 
 pytestmark = pytest.mark.slow
 
@@ -215,3 +217,89 @@ def test_an_existing_plan_file_is_kept(checkpoint, tmp_path):
     with pytest.raises(OutputError, match=r"plan\.toml: already exists"):
         convert(checkpoint(MINI), target_bpw=4.0, plan_out=plan, outdir=tmp_path)
     assert plan.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["plan.toml"]
+
+
+def tensor_types(path) -> dict[str, str]:
+    return {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
+
+
+def fake_sensitivity(gain):
+    """quant.plan's `sensitivity` with chosen gains (gain(name) -> float) instead of measured ones."""
+
+    def measured(path, quant, errors, **_):
+        gains = {t.name: gain(t.name) for t in quant}
+        return Sensitivity(gains, dict.fromkeys(gains, 0.0), dict.fromkeys(gains, 0.0), 0)
+
+    return measured
+
+
+def test_gains_weigh_the_errors(f16_size, checkpoint, converted, reference_imatrix, tmp_path, monkeypatch):
+    """Uniform gains change no choice, only the estimate's scale; a heavy gain buys one tensor its best type."""
+    budget, imatrix, q8 = int(f16_size * 0.25), reference_imatrix(MINI), converted(MINI, "q8_0").path
+    plain = convert(checkpoint(MINI), target_size=budget, imatrix=imatrix, outdir=tmp_path / "plain")
+    monkeypatch.setattr("marco_gguf.quant.plan.sensitivity", fake_sensitivity(lambda _: 3.0))
+    uniform = convert(checkpoint(MINI), target_size=budget, imatrix=imatrix, outdir=tmp_path / "u", sensitivity=q8)
+    assert tensor_types(uniform.path) == tensor_types(plain.path)
+    assert uniform.plan["plan"]["estimated_error"] == pytest.approx(3 * plain.plan["plan"]["estimated_error"])
+    fields = GGUFReader(uniform.path).fields
+    assert "measured sensitivity" in fields["quantize.plan.objective"].contents()
+    assert fields["quantize.plan.sensitivity"].contents() == q8.name
+    heavy = "blk.0.attn_v.weight"
+    assert tensor_types(plain.path)[heavy] not in ("F16", "Q8_0")  # else the case shows nothing
+    monkeypatch.setattr("marco_gguf.quant.plan.sensitivity", fake_sensitivity(lambda n: 1e12 if n == heavy else 1.0))
+    steered = convert(checkpoint(MINI), target_size=budget, imatrix=imatrix, outdir=tmp_path / "s", sensitivity=q8)
+    assert tensor_types(steered.path)[heavy] == "F16"  # its least-error type
+    assert steered.path.stat().st_size <= budget
+
+
+def test_measured_sensitivity_plans_and_is_cached(f16_size, checkpoint, converted, reference_imatrix, tmp_path):
+    """Measured on the fixture's Q8_0: a gain for every quantized tensor, kept beside the output for the next
+    budget, the same again from scratch; the plan says what it was measured on."""
+    q8, imatrix, plan = converted(MINI, "q8_0").path, reference_imatrix(MINI), tmp_path / "plan.toml"
+    first = convert(
+        checkpoint(MINI),
+        target_size=int(f16_size * 0.25),
+        imatrix=imatrix,
+        outdir=tmp_path / "a",
+        sensitivity=q8,
+        plan_out=plan,
+    )
+    [cache] = (tmp_path / "a").glob("*.sensitivity-*.json")
+    doc = json.loads(cache.read_text())
+    quantized = [n for n, q in tensor_types(first.path).items() if q != "F32"]
+    assert sorted(doc["tensors"]) == sorted(quantized)
+    assert all(k > 0 and e > 0 for k, e in doc["tensors"].values())
+    stamp = cache.stat().st_mtime_ns
+    convert(checkpoint(MINI), target_size=int(f16_size * 0.3), imatrix=imatrix, outdir=tmp_path / "a", sensitivity=q8)
+    assert cache.stat().st_mtime_ns == stamp  # read, not measured again
+    again = convert(
+        checkpoint(MINI), target_size=int(f16_size * 0.25), imatrix=imatrix, outdir=tmp_path / "b", sensitivity=q8
+    )
+    assert json.loads(next((tmp_path / "b").glob("*.sensitivity-*.json")).read_text())["tensors"] == doc["tensors"]
+    assert sha(again.path) == sha(first.path)
+    assert f"sensitivity: measured on {q8.name}" in plan.read_text()
+    remade = convert(checkpoint(MINI), preset=plan, imatrix=imatrix, outdir=tmp_path / "c")
+    assert sha(remade.path) == sha(first.path)  # the plan file alone makes the same file again
+
+
+SENSITIVITY_REFUSALS = [  # (reason, keywords, which GGUF: "mini" / "nano" / "text", error, message fragment)
+    ("--sensitivity without a target", {}, "mini", PlanError, "give --target-size or --target-bpw with it"),
+    ("a GGUF of another model", {"target_bpw": 4.0}, "nano", PlanError, "a GGUF of another model"),
+    ("not a GGUF", {"target_bpw": 4.0}, "text", GGUFFileError, "notes.txt"),
+]
+
+
+@pytest.mark.parametrize(
+    "reason,kw,which,error,fragment", SENSITIVITY_REFUSALS, ids=[r[0] for r in SENSITIVITY_REFUSALS]
+)
+def test_sensitivity_refusals(reason, kw, which, error, fragment, checkpoint, converted, tmp_path):
+    if which == "text":
+        model = tmp_path / "notes.txt"
+        model.write_text("not a model\n")
+    else:
+        model = converted(MINI if which == "mini" else NANO, "q8_0").path
+    out = tmp_path / "out"
+    with pytest.raises(error, match=fragment) as caught:
+        convert(checkpoint(MINI), outdir=out, sensitivity=model, **kw)
+    assert "\n" not in caught.value.message
+    assert not out.exists() or not any(out.iterdir())

@@ -91,6 +91,14 @@ def convert(
     plan_out: Annotated[
         Path | None, typer.Option("--plan-out", help="With a target: write the plan here (a preset .toml file).")
     ] = None,
+    sensitivity: Annotated[
+        Path | None,
+        typer.Option(
+            "--sensitivity",
+            help="With a target: weigh each tensor's error by the KLD it costs on this GGUF of the model "
+            "(e.g. its Q8_0; one llama.cpp pass per tensor, cached).",
+        ),
+    ] = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -115,6 +123,7 @@ def convert(
         max_bytes_per_token=max_bytes_per_token,
         types=_type_names(types),
         plan_out=plan_out,
+        sensitivity=sensitivity,
     )
     with ui.errors_to_exit(), ui.progress_bar("converting", quiet=quiet or json_out) as progress:
         if calibrate:

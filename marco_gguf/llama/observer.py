@@ -64,6 +64,8 @@ def _lib() -> ctypes.CDLL:
     lib.ggml_tensor_overhead.restype, lib.ggml_tensor_overhead.argtypes = ctypes.c_size_t, []
     lib.ggml_backend_tensor_get.restype = None
     lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    lib.ggml_backend_tensor_set.restype = None
+    lib.ggml_backend_tensor_set.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
     if lib.ggml_tensor_overhead() != GGML_OBJECT_SIZE + ctypes.sizeof(_GGMLTensor):
         raise MarcoGGUFError(
             "this llama.cpp build's struct ggml_tensor differs from marco-gguf's copy",
@@ -132,6 +134,14 @@ class Node:
         lib.ggml_backend_tensor_get(self.ptr, raw.ctypes.data, 0, raw.nbytes)
         shape, strides = tuple(reversed(self.ne)), tuple(reversed(self.nb))  # ggml_nbytes spans exactly these
         return np.lib.stride_tricks.as_strided(raw.view(dtype), shape=shape, strides=strides).copy()
+
+    def write(self, values: np.ndarray) -> None:
+        """Replace a computed, contiguous node's data (same dtype and shape as numpy() gives): the ops after it
+        in the graph read the new values (the scheduler computes them only after the callback returns)."""
+        lib, data = _lib(), np.ascontiguousarray(values, dtype=NUMPY_DTYPES.get(self.type))
+        if data.nbytes != lib.ggml_nbytes(self.ptr) or data.shape != tuple(reversed(self.ne)):
+            raise MarcoGGUFError(f"graph tensor {self.name}: {data.shape} values for a tensor of {self.ne}")
+        lib.ggml_backend_tensor_set(self.ptr, data.ctypes.data, 0, data.nbytes)
 
 
 @dataclass
@@ -266,6 +276,12 @@ class ObservedModel:
         self.observer.reraise()
         if rc != 0:
             raise MarcoGGUFError(f"llama.cpp failed to evaluate {len(tokens)} tokens (llama_decode returned {rc})")
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Evaluate one sequence (as decode) and return every token's logits, float32 (tokens, vocabulary)."""
+        self.decode(tokens)
+        n_vocab = self.lib.llama_vocab_n_tokens(self.vocab)
+        return np.ctypeslib.as_array(self.lib.llama_get_logits(self.ctx), shape=(len(tokens), n_vocab)).copy()
 
     def run_chunks(
         self,

@@ -49,6 +49,7 @@ from marco_gguf.quant.plan_model import (
 )
 from marco_gguf.quant.plan_target import Target, names_of, parse_target, parse_types
 from marco_gguf.quant.presets import Preset
+from marco_gguf.quant.sensitivity import check_model, sensitivity
 from marco_gguf.version import __version__
 
 __all__ = ["Model", "Plan", "PlanSummary", "Target", "make_plan", "parse_target"]
@@ -189,8 +190,9 @@ def _measure(
     cache: tuple[Path, str],
     threads: int,
     progress: Progress | None,
-) -> tuple[dict[str, dict[str, float]], int, int, Path]:
-    """Every (tensor, candidate) error, from the cache where it has them: (errors, measured, cached, cache file)."""
+) -> tuple[dict[str, dict[str, float]], int, int, Path, str]:
+    """Every (tensor, candidate) error, from the cache where it has them: (errors, measured, cached, cache file,
+    its key)."""
     source = measure_cache.source_identity(model.folder, model.planned, model.files, model.read_rows)
     key = measure_cache.cache_key(source, imatrix_sha, SAMPLE_ROWS, SAMPLE_SEED)
     path = measure_cache.cache_path(*cache, key)
@@ -213,7 +215,7 @@ def _measure(
     if measured:
         merged = {n: {**known.get(n, {}), **e} for n, e in errors.items()}
         measure_cache.save(path, key, {**known, **merged})
-    return errors, measured, cached, path
+    return errors, measured, cached, path, key
 
 
 def _option(model: Model, costs: _Costs, t: PlannedTensor, q: Q, errors: dict[str, dict[str, float]]) -> Option:
@@ -234,15 +236,17 @@ def _fields(model: Model, target: Target, types: Sequence[Q], cap: int | None, i
     if cap is not None:
         fields["max_bytes_per_token"] = cap
     return fields | {
-        "objective": OBJECTIVE[model.importance is not None],
+        "objective": OBJECTIVE[model.importance is not None] + (GAINED if model.sensitivity is not None else ""),
         "estimated_error": 0.0,
         "imatrix": imatrix,
+        **({"sensitivity": model.sensitivity.name} if model.sensitivity is not None else {}),
         "types": [q.name for q in types],
         "sample_rows": SAMPLE_ROWS,
         "version": __version__,
     }
 
 
+GAINED = ", each tensor's weighed by its measured sensitivity: estimated KLD"
 OBJECTIVE = {
     True: "least total imatrix-weighted squared error (expected per token, routed experts by their share)",
     False: "least total squared error (no imatrix; routed experts by their uniform share)",
@@ -275,7 +279,14 @@ def make_plan(
     _check_budget(model, target, costs, quant, cands, chosen_types=bool(types))
     if max_bytes_per_token is not None:
         _check_token_cap(model, quant, cands, max_bytes_per_token)
-    errors, measured, cached, path = _measure(model, quant, cands, imatrix_sha, cache, threads, progress)
+    if model.sensitivity is not None:
+        check_model(model.sensitivity, quant)
+    errors, measured, cached, path, key = _measure(model, quant, cands, imatrix_sha, cache, threads, progress)
+    if model.sensitivity is not None:  # the plan, its summary and the presets' estimates all in KLD units
+        sens = sensitivity(
+            model.sensitivity, quant, errors, measure_key=key, cache=cache, threads=threads, progress=progress
+        )
+        errors = {n: {q: sens.gains[n] * e for q, e in by_type.items()} for n, by_type in errors.items()}
     cap = None if max_bytes_per_token is None else max_bytes_per_token - _token_fixed(model) - 1
     options = [[_option(model, costs, t, q, errors) for q in cands[t.name]] for t in quant]
     picked = allocate(options, costs.budget, unit=costs.unit, max_token_bytes=cap)
@@ -330,6 +341,11 @@ def _header_lines(model: Model, target: Target, fields: dict, priced: Priced) ->
         f"objective: {fields['objective']}",
         f"  on {fields['sample_rows']} sampled rows per tensor; estimated total {fields['estimated_error']:.6g}",
         f"imatrix: {fields['imatrix']}",
+        *(
+            [f"sensitivity: measured on {fields['sensitivity']} (quant/sensitivity.py)"]
+            if "sensitivity" in fields
+            else []
+        ),
         f"candidate types: {', '.join(fields['types'])}",
         "An ordinary preset: every quantized tensor has a rule. The same file again, byte for byte:",
         f"  marco-gguf convert SOURCE --preset THIS_FILE.toml{again}",

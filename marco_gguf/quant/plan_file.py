@@ -160,13 +160,15 @@ def describe_plan(plan: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("estimated error", f"{_fmt(plan['estimated_error'], '.6g')}{on}"))
     if "imatrix" in plan:
         rows.append(("imatrix", str(plan["imatrix"])))
+    if "sensitivity" in plan:
+        rows.append(("sensitivity", f"gains measured on {plan['sensitivity']}"))
     if "types" in plan:
         types = plan["types"]
         rows.append(("candidate types", ", ".join(map(str, types)) if isinstance(types, list) else str(types)))
     if "version" in plan:
         rows.append(("planned by", f"marco-gguf {plan['version']}"))
     known = {"target", "budget_bytes", "max_bytes_per_token", "objective", "estimated_error", "sample_rows"}
-    known |= {"imatrix", "types", "version"}
+    known |= {"imatrix", "sensitivity", "types", "version"}
     rows += [(k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in plan.items() if k not in known]
     return rows
 

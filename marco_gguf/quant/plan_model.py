@@ -34,6 +34,7 @@ class Model:
     importance: Importance | None
     imatrix_label: str | None
     header_bytes: Callable[[Preset], int]  # the GGUF header (metadata, tensor table, padding) under a preset
+    sensitivity: Path | None = None  # a GGUF of this model to measure each tensor's gain on (quant/sensitivity.py)
 
 
 def padded(n: int) -> int:

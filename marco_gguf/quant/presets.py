@@ -185,6 +185,7 @@ PLAN_FIELDS: Mapping[str, tuple[type, ...]] = MappingProxyType(
         "objective": (str,),
         "estimated_error": (float,),
         "imatrix": (str,),
+        "sensitivity": (str,),
         "types": (list,),
         "sample_rows": (int,),
         "version": (str,),

@@ -1,0 +1,190 @@
+"""What a unit of each tensor's measured error costs the model's output: its gain, in KLD per unit of error.
+
+The plan's errors (measure_types) are each tensor's imatrix-weighted squared output error per token, in that
+tensor's own units: a late layer's ffn_down_exps has errors a thousand times an early attn_v's, and summed
+as they are the plan starves early attention. On the proxy (BENCHMARKS.md, "Plans weighed by sensitivity")
+a Q4_K-sized error costs layer 0's attn_v about 15x more KLD than layer 29's ffn_down_exps.
+
+So the gains are measured end to end, by llama.cpp, on a GGUF of the same model (Q8_0, as for the imatrix):
+one pass over one chunk of the calibration text for the reference logits, then one pass per tensor with
+Gaussian noise added to that weight's product inside llama.cpp's graph (the observer rewrites the node
+before the next op reads it). The noise has, per token, the energy the tensor's own error has at the
+reference type in the planner's measurements (so each tensor is measured where plans operate), spread over
+tokens (and expert slots) in proportion to each one's input energy, as a weight error's output is. The gain
+is the mean KLD of the noisy logits from the clean ones divided by that energy. Noise is seeded per tensor:
+the same inputs give the same gains. Tensors only looked up (untied embeddings) keep the median gain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+
+from marco_gguf.arch.qwen3moe import PlannedTensor
+from marco_gguf.base.errors import PlanError
+from marco_gguf.base.files import make_folders, write_text_atomic
+from marco_gguf.base.machine import physical_cores
+from marco_gguf.base.progress import Progress, ProgressEvent
+from marco_gguf.gguf_io.reader import read_header
+from marco_gguf.llama.observer import GraphObserver, Node, ObservedModel
+from marco_gguf.quant.imatrix import read_text, weight_name
+from marco_gguf.version import __version__
+
+FORMAT = 1  # bump when what is measured changes
+REFERENCE = (Q.Q4_K, Q.IQ4_XS, Q.Q4_0, Q.Q5_K, Q.Q3_K, Q.Q8_0)  # the noise energy: the first type measured
+CTX = 512  # tokens in the one chunk measured
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Per tensor: the gain, and the KLD and noise energy behind it."""
+
+    gains: dict[str, float]
+    kld: dict[str, float]
+    energy: dict[str, float]
+    measured: int  # tensors measured now (0: all from the cache)
+
+
+class Noise:
+    """The observer's side: noise of a set energy per token on the product of one weight."""
+
+    def __init__(self) -> None:
+        self.target: str | None = None
+        self.energy = self.injected = 0.0
+
+    def wants(self, node: Node) -> bool:
+        return node.op in ("MUL_MAT", "MUL_MAT_ID") and weight_name(node.arg(0).name) == self.target
+
+    def take(self, node: Node) -> None:
+        assert self.target is not None
+        # numpy order: MUL_MAT (1, 1, tokens, n); MUL_MAT_ID (1, tokens, slots, n) with input slots 1 or all
+        out, inp = node.numpy(), node.arg(1).numpy().astype(np.float64)
+        weight = np.broadcast_to((inp**2).sum(-1, keepdims=True), out.shape[:-1] + (1,))
+        rng = np.random.default_rng(zlib.crc32(self.target.encode()))
+        noise = rng.standard_normal(out.shape) * np.sqrt(weight / max(float(weight.mean()), 1e-300))
+        tokens = out.shape[-3] if node.op == "MUL_MAT_ID" else math.prod(out.shape[:-1])
+        noise *= math.sqrt(self.energy / max(float((noise**2).sum()) / tokens, 1e-300))
+        self.injected += float((noise**2).sum()) / tokens
+        node.write(out + noise)
+
+
+def _log_probs(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    z -= z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def energies(errors: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Each tensor's noise energy: its measured error at the first REFERENCE type it has."""
+    out = {}
+    for name, by_type in errors.items():
+        q = next((q for q in REFERENCE if q.name in by_type and by_type[q.name] > 0), None)
+        if q is not None:
+            out[name] = by_type[q.name]
+    return out
+
+
+def check_model(path: Path, quant: Sequence[PlannedTensor]) -> None:
+    """The GGUF must hold this model's quantized tensors with their shapes (any types)."""
+    tensors = {t.name: tuple(t.shape) for t in read_header(path).tensors}
+    for t in quant:
+        have = tensors.get(t.name)
+        if have != tuple(t.shape):
+            what = "no such tensor" if have is None else f"shape {list(have)}"
+            raise PlanError(
+                f"{path}: {t.name} has {what}, this model's is {list(t.shape)}: a GGUF of another model",
+                "give --sensitivity a GGUF converted from this checkpoint (e.g. its Q8_0)",
+            )
+
+
+def measure_gains(
+    path: Path,
+    energy: Mapping[str, float],
+    *,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, tuple[float, float]]:
+    """(KLD, injected energy) per tensor in `energy`, one llama.cpp pass each over the calibration text."""
+    body, _ = read_text(None, PlanError)
+    noise = Noise()
+    out: dict[str, tuple[float, float]] = {}
+    observer = GraphObserver(noise.wants, noise.take)
+    with ObservedModel(path, observer, n_ctx=CTX, threads=threads or physical_cores()) as m:
+        tokens = m.tokenize(body)[:CTX]
+        ref = _log_probs(m.logits(tokens))
+        p_ref = np.exp(ref)
+        for i, name in enumerate(sorted(energy)):
+            noise.target, noise.energy, noise.injected = name, energy[name], 0.0
+            kld = float((p_ref * (ref - _log_probs(m.logits(tokens)))).sum(1).mean())
+            out[name] = (max(kld, 0.0), noise.injected)
+            if progress is not None:
+                progress(ProgressEvent(i + 1, len(energy), "tensors", f"sensitivity {name}"))
+    return out
+
+
+def gguf_identity(path: Path) -> str:
+    """A GGUF's identity for the cache: its size and its header's bytes (names, shapes, types, metadata)."""
+    header = read_header(path)
+    with open(path, "rb") as f:
+        head = f.read(header.data_offset)
+    return hashlib.sha256(head + str(path.stat().st_size).encode()).hexdigest()
+
+
+def cache_path(folder: Path, stem: str, key: str) -> Path:
+    return folder / f"{stem}.sensitivity-{key[:16]}.json"
+
+
+def _load(path: Path, key: str) -> dict[str, tuple[float, float]] | None:
+    """The cached (KLD, energy) per tensor, or None when missing, damaged or made under another key."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc["key"] != key:
+            return None
+        out = {str(n): (float(k), float(e)) for n, (k, e) in doc["tensors"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = all(math.isfinite(k) and math.isfinite(e) and k >= 0 and e >= 0 for k, e in out.values())
+    return out if ok else None
+
+
+def sensitivity(
+    path: str | Path,
+    quant: Sequence[PlannedTensor],
+    errors: Mapping[str, Mapping[str, float]],
+    *,
+    measure_key: str,
+    cache: tuple[Path, str],
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Sensitivity:
+    """Every quantized tensor's gain, measured on the GGUF `path` (or read from the cache beside the output)."""
+    path = Path(path)
+    check_model(path, quant)
+    energy = {n: e for n, e in energies(errors).items() if n in {t.name for t in quant}}
+    parts = [f"format {FORMAT}", f"marco-gguf {__version__}", measure_key, gguf_identity(path), f"ctx {CTX}"]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    file = cache_path(*cache, key)
+    found = _load(file, key)
+    measured = 0
+    if found is None or set(found) != set(energy):
+        found = measure_gains(path, energy, threads=threads, progress=progress)
+        measured = len(found)
+        make_folders(file.parent)
+        doc = {"key": key, "format": FORMAT, "version": __version__, "model": path.name, "tensors": found}
+        write_text_atomic(file, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    gains = {n: k / e for n, (k, e) in found.items() if e > 0 and k > 0}
+    fill = float(np.median(list(gains.values()))) if gains else 1.0
+    return Sensitivity(
+        {t.name: gains.get(t.name, fill) for t in quant},
+        {n: k for n, (k, _) in found.items()},
+        {n: e for n, (_, e) in found.items()},
+        measured,
+    )
