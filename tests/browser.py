@@ -49,6 +49,12 @@ def until(driver, condition, what: str):
     return wait.until(lambda d: condition(d), message=what)
 
 
+def copied(driver, text: str) -> bool:
+    """Wait until the page's copy reached `text`: copyText sets window.lastCopied after the clipboard's promise."""
+    until(driver, lambda d: d.execute_script("return window.lastCopied") == text, f"{text[:40]!r} copied")
+    return True
+
+
 def open_page(driver, url: str) -> None:
     driver.get(url + "/")
     until(driver, lambda d: d.find_element("id", "model").text.endswith(".gguf"), "the page shows the model")

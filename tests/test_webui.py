@@ -13,6 +13,7 @@ import pytest
 from browser import (
     Recorder,
     chromium,
+    copied,
     import_conversation,
     last_reply,
     needs_chromium,
@@ -155,7 +156,7 @@ def test_edit_and_resend_then_regenerate_send_the_expected_messages(browser, ser
     assert browser.find_element("css selector", ".alt-count").text == "1/2"
     assert last_reply(browser).find_element("css selector", ".text").get_attribute("data-source") == first
     last_reply(browser).find_element("css selector", ".copy").click()
-    assert browser.execute_script("return window.lastCopied") == first
+    assert copied(browser, first)
 
 
 def test_a_reply_cut_at_max_tokens_is_continued_from_its_text(browser, server, recorder):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from browser import (
     chromium,
+    copied,
     foreign_requests,
     import_conversation,
     needs_chromium,
@@ -108,7 +109,7 @@ def test_markdown_code_and_math_render(server, tmp_path):
         code = reply.find_element("css selector", "pre.code code.language-python")
         assert code.find_elements("css selector", ".hljs-keyword"), "highlighted"
         reply.find_element("css selector", "pre.code .copy-code").click()
-        assert browser.execute_script("return window.lastCopied") == CODE
+        assert copied(browser, CODE)
         assert len(reply.find_elements("css selector", ".katex-display")) == 2
         assert reply.find_elements("css selector", ".katex-mathml math mi"), "MathML for screen readers"
         assert "$5 and $6 stay text" in reply.text
