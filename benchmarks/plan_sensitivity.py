@@ -81,7 +81,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['label']} | {size:,} | {r['plan']['plan']['bytes_per_token']:,} "
             f"| {q['ppl']['value']:.3f} ± {q['ppl']['stderr']:.3f} | {kld:.4f} ± {q['kld']['stderr']:.4f} "
-            f"| {q['kld_distribution']['99.0%']:.3f} | {100 * q['same_top_p']['value']:.2f} % "
+            f"| {q['kld_distribution']['99']:.3f} | {100 * q['same_top_p']['value']:.2f} % "
             f"| {best['label'].upper()} | {bk:.4f} | {kld / bk:.3f} | {unweighed[r['label']] / bk:.3f} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,15 +1,16 @@
 """Prompt and generation speed of each type a plan may choose, on full-size Marco-Mini shapes (random weights).
 
-    python benchmarks/type_speed.py --workdir /work/bench [--layers 2] [--reps 3]   # ~45 min at 2 layers
+    python benchmarks/type_speed.py --workdir /work/bench [--reps 2]   # ~30 min
 
-Marco-Mini's widths exactly (hidden 2048, 256 experts of 768, 8 per token, 151,936 tokens of vocabulary), with
-`--layers` layers so that a file per type fits this machine's disk; every tensor a plan chooses a type for
-(the expert stacks, attention, the tied embeddings serving as the output) is made the one type, so the row is
-what a token costs when the plan gives that type to everything. Per type: `convert` with a one-line preset,
-then `marco-gguf bench` (pp512 and tg128 at 2 threads, median of --reps after a warm-up), then the file is
-deleted. The IQ types llama.cpp makes only with an importance matrix (the output then at Q4_K) get one from `marco-gguf imatrix` over
-2 chunks of the built-in text on the Q8_0 (random weights: the speed, not the quality, is measured).
-Writes benchmarks/type_speed.json and type_speed.md.
+Marco-Mini's widths exactly (hidden 2048, 256 experts of 768, 8 per token, 151,936 tokens of vocabulary), two
+layers so that a file per type fits this machine's disk and the run its time. In each file every layer tensor
+(the expert stacks and attention) is the one type and the tied embeddings serving as the output stay Q8_0;
+per type: `convert` with a one-line preset, `bench` (pp512 and tg128 at 2 threads, median of --reps after a
+warm-up), then the file is deleted. A one-layer all-Q8_0 file gives what the output and embeddings cost, so
+each type's cost per layer follows: (ms per token of the 2-layer file - the output's) / 2, and Marco-Mini's
+tokens/s with all 28 layers at that type is estimated from it. The IQ types llama.cpp makes only with an
+importance matrix get one from `marco-gguf imatrix` over 2 chunks of the built-in text on the Q8_0 (random
+weights: the speed, not the quality, is measured). Writes benchmarks/type_speed.json and type_speed.md.
 """
 
 from __future__ import annotations
@@ -35,68 +36,76 @@ from marco_gguf.synth.model import synthesize
 HERE = Path(__file__).parent
 
 
-def one_type_preset(q: str, needs_imatrix: bool):
-    """Every tensor at `q`; for the types that need importance data, the tied output at Q4_K (no imatrix has it)."""
-    rules = [{"tensors": ["token_embd"], "type": "Q4_K"}] if needs_imatrix else []
-    data = {"name": f"ALL_{q}", "file_type": "MOSTLY_Q8_0", "default_type": q, "rules": rules}
-    return parse_preset(data, f"all-{q}", "type_speed")
+MINI_LAYERS = 28  # Marco-Mini's depth (arch/qwen3moe.py's published shape, as synth makes it)
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def one_type_preset(q: str):
+    """Every layer tensor at `q`, the tied embeddings (the output) at Q8_0."""
+    rules = [{"tensors": ["token_embd"], "type": "Q8_0"}]
+    data = {"name": f"LAYERS_{q}", "file_type": "MOSTLY_Q8_0", "default_type": q, "rules": rules}
+    return parse_preset(data, f"layers-{q}", "type_speed")
+
+
+def speed(path: Path, reps: int) -> dict[str, float]:
+    """Median tokens/s of pp512 and tg128 at 2 threads."""
+    b = bench(path, threads=2, reps=reps).as_dict()
+    return {row["test"]: statistics.median(row["samples"]) for row in b["rows"]} | {
+        "bytes_per_token": b["bytes_per_token"],
+        "bits_per_weight": b["bits_per_weight"],
+    }
+
+
+def checkpoint(work: Path, layers: int) -> Path:
+    folder = work / f"mini-{layers}l"
+    if not (folder / "config.json").exists():
+        synthesize(folder, shape="mini", layers=layers, dtype="bf16")
+    return folder
+
+
+def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     work: Path = args.workdir
-    ckpt = work / f"mini-{args.layers}l"
-    if not (ckpt / "config.json").exists():
-        synthesize(ckpt, shape="mini", layers=args.layers, dtype="bf16")
-    imatrix = None
-    rows = []
+    one = convert(checkpoint(work, 1), preset="q8_0", outdir=work / "one", threads=2, force=True).path
+    output = speed(one, args.reps)  # the output and embeddings' cost, with one Q8_0 layer
+    one.unlink()
+    ckpt, imatrix, rows = checkpoint(work, 2), None, []
     for q in [q.name for q in CANDIDATES]:
         if shutil.disk_usage(work).free < 8e9:
             raise SystemExit(f"{work}: less than 8 GB free")
-        started = time.perf_counter()
-        needs = Q[q] in NEEDS_IMATRIX
+        started, needs = time.perf_counter(), Q[q] in NEEDS_IMATRIX
         if needs and imatrix is None:
             q8 = convert(ckpt, preset="q8_0", outdir=work / "q8", threads=2, force=True).path
             imatrix = compute_imatrix(q8, outfile=work / "mini.imatrix.gguf", chunks=2, threads=2, force=True).path
             q8.unlink()
-        r = convert(
-            ckpt,
-            preset=one_type_preset(q, needs),
-            outdir=work / "types",
-            threads=2,
-            force=True,
-            imatrix=imatrix if needs else None,
-        )
+        r = convert(ckpt, preset=one_type_preset(q), outdir=work / "types", threads=2, force=True, imatrix=imatrix)
         converted = time.perf_counter() - started
-        b = bench(r.path, threads=2, reps=args.reps).as_dict()
-        tests = {row["test"]: statistics.median(row["samples"]) for row in b["rows"]}
-        rows.append(
-            {
-                "type": q,
-                "size_bytes": b["size_bytes"],
-                "bits_per_weight": b["bits_per_weight"],
-                "bytes_per_token": b["bytes_per_token"],
-                "pp512": tests["pp512"],
-                "tg128": tests["tg128"],
-                "samples": {row["test"]: row["samples"] for row in b["rows"]},
-                "convert_seconds": converted,
-            }
-        )
-        print(f"{q}: pp512 {tests['pp512']:.1f} tg128 {tests['tg128']:.2f} t/s", file=sys.stderr, flush=True)
+        rows.append({"type": q, **speed(r.path, args.reps), "size_bytes": r.path.stat().st_size})
+        rows[-1]["convert_seconds"] = converted
+        print(f"{q}: pp512 {rows[-1]['pp512']:.1f} tg128 {rows[-1]['tg128']:.2f} t/s", file=sys.stderr, flush=True)
         r.path.unlink()
-    return rows
+    return output, rows
 
 
-def table(rows: list[dict], layers: int) -> str:
-    base = next(r for r in rows if r["type"] == "Q4_K")
+def per_layer_ms(row: dict, output: dict, q8: dict, test: str) -> float:
+    """ms per token one layer at this type costs: the 2-layer file's minus the output's, halved. The output's
+    cost is the one-layer Q8_0 file's minus one Q8_0 layer (the 2-layer Q8_0 file's minus the one-layer's)."""
+    out_ms = 2 * 1000 / output[test] - 1000 / q8[test]
+    return (1000 / row[test] - out_ms) / 2
+
+
+def table(output: dict, rows: list[dict]) -> str:
+    q8, q4 = (next(r for r in rows if r["type"] == t) for t in ("Q8_0", "Q4_K"))
     lines = [
-        f"| type (every tensor; Mini's widths, {layers} layers) | bits/weight | bytes/token | pp512 t/s | tg128 t/s "
-        "| pp512 / Q4_K | tg128 / Q4_K |",
-        "|---|---|---|---|---|---|---|",
+        "| type (every layer tensor) | bits/weight (file) | pp512 t/s | tg128 t/s | ms/token a layer: pp | tg "
+        "| a layer vs Q4_K: pp | tg | Marco-Mini est. tg128 t/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    out_tg = 2 * 1000 / output["tg128"] - 1000 / q8["tg128"]
     for r in rows:
+        pp, tg = (per_layer_ms(r, output, q8, t) for t in ("pp512", "tg128"))
+        pp4, tg4 = (per_layer_ms(q4, output, q8, t) for t in ("pp512", "tg128"))
         lines.append(
-            f"| {r['type']} | {r['bits_per_weight']:.2f} | {r['bytes_per_token']:,} | {r['pp512']:.1f} | {r['tg128']:.2f} "
-            f"| {r['pp512'] / base['pp512']:.2f} | {r['tg128'] / base['tg128']:.2f} |"
+            f"| {r['type']} | {r['bits_per_weight']:.2f} | {r['pp512']:.1f} | {r['tg128']:.2f} | {pp:.3f} | {tg:.2f} "
+            f"| {pp / pp4:.2f} | {tg / tg4:.2f} | {1000 / (out_tg + MINI_LAYERS * tg):.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -104,15 +113,14 @@ def table(rows: list[dict], layers: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, required=True)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
     started = time.perf_counter()
-    rows = run(args)
-    doc = {"layers": args.layers, "reps": args.reps, "seconds": time.perf_counter() - started, "machine": machine()}
+    output, rows = run(args)
+    doc = {"reps": args.reps, "seconds": time.perf_counter() - started, "machine": machine(), "one_layer_q8_0": output}
     (HERE / "type_speed.json").write_text(json.dumps({**doc, "rows": rows}, indent=1) + "\n")
-    (HERE / "type_speed.md").write_text(table(rows, args.layers))
-    print(table(rows, args.layers))
+    (HERE / "type_speed.md").write_text(table(output, rows))
+    print(table(output, rows))
 
 
 if __name__ == "__main__":
