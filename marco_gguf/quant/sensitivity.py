@@ -166,10 +166,10 @@ def sensitivity(
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> Sensitivity:
-    """Every quantized tensor's gain, measured on the GGUF `path` (or read from the cache beside the output)."""
-    path = Path(path)
-    check_model(path, quant)
-    energy = {n: e for n, e in energies(errors).items() if n in {t.name for t in quant}}
+    """Every quantized tensor's gain, measured on the GGUF `path` (or read from the cache beside the output);
+    the caller has checked the GGUF with check_model before measuring the errors."""
+    path, names = Path(path), {t.name for t in quant}
+    energy = {n: e for n, e in energies(errors).items() if n in names}
     parts = [f"format {FORMAT}", f"marco-gguf {__version__}", measure_key, gguf_identity(path), f"ctx {CTX}"]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     file = cache_path(*cache, key)
