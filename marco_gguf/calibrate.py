@@ -3,7 +3,10 @@
 The calibration GGUF (unless the caller gives one) and the imatrix (unless kept) live in a hidden temporary
 folder beside the output, so they are on the disk that has room for it; the folder goes away on success,
 error and Ctrl-C alike. The final file is written by `convert()` with the imatrix, so it is named and
-marked as an importance-matrix quant (`<model>-i1-Q4_K_M.gguf`, `quantize.imatrix.*` keys).
+marked as an importance-matrix quant (`<model>-i1-Q4_K_M.gguf`, `quantize.imatrix.*` keys). With a size
+target the plan is also weighed by each tensor's sensitivity measured on the same calibration GGUF (unless
+`sensitivity=` names another): on the proxy those plans are never worse than the best fixed preset that fits,
+the unweighed ones were at 4 of 7 sizes (BENCHMARKS.md, "Plans weighed by measured sensitivity").
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class CalibrateResult:
             "kept_imatrix": str(self.kept_imatrix) if self.kept_imatrix else None,
             "seconds": self.seconds,
         }
+
+
+def _targeted(options: dict[str, Any]) -> bool:
+    return options.get("target_size") is not None or options.get("target_bpw") is not None
 
 
 def calibrate_convert(
@@ -79,6 +86,8 @@ def calibrate_convert(
                 progress=progress,
                 **{k: v for k, v in convert_options.items() if k in ("revision", "name", "lora")},
             ).path
+        if _targeted(convert_options) and convert_options.get("sensitivity") is None:
+            convert_options = {**convert_options, "sensitivity": model}
         stem = Path(str(source).rstrip("/")).name or "model"
         imatrix_path = keep if keep is not None else scratch / f"{stem}.imatrix.gguf"
         im = compute_imatrix(

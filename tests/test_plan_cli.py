@@ -126,23 +126,29 @@ def test_plan_out_reproduces_the_file_byte_for_byte(checkpoint, reference_imatri
     assert sha(again) == sha(first) and plan_keys(again)["target"] == "3.6BPW"
 
 
-def test_a_target_with_calibrate_plans_with_the_imatrix_made_on_the_way(checkpoint, tmp_path):
-    """--calibrate makes the imatrix from a temporary Q8_0, then plans with it (IQ types among the candidates);
-    the folder keeps the file and the measurement cache only."""
+def test_a_target_with_calibrate_plans_with_the_imatrix_and_sensitivity_made_on_the_way(checkpoint, tmp_path):
+    """--calibrate makes the imatrix from a temporary Q8_0 and measures the gains on it, then plans with both
+    (IQ types among the candidates); the folder keeps the file and the two caches only. A second budget reads
+    the gains back: the temporary Q8_0 is the same file again, so the cache's key matches."""
     text = tmp_path / "calib.txt"
     text.write_text(read_text(None)[0][:2500], encoding="utf-8")
     out = tmp_path / "out"
     r = run("convert", checkpoint(MINI), "--target-bpw", 3.0, "--outdir", out, "-t", 2, "--json", "--calibrate", text)
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    path = Path(d["conversion"]["path"])
+    path, plan = Path(d["conversion"]["path"]), d["conversion"]["plan"]
     assert path.name == "Marco-Test-Instruct-i1-P3BPW.gguf" and 0.99 * 3.0 <= read_info(path).bits_per_weight <= 3.0
     keys = plan_keys(path)
     assert keys["objective"].startswith("least total imatrix-weighted") and "IQ2_XXS" in keys["types"]
-    assert d["conversion"]["plan"]["plan"]["size_bytes"] == path.stat().st_size
-    cache = Path(d["conversion"]["plan"]["cache"])  # no temporary Q8_0 or imatrix left beside them
-    assert sorted(p.name for p in out.iterdir()) == [path.name, cache.name]
+    assert "measured sensitivity" in keys["objective"] and keys["sensitivity"] == "calibration-Q8_0.gguf"
+    assert plan["plan"]["size_bytes"] == path.stat().st_size
+    assert plan["gains_measured"] == sum(plan["types"].values())
+    cache, gains = Path(plan["cache"]), Path(plan["gains_cache"])  # no temporary Q8_0 or imatrix left beside them
+    assert sorted(p.name for p in out.iterdir()) == sorted([path.name, cache.name, gains.name])
     assert cache.name.startswith("Marco-Test-Instruct-i1.measure-")
+    r = run("convert", checkpoint(MINI), "--target-bpw", 3.5, "--outdir", out, "-t", 2, "--calibrate", text)
+    assert r.exit_code == 0, r.output
+    assert f"sensitivity per tensor: all from the cache, kept in {gains}" in r.stdout
 
 
 REFUSALS = [  # (reason, options after SOURCE, the one line's fragment)

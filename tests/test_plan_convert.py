@@ -11,6 +11,7 @@ import itertools
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,7 +229,7 @@ def fake_sensitivity(gain):
 
     def measured(path, quant, errors, **_):
         gains = {t.name: gain(t.name) for t in quant}
-        return Sensitivity(gains, dict.fromkeys(gains, 0.0), dict.fromkeys(gains, 0.0), 0)
+        return Sensitivity(gains, dict.fromkeys(gains, 0.0), dict.fromkeys(gains, 0.0), 0, Path("unused.json"))
 
     return measured
 

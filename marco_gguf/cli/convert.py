@@ -49,7 +49,7 @@ def convert(
         typer.Option(
             "--calibrate",
             help="Make the imatrix here: a temporary Q8_0, its imatrix over TEXT (default: the built-in "
-            "text), then the quant.",
+            "text), then the quant. With a target, the plan is weighed by sensitivity measured on that Q8_0 too.",
         ),
     ] = False,
     calibration_text: Annotated[
@@ -96,7 +96,7 @@ def convert(
         typer.Option(
             "--sensitivity",
             help="With a target: weigh each tensor's error by the KLD it costs on this GGUF of the model "
-            "(e.g. its Q8_0; one llama.cpp pass per tensor, cached).",
+            "(e.g. its Q8_0; one llama.cpp pass per tensor, cached). --calibrate uses its own Q8_0 unless given.",
         ),
     ] = None,
     json_out: Json = False,
@@ -211,5 +211,8 @@ def print_plan(plan: dict, plan_out: Path | None) -> None:
     ui.out.print(table)
     measured = f"{plan['measured']} measured, {plan['cached']} from the cache {plan['cache']}"
     ui.out.print(f"errors per (tensor, type): {measured}; planning took {plan['seconds']:.1f} s", style="dim")
+    if plan.get("gains_cache") is not None:
+        how = f"{plan['gains_measured']} measured now" if plan["gains_measured"] else "all from the cache"
+        ui.out.print(f"sensitivity per tensor: {how}, kept in {plan['gains_cache']}", style="dim", soft_wrap=True)
     if plan_out is not None:
         ui.out.print(f"plan written to {plan_out} (use it with --preset)", soft_wrap=True)

@@ -68,6 +68,8 @@ class PlanSummary:
     cached: int  # ... and read from the cache
     cache: str
     seconds: float
+    gains_measured: int | None = None  # with a sensitivity GGUF: tensors whose gain was measured now
+    gains_cache: str | None = None  # ... the file the gains are kept in
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -281,12 +283,14 @@ def make_plan(
         _check_token_cap(model, quant, cands, max_bytes_per_token)
     if model.sensitivity is not None:
         check_model(model.sensitivity, quant)
+    gains: tuple[int | None, str | None] = (None, None)
     errors, measured, cached, path, key = _measure(model, quant, cands, imatrix_sha, cache, threads, progress)
     if model.sensitivity is not None:  # the plan, its summary and the presets' estimates all in KLD units
         sens = sensitivity(
             model.sensitivity, quant, errors, measure_key=key, cache=cache, threads=threads, progress=progress
         )
         errors = {n: {q: sens.gains[n] * e for q, e in by_type.items()} for n, by_type in errors.items()}
+        gains = (sens.measured, str(sens.cache))
     cap = None if max_bytes_per_token is None else max_bytes_per_token - _token_fixed(model) - 1
     options = [[_option(model, costs, t, q, errors) for q in cands[t.name]] for t in quant]
     picked = allocate(options, costs.budget, unit=costs.unit, max_token_bytes=cap)
@@ -309,6 +313,7 @@ def make_plan(
         cached,
         str(path),
         time.perf_counter() - started,
+        *gains,
     )
     return Plan(preset, _header_lines(model, target, fields, priced), summary, errors)
 

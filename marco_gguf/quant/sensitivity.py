@@ -13,7 +13,13 @@ before the next op reads it). The noise has, per token, the energy the tensor's 
 reference type in the planner's measurements (so each tensor is measured where plans operate), spread over
 tokens (and expert slots) in proportion to each one's input energy, as a weight error's output is. The gain
 is the mean KLD of the noisy logits from the clean ones divided by that energy. Noise is seeded per tensor:
-the same inputs give the same gains. Tensors only looked up (untied embeddings) keep the median gain.
+the same inputs give the same gains.
+
+An embedding is also looked up (GET_ROWS), and the planner's errors of a tied one count only its product
+as the output matrix. So in its pass the looked-up rows get their own error too, the real one: quantized to
+the reference type and back with ggml. Without it the proxy's tied embedding's gain was 2.2x too small and
+its plan at Q3_K_M's size gave it IQ4_XS, not Q5_K (mean KLD 0.381 against 0.324). A tied embedding's gain
+stays per unit of its product's error; an untied one's is per unit of its lookup's.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ from marco_gguf.base.files import make_folders, write_text_atomic
 from marco_gguf.base.machine import physical_cores
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.gguf_io.reader import read_header
+from marco_gguf.llama.ggml import dequantize_rows, quantize_rows
 from marco_gguf.llama.observer import GraphObserver, Node, ObservedModel
 from marco_gguf.quant.imatrix import read_text, weight_name
 from marco_gguf.version import __version__
 
-FORMAT = 1  # bump when what is measured changes
+FORMAT = 2  # bump when what is measured changes (2: an embedding's lookup error)
 REFERENCE = (Q.Q4_K, Q.IQ4_XS, Q.Q4_0, Q.Q5_K, Q.Q3_K, Q.Q8_0)  # the noise energy: the first type measured
 CTX = 512  # tokens in the one chunk measured
 
@@ -52,20 +59,30 @@ class Sensitivity:
     kld: dict[str, float]
     energy: dict[str, float]
     measured: int  # tensors measured now (0: all from the cache)
+    cache: Path
 
 
 class Noise:
-    """The observer's side: noise of a set energy per token on the product of one weight."""
+    """The observer's side: noise of a set energy per token on the product of one weight, and the lookup's
+    own error where the weight is an embedding (`kind`: the reference type)."""
 
     def __init__(self) -> None:
         self.target: str | None = None
-        self.energy = self.injected = 0.0
+        self.kind = Q.Q4_K
+        self.energy = self.injected = self.looked_up = 0.0
+
+    def aim(self, target: str, kind: Q, energy: float) -> None:
+        self.target, self.kind, self.energy, self.injected, self.looked_up = target, kind, energy, 0.0, 0.0
 
     def wants(self, node: Node) -> bool:
-        return node.op in ("MUL_MAT", "MUL_MAT_ID") and weight_name(node.arg(0).name) == self.target
+        ops = ("MUL_MAT", "MUL_MAT_ID", "GET_ROWS")
+        return node.op in ops and weight_name(node.arg(0).name) == self.target
 
     def take(self, node: Node) -> None:
         assert self.target is not None
+        if node.op == "GET_ROWS":
+            self._lookup(node)
+            return
         # numpy order: MUL_MAT (1, 1, tokens, n); MUL_MAT_ID (1, tokens, slots, n) with input slots 1 or all
         out, inp = node.numpy(), node.arg(1).numpy().astype(np.float64)
         weight = np.broadcast_to((inp**2).sum(-1, keepdims=True), out.shape[:-1] + (1,))
@@ -76,6 +93,13 @@ class Noise:
         self.injected += float((noise**2).sum()) / tokens
         node.write(out + noise)
 
+    def _lookup(self, node: Node) -> None:
+        rows = node.numpy()
+        flat = np.ascontiguousarray(rows.reshape(-1, rows.shape[-1]), dtype=np.float32)
+        back = dequantize_rows(self.kind, quantize_rows(self.kind, flat), flat.shape[1])
+        self.looked_up += float(((back - flat).astype(np.float64) ** 2).sum()) / flat.shape[0]
+        node.write(back.reshape(rows.shape))
+
 
 def _log_probs(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64)
@@ -83,13 +107,13 @@ def _log_probs(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
-def energies(errors: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Each tensor's noise energy: its measured error at the first REFERENCE type it has."""
+def energies(errors: Mapping[str, Mapping[str, float]]) -> dict[str, tuple[Q, float]]:
+    """Each tensor's reference type, the first REFERENCE type it has, and its measured error there."""
     out = {}
     for name, by_type in errors.items():
         q = next((q for q in REFERENCE if q.name in by_type and by_type[q.name] > 0), None)
         if q is not None:
-            out[name] = by_type[q.name]
+            out[name] = (q, by_type[q.name])
     return out
 
 
@@ -108,12 +132,13 @@ def check_model(path: Path, quant: Sequence[PlannedTensor]) -> None:
 
 def measure_gains(
     path: Path,
-    energy: Mapping[str, float],
+    energy: Mapping[str, tuple[Q, float]],
     *,
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """(KLD, injected energy) per tensor in `energy`, one llama.cpp pass each over the calibration text."""
+    """(KLD, energy) per tensor in `energy` (its reference type and error), one llama.cpp pass each over the
+    calibration text. The energy is the product's noise per token, or an untied embedding's lookup error."""
     body, _ = read_text(None, PlanError)
     noise = Noise()
     out: dict[str, tuple[float, float]] = {}
@@ -123,9 +148,9 @@ def measure_gains(
         ref = _log_probs(m.logits(tokens))
         p_ref = np.exp(ref)
         for i, name in enumerate(sorted(energy)):
-            noise.target, noise.energy, noise.injected = name, energy[name], 0.0
+            noise.aim(name, *energy[name])
             kld = float((p_ref * (ref - _log_probs(m.logits(tokens)))).sum(1).mean())
-            out[name] = (max(kld, 0.0), noise.injected)
+            out[name] = (max(kld, 0.0), noise.injected or noise.looked_up)
             if progress is not None:
                 progress(ProgressEvent(i + 1, len(energy), "tensors", f"sensitivity {name}"))
     return out
@@ -188,4 +213,5 @@ def sensitivity(
         {n: k for n, (k, _) in found.items()},
         {n: e for n, (_, e) in found.items()},
         measured,
+        file,
     )
