@@ -38,13 +38,13 @@ SIZES = {  # the imatrix presets' file sizes on the proxy (proxy_quality.json), 
 }
 
 
-def plans(work: Path, out: Path, model: Path) -> list[dict]:
+def plans(work: Path, out: Path, model: Path, at: list[str]) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     for m in (work / "quality" / "plans").glob("*.measure-*.json"):  # the measurements, not measured again
         (out / m.name).write_bytes(m.read_bytes())
     rows = []
-    for label, size in SIZES.items():
-        started = time.perf_counter()
+    for label in at:
+        size, started = SIZES[label], time.perf_counter()
         r = convert(
             work / "checkpoint",
             target_size=size,
@@ -93,11 +93,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="where the plans go (default: WORKDIR/quality/sensitivity)")
     ap.add_argument("--model", type=Path, default=None, help="the GGUF gains are measured on (default: the Q8_0)")
     ap.add_argument("--chunks", type=int, default=8)
+    ap.add_argument("--at", default=",".join(SIZES), help="the budgets, by preset name (default: all 7)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (another --model, another run)")
     args = ap.parse_args()
     started, work = time.perf_counter(), args.workdir
     out = args.out or work / "quality" / "sensitivity"
     model = args.model or work / "quality" / "marco" / "checkpoint-Q8_0.gguf"
-    rows = plans(work, out, model)
+    rows = plans(work, out, model, args.at.split(","))
     made = time.perf_counter() - started
     report = quality(
         [Path(r["path"]) for r in rows], ref=work / "proxy-F32.gguf", text=work / "eval.txt", chunks=args.chunks
@@ -107,10 +109,14 @@ def main() -> None:
     [cache] = out.glob("*.sensitivity-*.json")
     gains = json.loads(cache.read_text())
     tensors = {n: {"kld": k, "energy": e, "gain": k / e} for n, (k, e) in gains["tensors"].items()}
-    (HERE / "proxy_sensitivity.json").write_text(json.dumps({"model": gains["model"], "tensors": tensors}, indent=1))
+    (HERE / f"proxy_sensitivity{args.tag}.json").write_text(
+        json.dumps({"model": gains["model"], "tensors": tensors}, indent=1)
+    )
     doc = {"plans_seconds": made, "seconds": time.perf_counter() - started, "ref_ppl": report["ref_ppl"]}
-    (HERE / "proxy_plans_sensitivity.json").write_text(json.dumps({**doc, "rows": rows}, indent=1, default=str))
-    (HERE / "proxy_plans_sensitivity.md").write_text(table(rows))
+    (HERE / f"proxy_plans_sensitivity{args.tag}.json").write_text(
+        json.dumps({**doc, "rows": rows}, indent=1, default=str)
+    )
+    (HERE / f"proxy_plans_sensitivity{args.tag}.md").write_text(table(rows))
     print(table(rows))
 
 
