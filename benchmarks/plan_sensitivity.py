@@ -11,7 +11,7 @@ scored in one `quality` run with proxy_quality.py's reference, text and chunks, 
 fixed preset no larger (from benchmarks/proxy_quality.json, which this reads and does not rewrite).
 
 Writes benchmarks/proxy_sensitivity.json (the gains: per tensor KLD, noise energy, gain), and
-proxy_plans_sensitivity.json / .md.
+proxy_plans_sensitivity.json / .md / _kld.png (the plot; `--plot-only` redraws it from the .json).
 """
 
 from __future__ import annotations
@@ -87,6 +87,38 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Mean KLD against bits per weight: the fixed presets (imatrix), the unweighed plans and the weighed ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = json.loads((HERE / "proxy_quality.json").read_text())["rows"]
+    series = (
+        ([r for r in kept if r["series"] == "preset" and r["imatrix"]], "s", "fixed presets (Marco's rules), imatrix"),
+        ([r for r in kept if r["series"] == "plan"], "D", "plans without --sensitivity"),
+        (rows, "o", "plans with --sensitivity"),
+    )
+    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=120)
+    for pts, marker, label in series:
+        pts = sorted(pts, key=lambda r: r["quality"]["bits_per_weight"])
+        xs = [r["quality"]["bits_per_weight"] for r in pts]
+        ax.plot(xs, [r["quality"]["kld"]["value"] for r in pts], marker + "-", label=label, markersize=4)
+        if marker == "s":
+            for r, x in zip(pts, xs, strict=True):
+                xy = (x, r["quality"]["kld"]["value"])
+                ax.annotate(r["label"], xy, textcoords="offset points", xytext=(4, 4), fontsize=6)
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (whole file)")
+    ax.set_ylabel("mean KL divergence from F32 (nats/token)")
+    ax.set_title("proxy (SmolLM2-135M as qwen3_moe, 8 experts, top-2): plans against fixed presets", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORK, help="benchmarks/proxy.py's --workdir")
@@ -95,7 +127,12 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--at", default=",".join(SIZES), help="the budgets, by preset name (default: all 7)")
     ap.add_argument("--tag", default="", help="suffix of the result files (another --model, another run)")
+    ap.add_argument("--plot-only", action="store_true", help="only redraw the plot from the committed results")
     args = ap.parse_args()
+    png = HERE / f"proxy_plans_sensitivity{args.tag}_kld.png"
+    if args.plot_only:
+        plot(json.loads((HERE / f"proxy_plans_sensitivity{args.tag}.json").read_text())["rows"], png)
+        return
     started, work = time.perf_counter(), args.workdir
     out = args.out or work / "quality" / "sensitivity"
     model = args.model or work / "quality" / "marco" / "checkpoint-Q8_0.gguf"
@@ -117,6 +154,7 @@ def main() -> None:
         json.dumps({**doc, "rows": rows}, indent=1, default=str)
     )
     (HERE / f"proxy_plans_sensitivity{args.tag}.md").write_text(table(rows))
+    plot(rows, png)
     print(table(rows))
 
 
