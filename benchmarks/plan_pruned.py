@@ -1,27 +1,32 @@
 """A tight budget: pruned experts with a larger plan against all experts with a smaller plan, at the same size.
 
-    python benchmarks/proxy_quality.py --workdir W          # first: the proxy's imatrix, Q8_0 and plans
+    python benchmarks/proxy.py --workdir W                  # first: the proxy (W/checkpoint, W/proxy-F32.gguf)
     python benchmarks/plan_pruned.py --workdir W [--keep 6] [--at q2_k,q3_k_m] [--chunks 8]
 
-On the proxy (benchmarks/proxy.py, 8 experts, 2 per token): expert usage is measured with `expert_usage` on the
-Q8_0 over the first 40 % of the held-out eval.txt (code, as prune_quality.py does); `prune --keep K --method reap
---format hf` writes the pruned checkpoint, the imatrix is sliced alike (`slice_imatrix`, as `prune --imatrix`
-does), and `convert --target-size` plans the pruned model at the size of each `--at` preset's imatrix file.
-Scored in one `quality` run against the F32 proxy on the last 60 % of eval.txt (code no usage run saw): the
-pruned plan, the all-experts plan at the same size (proxy_quality.py's) and the fixed preset of that size.
-Writes benchmarks/plan_pruned.json and plan_pruned.md.
+On the proxy (benchmarks/proxy.py, 8 experts, 2 per token). Both sides are planned as a user plans them now,
+with the imatrix and `--sensitivity` (each model's own Q8_0; quant/sensitivity.py):
+- all experts: `convert --target-size` at the size of each `--at` preset's imatrix file.
+- pruned: expert usage is measured with `expert_usage` on the Q8_0 over the first 40 % of the held-out
+  eval.txt (code, as prune_quality.py does); `prune --keep K --method reap --format hf` writes the pruned
+  checkpoint, the imatrix is sliced alike (`slice_imatrix`, as `prune --imatrix` does), its Q8_0 is made for
+  its gains, and `convert --target-size` plans it at the same size.
+The Q8_0, the imatrix and the preset files are proxy_quality.py's (W/quality), made here the same way when
+missing. Scored in one `quality` run against the F32 proxy on the last 60 % of eval.txt (code no usage run
+saw): the preset of that size, the best fixed preset no larger (by proxy_quality.json's ranking), and the two
+plans. Writes benchmarks/plan_pruned.json and plan_pruned.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from proxy_quality import plan_file, row_cells
+from proxy_quality import marco_view, row_cells
 from prune_quality import texts
-from quality import machine
+from quality import _convert, machine, make_imatrix
 
 from marco_gguf import convert
 from marco_gguf.experts.prune import prune, slice_imatrix
@@ -33,18 +38,52 @@ from marco_gguf.quant.imatrix_file import read_imatrix, write_imatrix
 HERE = Path(__file__).parent
 
 
-def pruned_model(work: Path, out: Path, keep: int, usage_text: Path, imatrix: Path) -> tuple[Path, Path]:
-    """The REAP-pruned checkpoint and its sliced imatrix (made once, reused)."""
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def base_files(work: Path) -> tuple[Path, Path]:
+    """The proxy's Q8_0 and imatrix, as proxy_quality.py makes them (reused when already there)."""
+    q8 = _convert(
+        work / "checkpoint", str(marco_view("q8_0", work / "quality" / "presets")), work / "quality" / "marco", None
+    )
+    assert q8 is not None
+    im = work / "quality" / "proxy.imatrix.gguf"
+    if not im.is_file():
+        make_imatrix(q8, None, im, 512, 2)
+    return q8, im
+
+
+def best_preset(size: int) -> str:
+    """The fixed preset (Marco's view, imatrix) of lowest mean KLD no larger than `size`, by proxy_quality.json."""
+    rows = json.loads((HERE / "proxy_quality.json").read_text())["rows"]
+    fits = [r for r in rows if r["series"] == "preset" and r["imatrix"] and r["quality"]["size_bytes"] <= size]
+    return min(fits, key=lambda r: r["quality"]["kld"]["value"])["label"]
+
+
+def pruned_model(
+    work: Path, out: Path, keep: int, usage_text: Path, imatrix: Path, q8: Path
+) -> tuple[Path, Path, Path]:
+    """The REAP-pruned checkpoint, its sliced imatrix and its Q8_0 (made once, reused)."""
     folder, sliced = out / f"pruned-{keep}", out / f"pruned-{keep}.imatrix.gguf"
-    if folder.is_dir() and sliced.is_file():
-        return folder, sliced
-    q8 = work / "quality" / "marco" / "checkpoint-Q8_0.gguf"
-    usage = out / "code.usage.json"
-    if not usage.is_file():
-        expert_usage(q8, [usage_text], labels=["code"], threads=2, usage=usage)
-    r = prune(work / "checkpoint", keep=keep, usage=usage, method="reap", format="hf", outfile=folder, force=True)
-    write_imatrix(slice_imatrix(read_imatrix(imatrix), r.kept, r.experts_before), sliced)
-    return folder, sliced
+    if not (folder.is_dir() and sliced.is_file()):
+        usage = out / "code.usage.json"
+        if not usage.is_file():
+            expert_usage(q8, [usage_text], labels=["code"], threads=2, usage=usage)
+        r = prune(work / "checkpoint", keep=keep, usage=usage, method="reap", format="hf", outfile=folder, force=True)
+        write_imatrix(slice_imatrix(read_imatrix(imatrix), r.kept, r.experts_before), sliced)
+    pruned_q8 = _convert(folder, "q8_0", out, None)
+    assert pruned_q8 is not None
+    return folder, sliced, pruned_q8
+
+
+def planned(model: Path, size: int, out: Path, imatrix: Path, q8: Path) -> tuple[Path, dict]:
+    """`convert --target-size SIZE --imatrix IM --sensitivity Q8` (the gains measured once per model, then read)."""
+    t0 = time.perf_counter()
+    r = convert(model, target_size=size, outdir=out, threads=2, imatrix=imatrix, sensitivity=q8, force=True)
+    assert r.plan is not None
+    log(f"{r.path.name}: {r.plan['types']} in {time.perf_counter() - t0:.0f} s")
+    return r.path, r.plan
 
 
 def main() -> None:
@@ -56,28 +95,42 @@ def main() -> None:
     args = ap.parse_args()
     started, work = time.perf_counter(), args.workdir
     out = work / "pruned"
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "all").mkdir(parents=True, exist_ok=True)
     split = texts(work / "eval.txt", out)  # prune_quality.py's split: usage on 40 %, scoring on the rest
-    usage_text, score_text = split["code"], split["score"]
-    imatrix = work / "quality" / "proxy.imatrix.gguf"
-    folder, sliced = pruned_model(work, out, args.keep, usage_text, imatrix)
+    q8, imatrix = base_files(work)
+    folder, sliced, pruned_q8 = pruned_model(work, out, args.keep, split["code"], imatrix, q8)
     rows = []
     for p in args.at.split(","):
-        preset_file = work / "quality" / "marco" / f"checkpoint-i1-{p.upper()}.gguf"
+        preset_file = _convert(
+            work / "checkpoint", str(marco_view(p, work / "quality" / "presets")), work / "quality" / "marco", imatrix
+        )
+        assert preset_file is not None
         size = preset_file.stat().st_size
-        full, _ = plan_file(work / "checkpoint", size, work / "quality" / "plans", imatrix)
-        pruned = convert(folder, target_size=size, outdir=out, threads=2, imatrix=sliced, force=True).path
+        best = best_preset(size)
+        best_file = _convert(
+            work / "checkpoint",
+            str(marco_view(best, work / "quality" / "presets")),
+            work / "quality" / "marco",
+            imatrix,
+        )
+        full, full_plan = planned(work / "checkpoint", size, out / "all", imatrix, q8)
+        pruned, pruned_plan = planned(folder, size, out, sliced, pruned_q8)
+        rows += [{"label": f"{p.upper()} (all 8 experts)", "path": preset_file}]
+        rows += [{"label": f"{best.upper()}, the best fixed preset no larger", "path": best_file}] if best != p else []
         rows += [
-            {"label": f"{p.upper()} (all 8 experts)", "path": preset_file},
-            {"label": f"plan at {p.upper()}'s size, all 8 experts", "path": full},
-            {"label": f"plan at {p.upper()}'s size, {args.keep} of 8 experts (REAP)", "path": pruned},
+            {"label": f"plan at {p.upper()}'s size, all 8 experts", "path": full, "plan": full_plan},
+            {
+                "label": f"plan at {p.upper()}'s size, {args.keep} of 8 experts (REAP)",
+                "path": pruned,
+                "plan": pruned_plan,
+            },
         ]
     report = quality(
-        [r["path"] for r in rows], ref=work / "proxy-F32.gguf", text=score_text, chunks=args.chunks, threads=2
+        [r["path"] for r in rows], ref=work / "proxy-F32.gguf", text=split["score"], chunks=args.chunks, threads=2
     ).as_dict()
     for r, q in zip(rows, report["results"], strict=True):
         r |= {"quality": q, "bytes_per_token": read_info(r["path"]).bytes_per_token, "path": str(r["path"])}
-    head = "| file | size (bytes) | bits/weight | bytes/token | PPL | mean KLD | 99 % KLD | same top p |"
+    head = "| file (all with the imatrix) | size (bytes) | bits/weight | bytes/token | PPL | mean KLD | 99 % KLD | same top p |"
     lines = [
         f"Text: the last 60 % of `eval.txt` ({report['scored_tokens']:,} tokens scored); reference: the F32 proxy.",
         "",
