@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,10 @@ SIZES = {  # the imatrix presets' file sizes on the proxy (proxy_quality.json), 
     "q5_k_m": 665_858_240,
     "q6_k": 766_715_840,
 }
+E8_SIZES = {  # the n_expert == 8 rows' file sizes (proxy_quality.json): llama.cpp's MoE rules, were they to fire
+    "q3_k_m_e8": 466_601_408,
+    "q4_k_m_e8": 577_036_736,
+}
 
 
 def plans(work: Path, out: Path, model: Path, at: list[str]) -> list[dict]:
@@ -44,7 +49,7 @@ def plans(work: Path, out: Path, model: Path, at: list[str]) -> list[dict]:
         (out / m.name).write_bytes(m.read_bytes())
     rows = []
     for label in at:
-        size, started = SIZES[label], time.perf_counter()
+        size, started = (SIZES | E8_SIZES)[label], time.perf_counter()
         r = convert(
             work / "checkpoint",
             target_size=size,
@@ -82,7 +87,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['label']} | {size:,} | {r['plan']['plan']['bytes_per_token']:,} "
             f"| {q['ppl']['value']:.3f} ± {q['ppl']['stderr']:.3f} | {kld:.4f} ± {q['kld']['stderr']:.4f} "
             f"| {q['kld_distribution']['99']:.3f} | {100 * q['same_top_p']['value']:.2f} % "
-            f"| {best['label'].upper()} | {bk:.4f} | {kld / bk:.3f} | {unweighed[r['label']] / bk:.3f} |"
+            f"| {best['label'].upper()} | {bk:.4f} | {kld / bk:.3f} | {unweighed.get(r['label'], math.nan) / bk:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -125,7 +130,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="where the plans go (default: WORKDIR/quality/sensitivity)")
     ap.add_argument("--model", type=Path, default=None, help="the GGUF gains are measured on (default: the Q8_0)")
     ap.add_argument("--chunks", type=int, default=8)
-    ap.add_argument("--at", default=",".join(SIZES), help="the budgets, by preset name (default: all 7)")
+    ap.add_argument(
+        "--at", default=",".join(SIZES), help="the budgets, by preset name (default: all 7; or q3_k_m_e8 ...)"
+    )
     ap.add_argument("--tag", default="", help="suffix of the result files (another --model, another run)")
     ap.add_argument("--plot-only", action="store_true", help="only redraw the plot from the committed results")
     args = ap.parse_args()

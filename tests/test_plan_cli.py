@@ -127,9 +127,10 @@ def test_plan_out_reproduces_the_file_byte_for_byte(checkpoint, reference_imatri
 
 
 def test_a_target_with_calibrate_plans_with_the_imatrix_and_sensitivity_made_on_the_way(checkpoint, tmp_path):
-    """--calibrate makes the imatrix from a temporary Q8_0 and measures the gains on it, then plans with both
-    (IQ types among the candidates); the folder keeps the file and the two caches only. A second budget reads
-    the gains back: the temporary Q8_0 is the same file again, so the cache's key matches."""
+    """--calibrate makes the imatrix from a temporary Q8_0 and measures the gains on it (and the groups' at the
+    first plan's types), then plans with both (IQ types among the candidates); the folder keeps the file and the
+    three caches only. A second budget reads the gains back: the temporary Q8_0 is the same file again, so the
+    cache's key matches."""
     text = tmp_path / "calib.txt"
     text.write_text(read_text(None)[0][:2500], encoding="utf-8")
     out = tmp_path / "out"
@@ -144,11 +145,15 @@ def test_a_target_with_calibrate_plans_with_the_imatrix_and_sensitivity_made_on_
     assert plan["plan"]["size_bytes"] == path.stat().st_size
     assert plan["gains_measured"] == sum(plan["types"].values())
     cache, gains = Path(plan["cache"]), Path(plan["gains_cache"])  # no temporary Q8_0 or imatrix left beside them
-    assert sorted(p.name for p in out.iterdir()) == sorted([path.name, cache.name, gains.name])
+    joint = gains.name.replace(".sensitivity-", ".joint-")
+    assert sorted(p.name for p in out.iterdir()) == sorted([path.name, cache.name, gains.name, joint])
     assert cache.name.startswith("Marco-Test-Instruct-i1.measure-")
+    rest = sum(plan["types"].values()) - 1  # the fixture's embedding is tied: the output matrix
+    assert [(g["name"], g["tensors"]) for g in plan["groups"]] == [("token_embd", 1), ("the rest", rest)]
     r = run("convert", checkpoint(MINI), "--target-bpw", 3.5, "--outdir", out, "-t", 2, "--calibrate", text)
     assert r.exit_code == 0, r.output
     assert f"sensitivity per tensor: all from the cache, kept in {gains}" in r.stdout
+    assert "groups noised at once, measured / estimated: token_embd " in r.stdout
 
 
 REFUSALS = [  # (reason, options after SOURCE, the one line's fragment)

@@ -20,6 +20,7 @@ from gguf import GGUFReader
 
 from marco_gguf import convert
 from marco_gguf.base.errors import GGUFFileError, ImatrixError, OutputError, PlanError
+from marco_gguf.quant.joint import Group, groups
 from marco_gguf.quant.presets import load_preset
 from marco_gguf.quant.sensitivity import Sensitivity
 
@@ -229,7 +230,16 @@ def fake_sensitivity(gain):
 
     def measured(path, quant, errors, **_):
         gains = {t.name: gain(t.name) for t in quant}
-        return Sensitivity(gains, dict.fromkeys(gains, 0.0), dict.fromkeys(gains, 0.0), 0, Path("unused.json"))
+        return Sensitivity(gains, dict.fromkeys(gains, 0.0), dict.fromkeys(gains, 0.0), 0, Path("unused.json"), "k")
+
+    return measured
+
+
+def fake_groups(ratio):
+    """quant.plan's `measure_groups` finding each group at `ratio(group)` x its estimate, unmeasured."""
+
+    def measured(path, chosen, errors, gains, **_):
+        return tuple(Group(g, len(ns), 1.0, ratio(g)) for g, ns in groups(chosen).items())
 
     return measured
 
@@ -239,6 +249,7 @@ def test_gains_weigh_the_errors(f16_size, checkpoint, converted, reference_imatr
     budget, imatrix, q8 = int(f16_size * 0.25), reference_imatrix(MINI), converted(MINI, "q8_0").path
     plain = convert(checkpoint(MINI), target_size=budget, imatrix=imatrix, outdir=tmp_path / "plain")
     monkeypatch.setattr("marco_gguf.quant.plan.sensitivity", fake_sensitivity(lambda _: 3.0))
+    monkeypatch.setattr("marco_gguf.quant.plan.measure_groups", fake_groups(lambda _: 1.0))
     uniform = convert(checkpoint(MINI), target_size=budget, imatrix=imatrix, outdir=tmp_path / "u", sensitivity=q8)
     assert tensor_types(uniform.path) == tensor_types(plain.path)
     assert uniform.plan["plan"]["estimated_error"] == pytest.approx(3 * plain.plan["plan"]["estimated_error"])
@@ -251,6 +262,24 @@ def test_gains_weigh_the_errors(f16_size, checkpoint, converted, reference_imatr
     steered = convert(checkpoint(MINI), target_size=budget, imatrix=imatrix, outdir=tmp_path / "s", sensitivity=q8)
     assert tensor_types(steered.path)[heavy] == "F16"  # its least-error type
     assert steered.path.stat().st_size <= budget
+
+
+def test_a_group_measured_heavier_than_estimated_is_planned_again(
+    f16_size, checkpoint, converted, reference_imatrix, tmp_path, monkeypatch
+):
+    """The first plan's groups, noised at once, set each group's gains: the output side measured 10^12 x its
+    estimate takes its least-error type in the second plan, which the summary reports as planned again."""
+    budget, imatrix, q8 = int(f16_size * 0.25), reference_imatrix(MINI), converted(MINI, "q8_0").path
+    monkeypatch.setattr("marco_gguf.quant.plan.sensitivity", fake_sensitivity(lambda _: 1.0))
+    monkeypatch.setattr("marco_gguf.quant.plan.measure_groups", fake_groups(lambda _: 1.0))
+    first = convert(checkpoint(MINI), target_size=budget, imatrix=imatrix, outdir=tmp_path / "a", sensitivity=q8)
+    assert tensor_types(first.path)["token_embd.weight"] != "F16" and first.plan["replanned"] is False
+    heavy = fake_groups(lambda g: 1e12 if g == "token_embd" else 1.0)
+    monkeypatch.setattr("marco_gguf.quant.plan.measure_groups", heavy)
+    second = convert(checkpoint(MINI), target_size=budget, imatrix=imatrix, outdir=tmp_path / "b", sensitivity=q8)
+    assert tensor_types(second.path)["token_embd.weight"] == "F16" and second.plan["replanned"] is True
+    assert [(g["name"], g["ratio"]) for g in second.plan["groups"]] == [("token_embd", 1e12), ("the rest", 1.0)]
+    assert second.path.stat().st_size <= budget
 
 
 def test_measured_sensitivity_plans_and_is_cached(f16_size, checkpoint, converted, reference_imatrix, tmp_path):
@@ -270,9 +299,13 @@ def test_measured_sensitivity_plans_and_is_cached(f16_size, checkpoint, converte
     quantized = [n for n, q in tensor_types(first.path).items() if q != "F32"]
     assert sorted(doc["tensors"]) == sorted(quantized)
     assert all(k > 0 and e > 0 for k, e in doc["tensors"].values())
+    [joint] = (tmp_path / "a").glob("*.joint-*.json")
+    assert [g["name"] for g in first.plan["groups"]] == ["token_embd", "the rest"]
+    assert all(g["measured"] > 0 and g["estimated"] > 0 for g in first.plan["groups"])
     stamp = cache.stat().st_mtime_ns
     convert(checkpoint(MINI), target_size=int(f16_size * 0.3), imatrix=imatrix, outdir=tmp_path / "a", sensitivity=q8)
     assert cache.stat().st_mtime_ns == stamp  # read, not measured again
+    assert len(json.loads(joint.read_text())["plans"]) == 2  # the groups of another first plan, kept beside
     again = convert(
         checkpoint(MINI), target_size=int(f16_size * 0.25), imatrix=imatrix, outdir=tmp_path / "b", sensitivity=q8
     )

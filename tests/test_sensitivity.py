@@ -59,7 +59,7 @@ NOISED = [  # (reason, tensor)
 def test_the_noise_has_the_energy_per_token_asked_for(reason, tensor, converted):
     """Read back from llama.cpp after the write: the node changed by `energy` per token, counted independently."""
     path, noise, changes = converted(MODEL, "q8_0").path, Noise(), []
-    noise.aim(tensor, Q.Q4_K, 2.5)
+    noise.aim({tensor: (Q.Q4_K, 2.5)})
 
     def take(node):
         before = node.numpy().astype(np.float64)
@@ -92,7 +92,7 @@ def test_an_embeddings_lookup_gets_its_real_error(reason, spec, converted):
     """The looked-up rows become exactly what the reference type stores for them (ggml's quantize and
     dequantize), and the pass's energy is that error per token unless a product had noise of its own."""
     path, noise, seen = converted(spec, "q8_0").path, Noise(), []
-    noise.aim("token_embd.weight", Q.Q4_K, 2.5)
+    noise.aim({"token_embd.weight": (Q.Q4_K, 2.5)})
 
     def take(node):
         before = node.numpy()

@@ -214,5 +214,9 @@ def print_plan(plan: dict, plan_out: Path | None) -> None:
     if plan.get("gains_cache") is not None:
         how = f"{plan['gains_measured']} measured now" if plan["gains_measured"] else "all from the cache"
         ui.out.print(f"sensitivity per tensor: {how}, kept in {plan['gains_cache']}", style="dim", soft_wrap=True)
+    if plan.get("groups"):
+        ratios = ", ".join(f"{g['name']} {g['ratio']:.3g}" for g in plan["groups"])
+        again = "planned again" if plan["replanned"] else "the same plan again"
+        ui.out.print(f"groups noised at once, measured / estimated: {ratios}; {again}", style="dim", soft_wrap=True)
     if plan_out is not None:
         ui.out.print(f"plan written to {plan_out} (use it with --preset)", soft_wrap=True)

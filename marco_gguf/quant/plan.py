@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gguf import MODEL_TENSOR as T
 from gguf import GGMLQuantizationType as Q
@@ -26,28 +27,27 @@ from marco_gguf.base.errors import PlanError
 from marco_gguf.base.progress import Progress
 from marco_gguf.gguf_io.writer import TensorSpec
 from marco_gguf.quant import measure_cache
-from marco_gguf.quant.allocate import Option, allocate, smallest, total_error, unit_for
+from marco_gguf.quant.allocate import Option, allocate, total_error
+from marco_gguf.quant.joint import corrected, measure_groups
 from marco_gguf.quant.measure_types import (
-    CANDIDATES,
     SAMPLE_ROWS,
     SAMPLE_SEED,
     candidate_types,
-    fits,
     measure,
     quantizable,
     tensor_weights,
 )
+from marco_gguf.quant.plan_checks import Costs, check_budget, check_candidates, check_token_cap, costs_of, token_fixed
 from marco_gguf.quant.plan_file import plan_preset
 from marco_gguf.quant.plan_model import (
     Model,
     Priced,
     fixed_presets,
     neighbours,
-    padded,
     price,
     token_share,
 )
-from marco_gguf.quant.plan_target import Target, names_of, parse_target, parse_types
+from marco_gguf.quant.plan_target import Target, parse_target, parse_types
 from marco_gguf.quant.presets import Preset
 from marco_gguf.quant.sensitivity import check_model, sensitivity
 from marco_gguf.version import __version__
@@ -70,6 +70,8 @@ class PlanSummary:
     seconds: float
     gains_measured: int | None = None  # with a sensitivity GGUF: tensors whose gain was measured now
     gains_cache: str | None = None  # ... the file the gains are kept in
+    groups: tuple[dict, ...] | None = None  # ... each group's KLD noised at once at the first plan's types
+    replanned: bool | None = None  # ... whether the gains corrected by group changed the plan
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,107 +83,6 @@ class Plan:
     header: tuple[str, ...]  # the comment lines of its TOML file
     summary: PlanSummary
     errors: dict[str, dict[str, float]] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class _Costs:
-    """The target in the allocator's terms: a byte budget for the quantized tensors, and how one is priced."""
-
-    budget: int
-    fixed: int  # what the header and the F32 tensors take from the target
-    padded: bool  # a file size counts each tensor padded to the alignment; bits/weight does not
-    unit: int
-
-    def cost(self, spec: TensorSpec) -> int:
-        return padded(spec.n_bytes) if self.padded else spec.n_bytes
-
-
-def _costs(model: Model, target: Target, header: int, quant: Sequence[PlannedTensor]) -> _Costs:
-    fixed = [TensorSpec(t.name, t.shape, Q.F32) for t in model.planned if not quantizable(t)]
-    unit = unit_for(sum(TensorSpec(t.name, t.shape, Q.F16).n_bytes for t in quant))
-    if target.size is not None:
-        spent = header + sum(padded(s.n_bytes) for s in fixed)
-        return _Costs(target.size - spent, spent, True, unit)
-    assert target.bpw is not None
-    params = sum(t.n_elements for t in model.planned)
-    spent = sum(s.n_bytes for s in fixed)
-    return _Costs(math.floor(target.bpw * params / 8) - spent, spent, False, unit)
-
-
-def _figure(model: Model, target: Target, costs: _Costs, data_bytes: int) -> str:
-    """A total in the target's own terms (file bytes, or bits per weight) for messages."""
-    if target.size is not None:
-        return f"{costs.fixed + data_bytes:,} bytes"
-    return f"{8 * (costs.fixed + data_bytes) / sum(t.n_elements for t in model.planned):.3f} bits/weight"
-
-
-def _check_budget(
-    model: Model,
-    target: Target,
-    costs: _Costs,
-    quant: Sequence[PlannedTensor],
-    cands: dict[str, tuple[Q, ...]],
-    chosen_types: bool,
-) -> None:
-    """Refuse, before measuring anything, a target the candidate types cannot meet or that needs no quantizing;
-    `chosen_types`: the candidates are the user's --types, so IQ types are no remedy unless they add them."""
-    what = f"--target-size {target.label}" if target.size is not None else f"--target-bpw {target.bpw:g}"
-    f16 = sum(costs.cost(TensorSpec(t.name, t.shape, Q.F16)) for t in quant)
-    if costs.budget > f16:
-        raise PlanError(
-            f"{what} is above the F16 file ({_figure(model, target, costs, f16)}): there is nothing to quantize",
-            "use --preset f16 (or bf16), or a smaller target",
-        )
-    least = _least(costs, quant, lambda t: cands[t.name])
-    if least <= costs.budget:
-        return
-    if model.importance is None and not chosen_types:
-        with_iq = _least(costs, quant, lambda t: tuple(q for q in CANDIDATES if fits(q, t.row_len)))
-        if with_iq <= costs.budget:
-            raise PlanError(
-                f"{what} is below the smallest file without IQ types ({_figure(model, target, costs, least)}): "
-                "the plan needs IQ types, and the plan uses them only with an importance matrix",
-                "pass --imatrix FILE or --calibrate, or give a larger target",
-            )
-    more = ", or add smaller types to --types" if chosen_types else ", or an imatrix for the IQ types"
-    raise PlanError(
-        f"{what} is below the smallest file these candidate types make "
-        f"({_figure(model, target, costs, least)}, every tensor at its smallest type)",
-        "give a larger target" + ("" if model.importance and not chosen_types else more),
-    )
-
-
-def _least(costs: _Costs, quant: Sequence[PlannedTensor], types: Callable[[PlannedTensor], tuple[Q, ...]]) -> int:
-    """The smallest tensor data the allocator can reach, in budget bytes (whole units, as it counts them)."""
-    options = [[Option(q, costs.cost(TensorSpec(t.name, t.shape, q)), 0.0, 0.0) for q in types(t)] for t in quant]
-    return smallest(options, costs.unit) * costs.unit
-
-
-def _check_candidates(quant: Sequence[PlannedTensor], cands: dict[str, tuple[Q, ...]], types: Sequence[Q]) -> None:
-    for t in quant:
-        if not cands[t.name]:
-            raise PlanError(
-                f"--types {names_of(types)}: none fits {t.name} (rows of {t.row_len}, "
-                "not a whole number of the types' blocks)",
-                "add a type with 32-wide blocks such as q8_0, q5_0 or q4_0",
-            )
-
-
-def _token_fixed(model: Model) -> float:
-    """Bytes per token the F32 tensors (norms, routers) read: all of them."""
-    return sum(TensorSpec(t.name, t.shape, Q.F32).n_bytes for t in model.planned if not quantizable(t))
-
-
-def _check_token_cap(model: Model, quant: Sequence[PlannedTensor], cands: dict[str, tuple[Q, ...]], cap: int) -> None:
-    least = _token_fixed(model) + sum(
-        min(TensorSpec(t.name, t.shape, q).n_bytes for q in cands[t.name]) * token_share(t, model.config, model.tied)
-        for t in quant
-    )
-    if cap < least:
-        raise PlanError(
-            f"--max-bytes-per-token {cap:,} is below the least these candidate types read per token ({least:,.0f})",
-            "give a larger cap, or smaller --types",
-        )
 
 
 def _measure(
@@ -220,7 +121,7 @@ def _measure(
     return errors, measured, cached, path, key
 
 
-def _option(model: Model, costs: _Costs, t: PlannedTensor, q: Q, errors: dict[str, dict[str, float]]) -> Option:
+def _option(model: Model, costs: Costs, t: PlannedTensor, q: Q, errors: dict[str, dict[str, float]]) -> Option:
     spec = TensorSpec(t.name, t.shape, q)
     share = token_share(t, model.config, model.tied)
     return Option(q, costs.cost(spec), spec.n_bytes * share, errors[t.name][q.name])
@@ -248,7 +149,7 @@ def _fields(model: Model, target: Target, types: Sequence[Q], cap: int | None, i
     }
 
 
-GAINED = ", each tensor's weighed by its measured sensitivity: estimated KLD"
+GAINED = ", each tensor's weighed by its measured sensitivity, corrected by group at the plan's types: estimated KLD"
 OBJECTIVE = {
     True: "least total imatrix-weighted squared error (expected per token, routed experts by their share)",
     False: "least total squared error (no imatrix; routed experts by their uniform share)",
@@ -271,29 +172,26 @@ def make_plan(
     kinds = parse_types(types, imatrix=model.importance is not None)
     quant = [t for t in model.planned if quantizable(t)]
     cands = {t.name: candidate_types(t, kinds, importance=model.importance) for t in quant}
-    _check_candidates(quant, cands, kinds)
+    check_candidates(quant, cands, kinds)
     imatrix_sha = measure_cache.file_sha256(model.importance.path) if model.importance is not None else None
     fields = _fields(model, target, kinds, max_bytes_per_token, imatrix_sha)
     header = model.header_bytes(
         plan_preset(target.name, model.planned, {t.name: cands[t.name][0] for t in quant}, fields, "")
     )
-    costs = _costs(model, target, header, quant)
-    _check_budget(model, target, costs, quant, cands, chosen_types=bool(types))
+    costs = costs_of(model, target, header, quant)
+    check_budget(model, target, costs, quant, cands, chosen_types=bool(types))
     if max_bytes_per_token is not None:
-        _check_token_cap(model, quant, cands, max_bytes_per_token)
+        check_token_cap(model, quant, cands, max_bytes_per_token)
     if model.sensitivity is not None:
         check_model(model.sensitivity, quant)
-    gains: tuple[int | None, str | None] = (None, None)
     errors, measured, cached, path, key = _measure(model, quant, cands, imatrix_sha, cache, threads, progress)
-    if model.sensitivity is not None:  # the plan, its summary and the presets' estimates all in KLD units
-        sens = sensitivity(
-            model.sensitivity, quant, errors, measure_key=key, cache=cache, threads=threads, progress=progress
-        )
-        errors = {n: {q: sens.gains[n] * e for q, e in by_type.items()} for n, by_type in errors.items()}
-        gains = (sens.measured, str(sens.cache))
-    cap = None if max_bytes_per_token is None else max_bytes_per_token - _token_fixed(model) - 1
-    options = [[_option(model, costs, t, q, errors) for q in cands[t.name]] for t in quant]
-    picked = allocate(options, costs.budget, unit=costs.unit, max_token_bytes=cap)
+    cap = None if max_bytes_per_token is None else max_bytes_per_token - token_fixed(model) - 1
+    plan = _Allocation(model, costs, quant, cands, cap)
+    extra: dict[str, Any] = {}  # the summary's fields of a plan weighed by sensitivity
+    if model.sensitivity is None:
+        picked = plan.allocate(errors)
+    else:  # the plan, its summary and the presets' estimates all in KLD units
+        errors, picked, extra = _weighed(model, plan, errors, key, cache, threads, progress)
     chosen = {t.name: o.type for t, o in zip(quant, picked, strict=True)}
     fields["estimated_error"] = float(total_error(picked))
     priced = price(model, target.name, chosen, header, errors)
@@ -313,9 +211,66 @@ def make_plan(
         cached,
         str(path),
         time.perf_counter() - started,
-        *gains,
+        **extra,
     )
     return Plan(preset, _header_lines(model, target, fields, priced), summary, errors)
+
+
+@dataclass(frozen=True)
+class _Allocation:
+    """One budget's allocation problem: the options' bytes are fixed, their errors come per call."""
+
+    model: Model
+    costs: Costs
+    quant: Sequence[PlannedTensor]
+    cands: dict[str, tuple[Q, ...]]
+    cap: float | None
+
+    def allocate(self, errors: dict[str, dict[str, float]]) -> list[Option]:
+        options = [[_option(self.model, self.costs, t, q, errors) for q in self.cands[t.name]] for t in self.quant]
+        return allocate(options, self.costs.budget, unit=self.costs.unit, max_token_bytes=self.cap)
+
+
+def _weighed(
+    model: Model,
+    plan: _Allocation,
+    errors: dict[str, dict[str, float]],
+    key: str,
+    cache: tuple[Path, str],
+    threads: int,
+    progress: Progress | None,
+) -> tuple[dict[str, dict[str, float]], list[Option], dict[str, Any]]:
+    """Errors in KLD units (each tensor's by its measured gain), planned, the gains corrected by group at that
+    plan's types (quant/joint.py) and planned again: (weighed errors, the plan, the summary's fields)."""
+    assert model.sensitivity is not None
+    sens = sensitivity(
+        model.sensitivity, plan.quant, errors, measure_key=key, cache=cache, threads=threads, progress=progress
+    )
+    first = plan.allocate(_times(errors, sens.gains))
+    chosen = {t.name: o.type for t, o in zip(plan.quant, first, strict=True)}
+    found = measure_groups(
+        model.sensitivity,
+        chosen,
+        errors,
+        sens.gains,
+        cache=cache,
+        gains_key=sens.key,
+        threads=threads,
+        progress=progress,
+    )
+    weighed = _times(errors, corrected(sens.gains, found))
+    picked = plan.allocate(weighed)
+    extra = {
+        "gains_measured": sens.measured,
+        "gains_cache": str(sens.cache),
+        "groups": tuple(g.as_dict() for g in found),
+        "replanned": [o.type for o in picked] != [o.type for o in first],
+    }
+    return weighed, picked, extra
+
+
+def _times(errors: dict[str, dict[str, float]], gains: dict[str, float]) -> dict[str, dict[str, float]]:
+    return {n: {q: gains[n] * e for q, e in by_type.items()} for n, by_type in errors.items()}
 
 
 def _count(types: Iterable[Q]) -> dict[str, int]:

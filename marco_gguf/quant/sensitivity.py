@@ -49,6 +49,7 @@ from marco_gguf.version import __version__
 FORMAT = 2  # bump when what is measured changes (2: an embedding's lookup error)
 REFERENCE = (Q.Q4_K, Q.IQ4_XS, Q.Q4_0, Q.Q5_K, Q.Q3_K, Q.Q8_0)  # the noise energy: the first type measured
 CTX = 512  # tokens in the one chunk measured
+UNQUANTIZED = (Q.F32, Q.F16, Q.BF16)
 
 
 @dataclass(frozen=True)
@@ -60,43 +61,47 @@ class Sensitivity:
     energy: dict[str, float]
     measured: int  # tensors measured now (0: all from the cache)
     cache: Path
+    key: str  # the cache's key: what the gains were measured from
 
 
 class Noise:
-    """The observer's side: noise of a set energy per token on the product of one weight, and the lookup's
-    own error where the weight is an embedding (`kind`: the reference type)."""
+    """The observer's side: noise of a set energy per token on the product of each target weight, and the
+    lookup's own error where a target is an embedding. Each target is (its type, the energy): the type is the
+    one the lookup is quantized to. Noise is seeded per tensor, so a tensor's noise is the same alone or in a
+    group."""
 
     def __init__(self) -> None:
-        self.target: str | None = None
-        self.kind = Q.Q4_K
-        self.energy = self.injected = self.looked_up = 0.0
+        self.targets: dict[str, tuple[Q, float]] = {}
+        self.injected = self.looked_up = 0.0
 
-    def aim(self, target: str, kind: Q, energy: float) -> None:
-        self.target, self.kind, self.energy, self.injected, self.looked_up = target, kind, energy, 0.0, 0.0
+    def aim(self, targets: Mapping[str, tuple[Q, float]]) -> None:
+        self.targets, self.injected, self.looked_up = dict(targets), 0.0, 0.0
 
     def wants(self, node: Node) -> bool:
         ops = ("MUL_MAT", "MUL_MAT_ID", "GET_ROWS")
-        return node.op in ops and weight_name(node.arg(0).name) == self.target
+        return node.op in ops and weight_name(node.arg(0).name) in self.targets
 
     def take(self, node: Node) -> None:
-        assert self.target is not None
+        name = weight_name(node.arg(0).name)
+        kind, energy = self.targets[name]
         if node.op == "GET_ROWS":
-            self._lookup(node)
+            if kind not in UNQUANTIZED:  # a float type's lookup error is rounding, nothing to model
+                self._lookup(node, kind)
             return
         # numpy order: MUL_MAT (1, 1, tokens, n); MUL_MAT_ID (1, tokens, slots, n) with input slots 1 or all
         out, inp = node.numpy(), node.arg(1).numpy().astype(np.float64)
         weight = np.broadcast_to((inp**2).sum(-1, keepdims=True), out.shape[:-1] + (1,))
-        rng = np.random.default_rng(zlib.crc32(self.target.encode()))
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
         noise = rng.standard_normal(out.shape) * np.sqrt(weight / max(float(weight.mean()), 1e-300))
         tokens = out.shape[-3] if node.op == "MUL_MAT_ID" else math.prod(out.shape[:-1])
-        noise *= math.sqrt(self.energy / max(float((noise**2).sum()) / tokens, 1e-300))
+        noise *= math.sqrt(energy / max(float((noise**2).sum()) / tokens, 1e-300))
         self.injected += float((noise**2).sum()) / tokens
         node.write(out + noise)
 
-    def _lookup(self, node: Node) -> None:
+    def _lookup(self, node: Node, kind: Q) -> None:
         rows = node.numpy()
         flat = np.ascontiguousarray(rows.reshape(-1, rows.shape[-1]), dtype=np.float32)
-        back = dequantize_rows(self.kind, quantize_rows(self.kind, flat), flat.shape[1])
+        back = dequantize_rows(kind, quantize_rows(kind, flat), flat.shape[1])
         self.looked_up += float(((back - flat).astype(np.float64) ** 2).sum()) / flat.shape[0]
         node.write(back.reshape(rows.shape))
 
@@ -130,6 +135,34 @@ def check_model(path: Path, quant: Sequence[PlannedTensor]) -> None:
             )
 
 
+class Passes:
+    """One GGUF loaded with the noise observer and the calibration chunk's clean log-probabilities: then each
+    pass is the mean KLD of the chunk's logits with `targets` noised (Noise.aim) from the clean ones."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        self.path, self.threads, self.noise = path, threads or physical_cores(), Noise()
+
+    def __enter__(self) -> Passes:
+        observer = GraphObserver(self.noise.wants, self.noise.take)
+        self._model = ObservedModel(self.path, observer, n_ctx=CTX, threads=self.threads)
+        try:
+            self._tokens = self._model.tokenize(read_text(None, PlanError)[0])[:CTX]
+            self._ref = _log_probs(self._model.logits(self._tokens))
+        except BaseException:
+            self._model.close()
+            raise
+        self._p = np.exp(self._ref)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._model.close()
+
+    def kld(self, targets: Mapping[str, tuple[Q, float]]) -> float:
+        self.noise.aim(targets)
+        noisy = _log_probs(self._model.logits(self._tokens))
+        return max(float((self._p * (self._ref - noisy)).sum(1).mean()), 0.0)
+
+
 def measure_gains(
     path: Path,
     energy: Mapping[str, tuple[Q, float]],
@@ -139,18 +172,11 @@ def measure_gains(
 ) -> dict[str, tuple[float, float]]:
     """(KLD, energy) per tensor in `energy` (its reference type and error), one llama.cpp pass each over the
     calibration text. The energy is the product's noise per token, or an untied embedding's lookup error."""
-    body, _ = read_text(None, PlanError)
-    noise = Noise()
     out: dict[str, tuple[float, float]] = {}
-    observer = GraphObserver(noise.wants, noise.take)
-    with ObservedModel(path, observer, n_ctx=CTX, threads=threads or physical_cores()) as m:
-        tokens = m.tokenize(body)[:CTX]
-        ref = _log_probs(m.logits(tokens))
-        p_ref = np.exp(ref)
+    with Passes(path, threads) as passes:
         for i, name in enumerate(sorted(energy)):
-            noise.aim(name, *energy[name])
-            kld = float((p_ref * (ref - _log_probs(m.logits(tokens)))).sum(1).mean())
-            out[name] = (max(kld, 0.0), noise.injected or noise.looked_up)
+            kld = passes.kld({name: energy[name]})
+            out[name] = (kld, passes.noise.injected or passes.noise.looked_up)
             if progress is not None:
                 progress(ProgressEvent(i + 1, len(energy), "tensors", f"sensitivity {name}"))
     return out
@@ -214,4 +240,5 @@ def sensitivity(
         {n: e for n, (_, e) in found.items()},
         measured,
         file,
+        key,
     )
