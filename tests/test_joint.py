@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as Q
 from marco_gguf.llama.observer import GraphObserver, ObservedModel
 from marco_gguf.quant import joint
 from marco_gguf.quant.joint import REST, Group, corrected, groups, measure_groups
-from marco_gguf.quant.sensitivity import Noise
+from marco_gguf.quant.sensitivity import Noise, mean_kld
 
 ATTN, EXPS, EMBD, OUT = "blk.0.attn_v.weight", "blk.1.ffn_down_exps.weight", "token_embd.weight", "output.weight"
 
@@ -124,6 +124,32 @@ def test_a_damaged_or_foreign_cache_is_measured_again(reason, content, tmp_path,
     found = groups_of(tmp_path)
     assert FakePasses.runs == 2 and [g.measured for g in found] == [1.0, 2.0]
     assert json.loads(file.read_text())["key"] == "k" * 64
+
+
+def whole_kld(ref, logits) -> float:
+    """The textbook form, every row at once in float64."""
+    r = ref.astype(np.float64) - np.log(np.exp(ref.astype(np.float64)).sum(1, keepdims=True))
+    q = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64)).sum(1, keepdims=True))
+    return float((np.exp(r) * (r - q)).sum(1).mean())
+
+
+RNG = np.random.default_rng(7)
+BASE = RNG.standard_normal((70, 300)).astype(np.float32)
+KLDS = [  # (reason, ref logits, noisy logits, rows per step)
+    ("rows not a multiple of the step", BASE, BASE + 0.3 * RNG.standard_normal(BASE.shape).astype(np.float32), 32),
+    ("one row a step", BASE, BASE + 0.1 * RNG.standard_normal(BASE.shape).astype(np.float32), 1),
+    ("large logits: shifted by their maximum first", 40 * BASE, 40 * BASE[::-1], 16),
+]
+
+
+@pytest.mark.parametrize("reason,ref,noisy,rows", KLDS, ids=[k[0] for k in KLDS])
+def test_the_kld_by_steps_is_the_whole_arrays(reason, ref, noisy, rows):
+    assert mean_kld(ref, noisy, rows) == pytest.approx(whole_kld(ref, noisy), rel=1e-12)
+
+
+def test_the_kld_ignores_a_shift_per_row_and_is_zero_for_the_same_logits():
+    shift = np.arange(len(BASE), dtype=np.float32)[:, None]
+    assert mean_kld(BASE, BASE) == 0.0 and mean_kld(BASE, BASE + shift) == pytest.approx(0.0, abs=1e-12)
 
 
 MODEL = Spec(dtype="f32")
