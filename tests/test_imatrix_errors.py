@@ -19,7 +19,7 @@ from checkpoints import Spec
 from typer.testing import CliRunner
 
 from marco_gguf import convert
-from marco_gguf.base.errors import GGUFFileError, ImatrixError
+from marco_gguf.base.errors import GGUFFileError, ImatrixError, Terminated, raise_terminated
 from marco_gguf.calibrate import calibrate_convert
 from marco_gguf.cli.app import app
 from marco_gguf.quant.imatrix import compute_imatrix, read_text
@@ -323,8 +323,10 @@ INTERRUPT_CASES = [
 ]
 
 
-def interrupted_run(args: list[str], running: str, timeout: float = 120) -> tuple[int, str, str]:
-    """Run the CLI with stderr on a pty (so its progress bar draws), SIGINT it once `running` shows; (code, stderr
+def interrupted_run(
+    args: list[str], running: str, sig: int = signal.SIGINT, timeout: float = 120
+) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pty (so its progress bar draws), send `sig` once `running` shows; (code, stderr
     without terminal controls, stdout)."""
     master, slave = os.openpty()
     proc = subprocess.Popen(
@@ -347,7 +349,7 @@ def interrupted_run(args: list[str], running: str, timeout: float = 120) -> tupl
                     break
                 seen += chunk
             if not sent and re.search(running, ANSI.sub("", seen)):
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(sig)
                 sent = True
             if proc.poll() is not None and not ready:
                 break
@@ -360,34 +362,48 @@ def interrupted_run(args: list[str], running: str, timeout: float = 120) -> tupl
     return proc.wait(10), ANSI.sub("", seen), proc.stdout.read().decode()
 
 
+SIGNALS = [  # (signal, exit code, the last line's first word): Ctrl-C, and kill / timeout / a service manager's stop
+    (signal.SIGINT, 130, "interrupted"),
+    (signal.SIGTERM, 143, "terminated"),
+]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("sig,code,word", SIGNALS, ids=[s[2] for s in SIGNALS])
 @pytest.mark.parametrize("reason,args,running", INTERRUPT_CASES, ids=[c[0] for c in INTERRUPT_CASES])
-def test_ctrl_c_leaves_nothing_and_says_so(reason, args, running, checkpoint, converted, tmp_path):
+def test_a_stop_leaves_nothing_and_says_so(reason, args, running, sig, code, word, checkpoint, converted, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     fill = {"model": str(converted(Spec(), "q8_0").path), "source": str(checkpoint(SPEC)), "out": str(out)}
-    code, stderr, stdout = interrupted_run([a.format(**fill) for a in args], running)
-    assert code == 130, stderr[-1500:]
+    got, stderr, stdout = interrupted_run([a.format(**fill) for a in args], running, sig)
+    assert got == code, stderr[-1500:]
     lines = [line for line in stderr.split("\n") if line.strip()]
-    assert lines[-1].strip() == INTERRUPTED and stderr.count("interrupted") == 1, stderr[-1500:]
+    assert lines[-1].strip() == INTERRUPTED.replace("interrupted", word), stderr[-1500:]
+    assert stderr.count(word) == 1, stderr[-1500:]
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
     assert stdout == "" and list(out.iterdir()) == []
 
 
-def test_sigint_inside_llama_cpp_is_raised_after_it_returns():
-    """Python raises KeyboardInterrupt at the first bytecode after the signal; when that is the eval callback's entry
-    (the signal came while llama.cpp computed), ctypes drops it and the run goes on. deferred_sigint turns it into a
-    flag the callback obeys (stop at the next node) and raises once the C call is over."""
+RAISED_AFTER = [  # (signal, the handler a program has for it, what is raised once llama.cpp returns)
+    (signal.SIGINT, signal.default_int_handler, KeyboardInterrupt),  # Python's own, as started from a shell
+    (signal.SIGTERM, raise_terminated, Terminated),  # the CLI's (ui.errors_to_exit)
+]
+
+
+@pytest.mark.parametrize("sig,handler,raised", RAISED_AFTER, ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_llama_cpp_is_raised_after_it_returns(sig, handler, raised):
+    """Python raises at the first bytecode after the signal; when that is the eval callback's entry (the signal came
+    while llama.cpp computed), ctypes drops it and the run goes on. deferred_sigint turns it into a flag the
+    callback obeys (stop at the next node) and raises once the C call is over."""
     from marco_gguf.llama.observer import GraphObserver, deferred_sigint
 
     obs = GraphObserver(lambda t: True, lambda t: None)
-    # Python's own handler, as in a program started from a shell (a background job's parent may have SIGINT ignored)
-    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    outer = signal.signal(sig, handler)
     try:
-        with pytest.raises(KeyboardInterrupt), deferred_sigint(obs):
-            signal.raise_signal(signal.SIGINT)  # handled here, as it would be at the callback's entry
+        with pytest.raises(raised) as caught, deferred_sigint(obs):
+            signal.raise_signal(sig)  # handled here, as it would be at the callback's entry
             assert obs.interrupted
             assert (obs._call(0, True, 0), obs._call(0, False, 0)) == (True, False)  # need the node, then stop
-        assert not obs.interrupted and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert caught.type is raised and not obs.interrupted and signal.getsignal(sig) is handler
     finally:
-        signal.signal(signal.SIGINT, outer)
+        signal.signal(sig, outer)

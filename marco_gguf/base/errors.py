@@ -113,6 +113,15 @@ class PruneError(MarcoGGUFError):
     """Experts cannot be pruned: N out of range, a usage file from another model, an unknown method."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a service manager's stop) raised the way Ctrl-C raises KeyboardInterrupt, so the
+    same cleanup runs: temp files removed, outputs untouched. The CLI installs `raise_terminated` for it."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 class Cancelled(MarcoGGUFError):
     """A slow step was stopped on request (Ctrl-C or SIGTERM while `serve` loads its model) before it ended."""
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -21,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from marco_gguf.base.errors import MarcoGGUFError
+from marco_gguf.base.errors import MarcoGGUFError, Terminated, raise_terminated
 from marco_gguf.base.progress import ProgressEvent
 from marco_gguf.base.units import human_bytes
 
@@ -122,20 +124,38 @@ def note(text: str) -> None:
 
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
-    """Typed errors -> one red line and exit 1; Ctrl-C -> a short line and exit 130 (MARCO_GGUF_DEBUG=1 re-raises)."""
+    """Typed errors -> one red line and exit 1; Ctrl-C -> a short line and exit 130, SIGTERM the same and exit 143
+    (MARCO_GGUF_DEBUG=1 re-raises). SIGTERM is raised as an exception for the block, so nothing is left behind."""
     debug = bool(os.environ.get("MARCO_GGUF_DEBUG"))
     try:
-        yield
+        with _terminate_raises():
+            yield
     except MarcoGGUFError as e:
         if debug:
             raise
         err.print(error_line(e), soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        err.print(Text("interrupted", style="yellow") + Text(": nothing was left half-written"))
-        raise typer.Exit(130) from None
+        what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        err.print(Text(what, style="yellow") + Text(": nothing was left half-written"))
+        raise typer.Exit(code) from None
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """SIGTERM's default ends the process on the spot, leaving temp files; raise Terminated instead (main thread
+    only, and only where nobody installed a handler of their own)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def error_line(e: MarcoGGUFError) -> Text:

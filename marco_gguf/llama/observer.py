@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marco_gguf.base.errors import GGUFFileError, MarcoGGUFError
+from marco_gguf.base.errors import GGUFFileError, MarcoGGUFError, Terminated, raise_terminated
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.llama.ggml import library
 
@@ -185,27 +185,36 @@ class GraphObserver:
 
 @contextlib.contextmanager
 def deferred_sigint(observer: GraphObserver):
-    """Ctrl-C during a llama.cpp call as a flag, raised as KeyboardInterrupt once llama.cpp has returned.
+    """Ctrl-C (and SIGTERM, where the CLI raises it) during a llama.cpp call as a flag, raised as KeyboardInterrupt
+    (Terminated) once llama.cpp has returned.
 
     Python's own SIGINT handler raises at the first bytecode the callback runs, which can be the `def` line,
     before `_call`'s try: ctypes then prints "Exception ignored" and drops it, and the run goes on. A handler
     that only sets a flag cannot raise anywhere. Left alone: other threads (signals go to the main one) and a
     handler someone else installed."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
+    ours = {
+        signal.SIGINT: (signal.default_int_handler, KeyboardInterrupt),
+        signal.SIGTERM: (raise_terminated, Terminated),
+    }
+    raising = {sig: exc for sig, (handler, exc) in ours.items() if signal.getsignal(sig) is handler}
+    if threading.current_thread() is not threading.main_thread() or not raising:
         yield
         return
-    observer.interrupted = False
-    previous = signal.signal(signal.SIGINT, lambda *_: setattr(observer, "interrupted", True))
+    observer.interrupted, caught = False, []
+
+    def flag(sig: int, _frame: object) -> None:
+        observer.interrupted = True
+        caught.append(raising[signal.Signals(sig)])
+
+    previous = {sig: signal.signal(sig, flag) for sig in raising}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if observer.interrupted:
         observer.interrupted = False
-        raise KeyboardInterrupt
+        raise caught[0]
 
 
 class ObservedModel:
