@@ -1,9 +1,11 @@
 """`convert --target-size / --target-bpw`: each tensor's type chosen by measured error to fit a budget.
 
-Three steps, each its own module: measure every (tensor, candidate type) error on sampled rows
-(measure_types, cached by measure_cache), spend the budget (allocate), write the plan as a preset
-(plan_file). This module checks the target against what the candidate types can make before anything is
-measured or written, and prices the plan and the fixed presets alike for the summary.
+The steps, each its own module: measure every (tensor, candidate type) error on sampled rows
+(measure_types, cached by measure_cache); with a sensitivity GGUF, weigh each error by its tensor's measured
+gain (sensitivity) and, after a first plan, correct the gains by group at that plan's types (joint); spend the
+budget (allocate); write the plan as a preset (plan_file). The target is checked against what the candidate
+types can make before anything is measured or written (plan_checks); this module prices the plan and the fixed
+presets alike for the summary.
 
 Budgets: `--target-size` bounds the whole file (header, padding and F32 tensors included); `--target-bpw`
 bounds bits per weight as ConvertResult reports it (8 x tensor data bytes / parameters, F32 tensors
