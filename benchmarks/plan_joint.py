@@ -2,7 +2,7 @@
 after `convert` corrects the gains by group (quant/joint.py).
 
     python benchmarks/plan_sensitivity.py --workdir W      # first: the plans, and the caches they leave
-    python benchmarks/plan_joint.py --workdir W [--at q3_k_m,q4_k_s]
+    python benchmarks/plan_joint.py --workdir W [--at q3_k_m,q4_k_s]     # default: all 7 sizes, ~3 minutes
 
 For each budget, the plan plan_sensitivity.py made (its file, and the gains and group caches in
 W/quality/sensitivity). The first plan's groups (the summary's, from the cache) are what the correction
@@ -52,7 +52,7 @@ def residual(passes: Passes, plan: Path, gains: dict, errors: dict) -> list[dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORK)
-    ap.add_argument("--at", default="q3_k_m,q4_k_s")
+    ap.add_argument("--at", default=",".join(SIZES))
     args = ap.parse_args()
     work = args.workdir
     made = {r["label"]: r for r in json.loads((HERE / "proxy_plans_sensitivity.json").read_text())["rows"]}
@@ -68,10 +68,28 @@ def main() -> None:
             r = made[f"plan at {label}"]
             first = tuple(Group(**{k: v for k, v in g.items() if k != "ratio"}) for g in r["plan"]["groups"])
             final = residual(passes, Path(r["path"]), corrected(gains, first), errors)
-            rows.append({"label": label, "first": [g.as_dict() for g in first], "final": final})
+            embd = {t.name: t.tensor_type.name for t in GGUFReader(r["path"]).tensors}["token_embd.weight"]
+            rows.append({"label": label, "first": [g.as_dict() for g in first], "final": final, "embd": embd})
             print(table(rows[-1:]), flush=True)
     (HERE / "plan_joint.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
-    (HERE / "plan_joint.md").write_text(table(rows))
+    (HERE / "plan_joint.md").write_text(summary(rows) + "\n" + table(rows))
+
+
+def summary(rows: list[dict]) -> str:
+    """One row a budget: the ratios the correction used, and what is left at the final plan's types."""
+    lines = [
+        "| budget | first: token_embd | first: the rest | final: token_embd's type | final: token_embd "
+        "| final: the rest | final: bands |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        first, final = ({g["name"]: g["ratio"] for g in r[k]} for k in ("first", "final"))
+        bands = " / ".join(f"{final[f'layers {a}-{b}']:.2f}" for a, b in BANDS)
+        lines.append(
+            f"| {r['label'].upper()} | {first['token_embd']:.2f} | {first[REST]:.3f} | {r['embd']} "
+            f"| {final['token_embd']:.2f} | {final[REST]:.2f} | {bands} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def table(rows: list[dict]) -> str:

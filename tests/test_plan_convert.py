@@ -230,7 +230,7 @@ def fake_sensitivity(gain):
 
     def measured(path, quant, errors, **_):
         gains = {t.name: gain(t.name) for t in quant}
-        return Sensitivity(gains, dict.fromkeys(gains, 0.0), dict.fromkeys(gains, 0.0), 0, Path("unused.json"), "k")
+        return Sensitivity(gains, 0, Path("unused.json"), "k")
 
     return measured
 

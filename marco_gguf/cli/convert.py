@@ -96,7 +96,8 @@ def convert(
         typer.Option(
             "--sensitivity",
             help="With a target: weigh each tensor's error by the KLD it costs on this GGUF of the model "
-            "(e.g. its Q8_0; one llama.cpp pass per tensor, cached). --calibrate uses its own Q8_0 unless given.",
+            "(e.g. its Q8_0; one llama.cpp pass per tensor, and a few per budget to correct the plan by group; "
+            "cached). --calibrate uses its own Q8_0 unless given.",
         ),
     ] = None,
     json_out: Json = False,

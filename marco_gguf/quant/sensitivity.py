@@ -55,11 +55,9 @@ KLD_ROWS = 32  # tokens per float64 step of the KLD: 39 MB an array on Marco's v
 
 @dataclass(frozen=True)
 class Sensitivity:
-    """Per tensor: the gain, and the KLD and noise energy behind it."""
+    """Per tensor: the gain (the KLD and noise energy behind it are in the cache file)."""
 
     gains: dict[str, float]
-    kld: dict[str, float]
-    energy: dict[str, float]
     measured: int  # tensors measured now (0: all from the cache)
     cache: Path
     key: str  # the cache's key: what the gains were measured from
@@ -245,8 +243,6 @@ def sensitivity(
     fill = float(np.median(list(gains.values()))) if gains else 1.0
     return Sensitivity(
         {t.name: gains.get(t.name, fill) for t in quant},
-        {n: k for n, (k, _) in found.items()},
-        {n: e for n, (_, e) in found.items()},
         measured,
         file,
         key,
