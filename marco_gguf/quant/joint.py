@@ -17,7 +17,6 @@ a few passes, not one per tensor. The KLDs are cached per first plan, beside the
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -25,8 +24,8 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType as Q
 
-from marco_gguf.base.files import make_folders, write_text_atomic
 from marco_gguf.base.progress import Progress, ProgressEvent
+from marco_gguf.quant.measure_cache import read_keyed, write_keyed
 from marco_gguf.quant.sensitivity import Passes
 
 FORMAT = 1  # bump when what a group's pass measures changes
@@ -70,12 +69,12 @@ def _plan_key(chosen: Mapping[str, Q]) -> str:
 
 def _load(path: Path, gains_key: str) -> dict[str, dict[str, float]]:
     """Every first plan's group KLDs kept under these gains; {} when missing, damaged or of other gains."""
+    doc = read_keyed(path, gains_key)
+    if doc is None or doc.get("format") != FORMAT:
+        return {}
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc["key"] != gains_key or doc["format"] != FORMAT:
-            return {}
         plans = {str(p): {str(g): float(k) for g, k in by.items()} for p, by in doc["plans"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}
     ok = all(math.isfinite(k) and k >= 0 for by in plans.values() for k in by.values())
     return plans if ok else {}
@@ -105,9 +104,7 @@ def measure_groups(
                 found[label] = passes.kld({n: (chosen[n], errors[n][chosen[n].name]) for n in names})
                 if progress is not None:
                     progress(ProgressEvent(i + 1, len(by_group), "groups", f"joint noise: {label}"))
-        make_folders(file.parent)
-        doc = {"key": gains_key, "format": FORMAT, "plans": kept | {key: found}}
-        write_text_atomic(file, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        write_keyed(file, {"key": gains_key, "format": FORMAT, "plans": kept | {key: found}})
     return tuple(
         Group(label, len(names), sum(gains[n] * errors[n][chosen[n].name] for n in names), found[label])
         for label, names in by_group.items()

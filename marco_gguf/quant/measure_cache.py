@@ -59,13 +59,25 @@ def cache_path(folder: Path, stem: str, key: str) -> Path:
     return folder / f"{stem}.measure-{key[:16]}.json"
 
 
-def load(path: Path, key: str) -> dict[str, dict[str, float]]:
-    """The cached errors, or nothing when the file is missing, damaged or made under another key."""
+def read_keyed(path: Path, key: str) -> dict | None:
+    """A cache file's document (a JSON object) when it was made under `key`; None when the file is missing,
+    damaged or another key's. Every cache here is ours, never a user's input: such a file is measured again."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("errors"), dict):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("key") == key else None
+
+
+def write_keyed(path: Path, doc: Mapping) -> None:
+    make_folders(path.parent)
+    write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def load(path: Path, key: str) -> dict[str, dict[str, float]]:
+    """The cached errors, or nothing when the file is missing, damaged or made under another key."""
+    doc = read_keyed(path, key)
+    if doc is None or not isinstance(doc.get("errors"), dict):
         return {}
     out: dict[str, dict[str, float]] = {}
     for name, errors in doc["errors"].items():
@@ -79,6 +91,4 @@ def load(path: Path, key: str) -> dict[str, dict[str, float]]:
 
 
 def save(path: Path, key: str, errors: Mapping[str, Mapping[str, float]]) -> None:
-    make_folders(path.parent)
-    doc = {"key": key, "format": FORMAT, "version": __version__, "errors": errors}
-    write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    write_keyed(path, {"key": key, "format": FORMAT, "version": __version__, "errors": errors})

@@ -25,7 +25,6 @@ stays per unit of its product's error; an untied one's is per unit of its lookup
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -37,13 +36,13 @@ from gguf import GGMLQuantizationType as Q
 
 from marco_gguf.arch.qwen3moe import PlannedTensor
 from marco_gguf.base.errors import PlanError
-from marco_gguf.base.files import make_folders, write_text_atomic
 from marco_gguf.base.machine import physical_cores
 from marco_gguf.base.progress import Progress, ProgressEvent
 from marco_gguf.gguf_io.reader import read_header
 from marco_gguf.llama.ggml import dequantize_rows, quantize_rows
 from marco_gguf.llama.observer import GraphObserver, Node, ObservedModel
 from marco_gguf.quant.imatrix import read_text, weight_name
+from marco_gguf.quant.measure_cache import read_keyed, write_keyed
 from marco_gguf.version import __version__
 
 FORMAT = 2  # bump when what is measured changes (2: an embedding's lookup error)
@@ -203,12 +202,12 @@ def cache_path(folder: Path, stem: str, key: str) -> Path:
 
 def _load(path: Path, key: str) -> dict[str, tuple[float, float]] | None:
     """The cached (KLD, energy) per tensor, or None when missing, damaged or made under another key."""
+    doc = read_keyed(path, key)
+    if doc is None:
+        return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc["key"] != key:
-            return None
         out = {str(n): (float(k), float(e)) for n, (k, e) in doc["tensors"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
     ok = all(math.isfinite(k) and math.isfinite(e) and k >= 0 and e >= 0 for k, e in out.values())
     return out if ok else None
@@ -236,9 +235,7 @@ def sensitivity(
     if found is None or set(found) != set(energy):
         found = measure_gains(path, energy, threads=threads, progress=progress)
         measured = len(found)
-        make_folders(file.parent)
-        doc = {"key": key, "format": FORMAT, "version": __version__, "model": path.name, "tensors": found}
-        write_text_atomic(file, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        write_keyed(file, {"key": key, "format": FORMAT, "version": __version__, "model": path.name, "tensors": found})
     gains = {n: k / e for n, (k, e) in found.items() if e > 0 and k > 0}
     fill = float(np.median(list(gains.values()))) if gains else 1.0
     return Sensitivity(
