@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from proxy_quality import save_kld_plot
+
 from marco_gguf import convert
 from marco_gguf.measure.quality import quality
 
@@ -114,14 +116,7 @@ def plot(rows: list[dict], path: Path) -> None:
             for r, x in zip(pts, xs, strict=True):
                 xy = (x, r["quality"]["kld"]["value"])
                 ax.annotate(r["label"], xy, textcoords="offset points", xytext=(4, 4), fontsize=6)
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per weight (whole file)")
-    ax.set_ylabel("mean KL divergence from F32 (nats/token)")
-    ax.set_title("proxy (SmolLM2-135M as qwen3_moe, 8 experts, top-2): plans against fixed presets", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    save_kld_plot(fig, ax, "proxy (SmolLM2-135M as qwen3_moe, 8 experts, top-2): plans against fixed presets", path)
 
 
 def main() -> None:

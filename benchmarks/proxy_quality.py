@@ -156,10 +156,15 @@ def plot(rows: list[dict], path: Path) -> None:
                 for r in pts:
                     xy = (r["bpw"], r["quality"]["kld"]["value"])
                     ax.annotate(r["label"], xy, textcoords="offset points", xytext=(4, 4), fontsize=7)
+    save_kld_plot(fig, ax, "proxy: SmolLM2-135M-Instruct as qwen3_moe (30 layers, 8 experts, top-2)", path)
+
+
+def save_kld_plot(fig, ax, title: str, path: Path) -> None:
+    """The mean-KLD-against-size axes every proxy plot shares (log KLD), titled and written to `path`."""
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight (whole file)")
     ax.set_ylabel("mean KL divergence from F32 (nats/token)")
-    ax.set_title("proxy: SmolLM2-135M-Instruct as qwen3_moe (30 layers, 8 experts, top-2)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -123,12 +123,6 @@ def _measure(
     return errors, measured, cached, path, key
 
 
-def _option(model: Model, costs: Costs, t: PlannedTensor, q: Q, errors: dict[str, dict[str, float]]) -> Option:
-    spec = TensorSpec(t.name, t.shape, q)
-    share = token_share(t, model.config, model.tied)
-    return Option(q, costs.cost(spec), spec.n_bytes * share, errors[t.name][q.name])
-
-
 def _fields(model: Model, target: Target, types: Sequence[Q], cap: int | None, imatrix_sha: str | None) -> dict:
     """The [plan] table (quantize.plan.* keys); every value but estimated_error is known before measuring, and
     estimated_error is a float64 either way, so the header's length is known before the plan is."""
@@ -218,19 +212,33 @@ def make_plan(
     return Plan(preset, _header_lines(model, target, fields, priced), summary, errors)
 
 
-@dataclass(frozen=True)
 class _Allocation:
-    """One budget's allocation problem: the options' bytes are fixed, their errors come per call."""
+    """One budget's allocation problem: each candidate's bytes (against the budget, and read per token) priced
+    once; the errors come per call, so a plan weighed and then corrected by group is allocated twice."""
 
-    model: Model
-    costs: Costs
-    quant: Sequence[PlannedTensor]
-    cands: dict[str, tuple[Q, ...]]
-    cap: float | None
+    def __init__(
+        self,
+        model: Model,
+        costs: Costs,
+        quant: Sequence[PlannedTensor],
+        cands: dict[str, tuple[Q, ...]],
+        cap: float | None,
+    ) -> None:
+        self.quant, self.budget, self.unit, self.cap = quant, costs.budget, costs.unit, cap
+        self.priced = [[_priced(model, costs, t, q) for q in cands[t.name]] for t in quant]
 
     def allocate(self, errors: dict[str, dict[str, float]]) -> list[Option]:
-        options = [[_option(self.model, self.costs, t, q, errors) for q in self.cands[t.name]] for t in self.quant]
-        return allocate(options, self.costs.budget, unit=self.costs.unit, max_token_bytes=self.cap)
+        options = [
+            [Option(q, cost, token, errors[t.name][q.name]) for q, cost, token in row]
+            for t, row in zip(self.quant, self.priced, strict=True)
+        ]
+        return allocate(options, self.budget, unit=self.unit, max_token_bytes=self.cap)
+
+
+def _priced(model: Model, costs: Costs, t: PlannedTensor, q: Q) -> tuple[Q, int, float]:
+    """A candidate's bytes against the budget and its bytes read per generated token."""
+    spec = TensorSpec(t.name, t.shape, q)
+    return q, costs.cost(spec), spec.n_bytes * token_share(t, model.config, model.tied)
 
 
 def _weighed(
